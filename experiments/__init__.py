@@ -1,0 +1,1 @@
+"""rpb-lab: experiments."""

@@ -1,0 +1,54 @@
+"""A self-contained HTML page: inline CSS, images referenced relatively, no scripts from anywhere."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; background: #fff; }
+h1 { border-bottom: 2px solid #444; } h2 { margin-top: 2em; border-bottom: 1px solid #bbb; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; } th { background: #eee; }
+td.l, th.l { text-align: left; }
+figure { display: inline-block; margin: 0.5em; vertical-align: top; }
+figure img { max-width: 100%; border: 1px solid #ddd; }
+figcaption { font-size: 0.85em; color: #555; text-align: center; }
+.row { display: flex; flex-wrap: wrap; gap: 0.5em; align-items: flex-start; }
+.row figure { flex: 1 1 280px; }
+.note { color: #a60; font-style: italic; }
+pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 0.8em; }
+"""
+
+
+def esc(text: object) -> str:
+    return html.escape(str(text))
+
+
+def figure(src: str, caption: str) -> str:
+    return f'<figure><img src="{esc(src)}" alt="{esc(caption)}"><figcaption>{esc(caption)}</figcaption></figure>'
+
+
+def note(text: str) -> str:
+    return f'<p class="note">{esc(text)}</p>'
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]], left: int = 1) -> str:
+    """A table whose first `left` columns are text (left-aligned), the rest numbers."""
+
+    def cell(tag: str, i: int, value: object) -> str:
+        cls = ' class="l"' if i < left else ""
+        return f"<{tag}{cls}>{esc(value)}</{tag}>"
+
+    head = "".join(cell("th", i, h) for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(cell("td", i, v) for i, v in enumerate(r)) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def page(title: str, sections: Sequence[str]) -> str:
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{esc(title)}</title><style>{CSS}</style></head>\n<body>\n<h1>{esc(title)}</h1>\n"
+        + "\n".join(sections)
+        + "\n</body></html>\n"
+    )

@@ -1,0 +1,148 @@
+"""Fabricated studies and run folders in the contract's layout, so the report is tested without training."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import optuna
+import torch
+import yaml
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+DEPTH, HEADS = 2, 4
+
+
+def journal(path: Path) -> optuna.storages.JournalStorage:
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+
+
+def run_config(window: int, seed: int, bias_type: str = "2d", lr: float = 1e-3, epochs: int = 3) -> dict:
+    """A resolved config with the contract's key names (shrunk to what the report reads and a bit more)."""
+    return {
+        "seed": seed,
+        "name": f"w{window}-s{seed}",
+        "data": {"name": "digits", "img_size": 28, "in_channels": 1, "num_classes": 10, "batch_size": 32},
+        "model": {
+            "patch_size": 4,
+            "embed_dim": 32,
+            "depth": DEPTH,
+            "num_heads": HEADS,
+            "class_token": True,
+            "rpb": {
+                "enabled": bias_type != "none",
+                "bias_type": "2d" if bias_type == "none" else bias_type,
+                "window_size": [window, window],
+                "init_std": 0.02,
+                "learnable": True,
+                "mode": "clip",
+                "shift_windows": False,
+            },
+        },
+        "optim": {"name": "adamw", "lr": lr, "weight_decay": 0.05},
+        "trainer": {"epochs": epochs},
+    }
+
+
+def write_run(run_dir: Path, config: dict, accuracies: list[float], status: str = "completed") -> None:
+    """config.yaml, metrics.jsonl, summary.json and bias/offset_maps.pt as training writes them."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    rows = []
+    for epoch, acc in enumerate(accuracies):
+        loss = 2.3 * (1 - acc) + 0.05
+        rows.append(
+            {
+                "epoch": epoch,
+                "train_loss": loss,
+                "train_accuracy": acc,
+                "val_loss": loss + 0.1,
+                "val_accuracy": acc,
+                "learning_rate": config["optim"]["lr"],
+                "epoch_time": 1.5,
+            }
+        )
+    if status != "completed":
+        rows[-1]["status"] = status
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    best = max(range(len(accuracies)), key=lambda i: accuracies[i])
+    summary = {
+        "status": status,
+        "reason": "",
+        "best_val_accuracy": accuracies[best],
+        "best_epoch": best,
+        "epochs_run": len(accuracies),
+        "val_accuracy": accuracies[-1],
+        "val_loss": rows[-1]["val_loss"],
+        "train_loss": rows[-1]["train_loss"],
+        "run_dir": str(run_dir),
+        "wandb_run_id": None,
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    rpb = config["model"]["rpb"]
+    if rpb["enabled"]:
+        w = rpb["window_size"][0]
+        d = torch.arange(-(w - 1), w, dtype=torch.float32)
+        dist = (d[:, None] ** 2 + d[None, :] ** 2).sqrt()  # (2W-1, 2W-1)
+        # Each head prefers a different distance so the heatmaps differ visibly.
+        maps = {i: torch.stack([torch.exp(-dist / (1.0 + h + i)) for h in range(HEADS)]) for i in range(DEPTH)}
+        (run_dir / "bias").mkdir(exist_ok=True)
+        torch.save(maps, run_dir / "bias" / "offset_maps.pt")
+
+
+def make_ablation(root: Path, windows=(3, 5, 7), seeds=(0, 1, 2), name: str = "abl") -> Path:
+    """A finished ablation study (kind=ablation) whose accuracy grows with the window; returns the journal path."""
+    path = root / f"{name}.journal"
+    study = optuna.create_study(study_name=name, storage=journal(path), direction="maximize")
+    study.set_user_attr("kind", "ablation")
+    rng = random.Random(0)
+    dists = {"window_size": CategoricalDistribution(list(windows)), "seed": CategoricalDistribution(list(seeds))}
+    for window in windows:
+        for seed in seeds:
+            final = 0.6 + 0.04 * window + rng.uniform(-0.02, 0.02)
+            accs = [final * (1 - math.exp(-(e + 1))) for e in range(3)]
+            run_dir = root / name / f"trial-{len(study.trials)}"
+            write_run(run_dir, run_config(window, seed), accs)
+            study.add_trial(
+                optuna.trial.create_trial(
+                    params={"window_size": window, "seed": seed},
+                    distributions=dists,
+                    value=max(accs),
+                    intermediate_values=dict(enumerate(accs)),
+                    user_attrs={"run_dir": str(run_dir), "wandb_run_id": None, "status": "completed", "reason": ""},
+                )
+            )
+    return path
+
+
+def make_sweep(root: Path, n: int = 8, name: str = "swp") -> Path:
+    """A finished sweep with completed and pruned trials over window size and learning rate."""
+    path = root / f"{name}.journal"
+    study = optuna.create_study(study_name=name, storage=journal(path), direction="maximize")
+    study.set_user_attr("kind", "sweep")
+    rng = random.Random(1)
+    dists = {
+        "model.rpb.window_size": CategoricalDistribution([3, 5, 7]),
+        "optim.lr": FloatDistribution(1e-4, 1e-2, log=True),
+    }
+    for number in range(n):
+        window, lr = rng.choice([3, 5, 7]), 10 ** rng.uniform(-4, -2)
+        pruned = number % 3 == 2
+        accs = [0.5 + 0.03 * window + 0.1 * e - 20 * abs(lr - 3e-3) for e in range(1 if pruned else 3)]
+        run_dir = root / name / f"trial-{number}"
+        status = "pruned" if pruned else "completed"
+        write_run(run_dir, run_config(window, 42, lr=lr), accs, status=status)
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=optuna.trial.TrialState.PRUNED if pruned else optuna.trial.TrialState.COMPLETE,
+                params={"model.rpb.window_size": window, "optim.lr": lr},
+                distributions=dists,
+                value=None if pruned else max(accs),
+                intermediate_values=dict(enumerate(accs)),
+                user_attrs={"run_dir": str(run_dir), "wandb_run_id": None, "status": status, "reason": ""},
+            )
+        )
+    return path

@@ -1,0 +1,122 @@
+"""Datasets and data loaders from the `data` config group: digits (default), synthetic, cifar10, imagefolder.
+
+train_ds, val_ds = build_datasets(cfg.data)
+train_loader, val_loader = build_dataloaders(cfg.data, seed=cfg.seed)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from experiments.datasets import (
+    SyntheticImageDataset,
+    build_cifar10,
+    build_digits,
+    build_imagefolder,
+    load_digits_tensors,
+)
+
+__all__ = ["DATASETS", "SyntheticImageDataset", "build_dataloaders", "build_datasets", "load_digits_tensors"]
+
+DATASETS = ("digits", "synthetic", "cifar10", "imagefolder")
+# The synthetic train and val sets share class templates and differ in their samples; fixed, like the digits split.
+SYNTHETIC_TRAIN_SEED, SYNTHETIC_VAL_SEED = 0, 1
+
+
+def _get(data_cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    value = data_cfg.get(key, default)
+    return default if value is None else value
+
+
+def _check_positive(data_cfg: Mapping[str, Any], *keys: str) -> None:
+    for key in keys:
+        value = data_cfg.get(key)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"data.{key} must be a positive integer, got {value!r}.")
+
+
+def _require_root(data_cfg: Mapping[str, Any], name: str, hint: str) -> str:
+    root = data_cfg.get("root")
+    if not root:
+        raise ValueError(f"data.root is not set for data.name={name}: set data.root to {hint}.")
+    return str(root)
+
+
+def build_datasets(data_cfg: Mapping[str, Any]) -> tuple[Dataset, Dataset]:
+    """Train and val datasets of the configured kind; items are `(image (C, H, W) float32, label int64)`.
+
+    Args:
+        data_cfg: the `data` config (a DictConfig or a dict) with the contract's keys: name, root, img_size,
+            in_channels, num_classes, val_fraction, num_samples (synthetic), download, augment, randaugment.
+    """
+    name = data_cfg.get("name", "digits")
+    if name not in DATASETS:
+        raise ValueError(f"data.name={name!r} is not a known dataset: choose one of {', '.join(DATASETS)}.")
+    _check_positive(data_cfg, "img_size", "in_channels", "num_classes", "num_samples")
+    img_size, in_channels = int(_get(data_cfg, "img_size", 28)), int(_get(data_cfg, "in_channels", 1))
+    num_classes = int(_get(data_cfg, "num_classes", 10))
+    val_fraction = float(_get(data_cfg, "val_fraction", 0.2))
+    augment, randaugment = bool(_get(data_cfg, "augment", True)), bool(_get(data_cfg, "randaugment", False))
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"data.val_fraction must be between 0 and 1 (exclusive), got {val_fraction}.")
+    if name in ("digits", "cifar10") and in_channels not in (1, 3):
+        raise ValueError(f"data.in_channels={in_channels} does not fit {name}: use 1 (grey) or 3 (RGB).")
+
+    if name == "digits":
+        _check_num_classes(name, num_classes, 10)
+        return build_digits(img_size, in_channels, val_fraction, augment)
+    if name == "synthetic":
+        num_samples = int(_get(data_cfg, "num_samples", 1000))
+        num_val = max(1, round(num_samples * val_fraction))
+        if num_samples - num_val < 1:
+            raise ValueError(f"data.num_samples={num_samples} leaves no training samples: raise it.")
+        patch_size = int(_get(data_cfg, "patch_size", max(1, img_size // 7)))
+        common = dict(img_size=img_size, patch_size=patch_size, in_channels=in_channels, num_classes=num_classes)
+        train = SyntheticImageDataset(num_samples - num_val, seed=SYNTHETIC_TRAIN_SEED, **common)
+        val = SyntheticImageDataset(num_val, seed=SYNTHETIC_VAL_SEED, **common)
+        return train, val
+    if name == "cifar10":
+        _check_num_classes(name, num_classes, 10)
+        root = _require_root(
+            data_cfg, name, "the folder holding cifar-10-batches-py (with data.download=true to fetch it)"
+        )
+        download = bool(_get(data_cfg, "download", False))
+        return build_cifar10(root, img_size, in_channels, download=download, augment=augment, randaugment=randaugment)
+    # imagefolder
+    root = _require_root(data_cfg, name, "a folder of class subfolders of images (or with train/ and val/)")
+    train, val = build_imagefolder(root, img_size, in_channels, val_fraction, augment=augment, randaugment=randaugment)
+    _check_num_classes(name, num_classes, len(train.classes))
+    return train, val
+
+
+def _check_num_classes(name: str, configured: int, actual: int) -> None:
+    if configured != actual:
+        raise ValueError(
+            f"data.num_classes={configured} but {name} has {actual} classes: set data.num_classes={actual}."
+        )
+
+
+def build_dataloaders(data_cfg: Mapping[str, Any], *, seed: int) -> tuple[DataLoader, DataLoader]:
+    """Train (shuffled by `seed`) and val loaders.
+
+    The train loader's generator is seeded with `seed`: it fixes the shuffle order and, through torch's per-worker
+    seeding, the augmentation in workers. `persistent_workers` applies only when `num_workers > 0`.
+    """
+    _check_positive(data_cfg, "batch_size", "eval_batch_size")
+    train_ds, val_ds = build_datasets(data_cfg)
+    num_workers = int(_get(data_cfg, "num_workers", 0))
+    if num_workers < 0:
+        raise ValueError(f"data.num_workers must be 0 or more, got {num_workers}.")
+    batch_size = int(_get(data_cfg, "batch_size", 32))
+    eval_batch_size = int(_get(data_cfg, "eval_batch_size", batch_size))
+    common: dict[str, Any] = dict(num_workers=num_workers, pin_memory=bool(_get(data_cfg, "pin_memory", False)))
+    if num_workers > 0:
+        common["persistent_workers"] = bool(_get(data_cfg, "persistent_workers", False))
+    generator = torch.Generator().manual_seed(int(seed))
+    train_loader = DataLoader(train_ds, batch_size=batch_size, shuffle=True, generator=generator, **common)
+    val_loader = DataLoader(val_ds, batch_size=eval_batch_size, shuffle=False, **common)
+    return train_loader, val_loader

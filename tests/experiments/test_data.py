@@ -1,0 +1,256 @@
+"""Data: digits, synthetic, CIFAR-10 and ImageFolder read from small files in their real on-disk formats."""
+
+import io
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from experiments.data import SyntheticImageDataset, build_dataloaders, build_datasets, load_digits_tensors
+
+DIGITS = {"name": "digits", "img_size": 28, "in_channels": 1, "num_classes": 10, "val_fraction": 0.2}
+
+
+def test_digits_shapes_split_and_normalisation():
+    train, val = build_datasets({**DIGITS, "augment": False})
+    assert len(train) + len(val) == 1797
+    assert abs(len(val) - 0.2 * 1797) < 1
+    image, label = train[0]
+    assert image.shape == (1, 28, 28) and image.dtype == torch.float32
+    assert label.dtype == torch.int64
+    images = torch.stack([train[i][0] for i in range(len(train))])
+    # Normalised with the train statistics: mean 0, std 1 over the train set (not over val).
+    assert images.mean().abs() < 1e-4 and (images.std() - 1).abs() < 1e-3
+    # Stratified: each class's share in val equals its share in train within one sample.
+    train_counts = torch.bincount(train.labels, minlength=10).float()
+    val_counts = torch.bincount(val.labels, minlength=10).float()
+    expected_val = train_counts / train_counts.sum() * len(val)
+    assert (val_counts - expected_val).abs().max() <= 1.5
+
+
+def test_digits_split_independent_of_run_seed_and_cached():
+    a = load_digits_tensors(28, 1, 0.2, 0)
+    b = load_digits_tensors(28, 1, 0.2, 0)
+    assert a is b  # cached: resized once
+    _, val_a = build_dataloaders({**DIGITS, "batch_size": 64}, seed=1)
+    _, val_b = build_dataloaders({**DIGITS, "batch_size": 64}, seed=2)
+    assert torch.equal(val_a.dataset.labels, val_b.dataset.labels)
+    assert torch.equal(next(iter(val_a))[0], next(iter(val_b))[0])
+
+
+def test_digits_three_channels_and_size():
+    train, val = build_datasets({**DIGITS, "img_size": 32, "in_channels": 3})
+    image, _ = train[0]
+    assert image.shape == (3, 32, 32)
+    assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])
+    assert val[0][0].shape == (3, 32, 32)
+
+
+def test_digits_augmentation_translates_and_is_deterministic_under_seed():
+    train, _ = build_datasets({**DIGITS, "augment": True})
+    plain, _ = build_datasets({**DIGITS, "augment": False})
+    torch.manual_seed(0)
+    first = torch.stack([train[i][0] for i in range(50)])
+    torch.manual_seed(0)
+    again = torch.stack([train[i][0] for i in range(50)])
+    assert first.shape == (50, 1, 28, 28)
+    assert torch.equal(first, again)
+    reference = torch.stack([plain[i][0] for i in range(50)])
+    assert not torch.equal(first, reference)  # some images were shifted
+    # A shift moves pixels, it does not change them: the multiset of a shifted digit's ink is mostly kept.
+    assert (first.max() - reference.max()).abs() < 1e-5
+
+
+def test_dataloader_shuffle_follows_seed():
+    def first_labels(seed):
+        train_loader, _ = build_dataloaders({**DIGITS, "batch_size": 16, "augment": False}, seed=seed)
+        return next(iter(train_loader))[1]
+
+    assert torch.equal(first_labels(3), first_labels(3))
+    assert not torch.equal(first_labels(3), first_labels(4))
+
+
+def test_dataloader_options():
+    cfg = {**DIGITS, "batch_size": 8, "eval_batch_size": 100, "num_workers": 1, "persistent_workers": True}
+    train_loader, val_loader = build_dataloaders(cfg, seed=0)
+    assert train_loader.batch_size == 8 and val_loader.batch_size == 100
+    assert train_loader.persistent_workers and train_loader.num_workers == 1
+    images, labels = next(iter(train_loader))
+    assert images.shape == (8, 1, 28, 28) and labels.shape == (8,)
+    # persistent_workers is ignored (not an error) without workers.
+    loader, _ = build_dataloaders({**cfg, "num_workers": 0}, seed=0)
+    assert not loader.persistent_workers
+
+
+def test_synthetic_deterministic_and_learnable():
+    a = SyntheticImageDataset(num_samples=40, img_size=16, patch_size=4, in_channels=3, num_classes=4, seed=5)
+    b = SyntheticImageDataset(num_samples=40, img_size=16, patch_size=4, in_channels=3, num_classes=4, seed=5)
+    c = SyntheticImageDataset(num_samples=40, img_size=16, patch_size=4, in_channels=3, num_classes=4, seed=6)
+    assert torch.equal(a[7][0], b[7][0]) and a[7][1] == b[7][1]
+    assert not torch.equal(a[7][0], c[7][0])
+    assert a[0][0].shape == (3, 16, 16)
+    assert torch.bincount(a.labels).tolist() == [10, 10, 10, 10]
+    # Learnable: patch means of an image are closest to its own class template (a nearest-template classifier).
+    images = torch.stack([c[i][0] for i in range(len(c))])
+    cells = torch.nn.functional.avg_pool2d(images, 4).flatten(1)  # (N, C * 4 * 4)
+    distances = torch.cdist(cells, c.templates.flatten(1))
+    accuracy = (distances.argmin(1) == c.labels).float().mean()
+    assert accuracy > 0.9
+
+
+def test_synthetic_through_config_splits_num_samples():
+    train, val = build_datasets(
+        {"name": "synthetic", "num_samples": 50, "img_size": 28, "in_channels": 1, "num_classes": 10}
+    )
+    assert len(train) == 40 and len(val) == 10
+    assert train[0][0].shape == (1, 28, 28)
+    assert torch.equal(train.templates, val.templates)
+
+
+class Py2Pickler(pickle._Pickler):
+    """Writes bytes as Python 2 `str` (BINSTRING), as the real CIFAR-10 files (pickled by Python 2) hold them.
+
+    Loaded with encoding="bytes" the keys come back as b"data"/b"labels" (the CIFAR website's recipe), with
+    encoding="latin1" as "data"/"labels" (torchvision's way).
+    """
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_py2_str(self, obj: bytes) -> None:
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_str
+
+
+def py2_pickle(obj) -> bytes:
+    buffer = io.BytesIO()
+    Py2Pickler(buffer, protocol=2).dump(obj)
+    return buffer.getvalue()
+
+
+def write_cifar10(root: Path, per_batch: int = 4) -> None:
+    """The real `cifar-10-batches-py` layout: pickled dicts with b"data" uint8 (N, 3072) and b"labels"."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        batch = {
+            b"batch_label": name.encode(),
+            b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+            b"labels": [int(x) for x in rng.integers(0, 10, per_batch)],
+            b"filenames": [f"{name}_{i}.png".encode() for i in range(per_batch)],
+        }
+        (folder / name).write_bytes(py2_pickle(batch))
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    meta = {b"label_names": [c.encode() for c in classes], b"num_cases_per_batch": per_batch, b"num_vis": 3072}
+    (folder / "batches.meta").write_bytes(py2_pickle(meta))
+
+
+CIFAR = {"name": "cifar10", "img_size": 32, "in_channels": 3, "num_classes": 10, "batch_size": 4}
+
+
+def test_cifar10_from_batch_files(tmp_path):
+    write_cifar10(tmp_path)
+    train, val = build_datasets({**CIFAR, "root": str(tmp_path), "randaugment": True})
+    assert len(train) == 20 and len(val) == 4
+    image, label = val[0]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32
+    assert train.classes[0] == "airplane"
+    # The val image is the stored pixels, normalised: undo the normalisation and compare.
+    raw = pickle.loads((tmp_path / "cifar-10-batches-py" / "test_batch").read_bytes(), encoding="bytes")
+    pixels = torch.as_tensor(raw[b"data"][0].reshape(3, 32, 32), dtype=torch.float32) / 255
+    mean, std = torch.tensor([0.4914, 0.4822, 0.4465]), torch.tensor([0.2470, 0.2435, 0.2616])
+    assert torch.allclose(image * std[:, None, None] + mean[:, None, None], pixels, atol=1e-5)
+    assert label == raw[b"labels"][0]
+    train_loader, _ = build_dataloaders({**CIFAR, "root": str(tmp_path)}, seed=0)
+    images, labels = next(iter(train_loader))
+    assert images.shape == (4, 3, 32, 32) and labels.shape == (4,)
+
+
+def test_cifar10_resized_grey(tmp_path):
+    write_cifar10(tmp_path)
+    train, val = build_datasets({**CIFAR, "root": str(tmp_path), "img_size": 28, "in_channels": 1})
+    assert train[0][0].shape == (1, 28, 28) and val[0][0].shape == (1, 28, 28)
+
+
+def test_cifar10_missing_root_names_the_key(tmp_path):
+    with pytest.raises(ValueError, match=r"data\.root.*data\.download=true"):
+        build_datasets({**CIFAR, "root": str(tmp_path / "nowhere")})
+    with pytest.raises(ValueError, match=r"data\.root is not set"):
+        build_datasets({**CIFAR, "root": None})
+    (tmp_path / "cifar-10-batches-py").mkdir()  # present but empty
+    with pytest.raises(ValueError, match=r"data\.root.*incomplete"):
+        build_datasets({**CIFAR, "root": str(tmp_path)})
+
+
+def write_image_folder(root: Path, classes=("cat", "dog", "fox"), per_class: int = 5, size: int = 12) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / c / f"{i}.png")
+
+
+IMAGEFOLDER = {"name": "imagefolder", "img_size": 16, "in_channels": 3, "num_classes": 3, "val_fraction": 0.4}
+
+
+def test_imagefolder_stratified_split(tmp_path):
+    write_image_folder(tmp_path)
+    train, val = build_datasets({**IMAGEFOLDER, "root": str(tmp_path)})
+    assert len(train) == 9 and len(val) == 6
+    assert set(train.indices).isdisjoint(val.indices)
+    val_targets = [val.dataset.targets[i] for i in val.indices]
+    assert sorted(val_targets) == [0, 0, 1, 1, 2, 2]
+    assert train[0][0].shape == (3, 16, 16) and val[0][0].shape == (3, 16, 16)
+
+
+def test_imagefolder_train_val_folders_and_grey(tmp_path):
+    write_image_folder(tmp_path / "train", per_class=3)
+    write_image_folder(tmp_path / "val", per_class=2)
+    train, val = build_datasets({**IMAGEFOLDER, "root": str(tmp_path), "in_channels": 1})
+    assert len(train) == 9 and len(val) == 6
+    assert train[0][0].shape == (1, 16, 16)
+
+
+def test_imagefolder_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"data\.root.*is not a folder"):
+        build_datasets({**IMAGEFOLDER, "root": str(tmp_path / "missing")})
+    write_image_folder(tmp_path / "images")
+    with pytest.raises(ValueError, match=r"data\.num_classes=5 but imagefolder has 3 classes"):
+        build_datasets({**IMAGEFOLDER, "root": str(tmp_path / "images"), "num_classes": 5})
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"data\.root.*no images"):
+        build_datasets({**IMAGEFOLDER, "root": str(tmp_path / "empty")})
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"name": "mnist"}, r"data\.name='mnist' is not a known dataset"),
+        ({"num_classes": 100}, r"data\.num_classes=100 but digits has 10 classes"),
+        ({"in_channels": 2}, r"data\.in_channels=2"),
+        ({"val_fraction": 1.0}, r"data\.val_fraction"),
+        ({"img_size": 0}, r"data\.img_size must be a positive integer"),
+    ],
+)
+def test_config_mistakes_are_named(override, message):
+    with pytest.raises(ValueError, match=message):
+        build_datasets({**DIGITS, **override})
+
+
+def test_accepts_dictconfig():
+    from omegaconf import OmegaConf
+
+    train, _ = build_datasets(OmegaConf.create({**DIGITS, "root": None, "augment": False}))
+    assert train[0][0].shape == (1, 28, 28)

@@ -1,0 +1,163 @@
+"""The `sweep` config node: its schema (defaults for any key a prepared config leaves out), checks, samplers, pruners.
+
+`rpb-sweep` composes `conf/sweep.yaml`; other tools (`rpb-ablate`) may hand `run_study` any training config with a
+`sweep` node: keys it leaves out take the defaults below, misspelt ones are refused.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from sweeps.space import SweepConfigError, grid_search_space, parse_space
+
+SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp")
+PRUNERS = ("median", "successive_halving", "hyperband", "none")
+METRICS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")
+
+
+@dataclass
+class SamplerConfig:
+    name: str = "tpe"
+    seed: int | None = 0
+    n_startup_trials: int = 4
+
+
+@dataclass
+class PrunerConfig:
+    name: str = "median"
+    n_startup_trials: int = 3
+    n_warmup_steps: int = 1
+    min_resource: int = 1
+    reduction_factor: int = 3
+
+
+@dataclass
+class SweepConfig:
+    study_name: str = "rpb-sweep"
+    kind: str = "sweep"
+    direction: str = "maximize"
+    metric: str = "val_accuracy"
+    value: str = "best"
+    n_trials: int | None = 12
+    timeout: float | None = None
+    workers: int = 1
+    worker_index: int = 0
+    storage: str | None = None
+    output_dir: str = "runs/sweeps"
+    enqueue_defaults: bool = True
+    enqueue: list[Any] = field(default_factory=list)
+    max_failures: int = 3
+    max_retry: int | None = 2
+    heartbeat_interval: int | None = 20
+    grace_period: int = 60
+    train_fn: str = "experiments.train:train"
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    pruner: PrunerConfig = field(default_factory=PrunerConfig)
+    space: dict[str, Any] = field(default_factory=dict)
+    fixed: dict[str, Any] = field(default_factory=dict)
+
+
+def _choice(key: str, value: Any, options: tuple[str, ...]) -> None:
+    if value not in options:
+        near = difflib.get_close_matches(str(value), options, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise SweepConfigError(f"{key}={value!r} is not known{hint}; use one of {', '.join(options)}.")
+
+
+def sweep_config(cfg: DictConfig) -> DictConfig:
+    """`cfg.sweep` merged onto the schema defaults and checked (names, counts; the space is checked by `parse_space`)."""
+    node = cfg.get("sweep") if isinstance(cfg, DictConfig) else None
+    if node is None:
+        raise SweepConfigError("the config has no `sweep` node; compose conf/sweep.yaml or add `sweep: {...}`.")
+    try:
+        sweep = OmegaConf.merge(OmegaConf.structured(SweepConfig), node)
+        OmegaConf.resolve(sweep)
+    except OmegaConfBaseException as e:
+        key = f"sweep.{e.full_key}" if getattr(e, "full_key", None) else "sweep"
+        msg = str(e).splitlines()[0]
+        raise SweepConfigError(f"{key}: {msg}; check the key's spelling and type in conf/sweep/default.yaml.") from None
+    _choice("sweep.sampler.name", sweep.sampler.name, SAMPLERS)
+    _choice("sweep.pruner.name", sweep.pruner.name, PRUNERS)
+    _choice("sweep.direction", sweep.direction, ("maximize", "minimize"))
+    _choice("sweep.metric", sweep.metric, METRICS)
+    _choice("sweep.value", sweep.value, ("best", "last"))
+    for key in ("n_trials", "timeout"):
+        v = sweep[key]
+        if v is not None and v <= 0:
+            raise SweepConfigError(f"sweep.{key}={v} must be positive (or null for no limit).")
+    if sweep.workers < 1:
+        raise SweepConfigError(f"sweep.workers={sweep.workers} must be at least 1.")
+    if not sweep.study_name or "/" in sweep.study_name:
+        raise SweepConfigError(f"sweep.study_name={sweep.study_name!r} must be a non-empty name without '/'.")
+    return sweep
+
+
+def train_base(cfg: DictConfig) -> DictConfig:
+    """The training config every trial starts from: `cfg` without the sweep/ablation nodes."""
+    base = cfg.copy()
+    OmegaConf.set_struct(base, False)
+    for key in ("sweep", "ablation", "hydra"):
+        if key in base:
+            base[key] = None
+    OmegaConf.set_struct(base, True)
+    return base
+
+
+def load_train_fn(spec: str) -> Callable:
+    """`module:function` -> the function (the injection point for fake trainers in tests)."""
+    module, _, name = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name or "train")
+    except (ImportError, AttributeError) as e:
+        raise SweepConfigError(f"sweep.train_fn={spec!r} cannot be imported ({e}); use module:function.") from e
+
+
+def build_sampler(sweep: DictConfig, dims, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+    s = sweep.sampler
+    seed = None if s.seed is None else int(s.seed) + seed_offset
+    if s.name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials)
+    if s.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if s.name == "grid":
+        return optuna.samplers.GridSampler(grid_search_space(dims), seed=seed)
+    if s.name == "cmaes":
+        return optuna.samplers.CmaEsSampler(
+            seed=seed, n_startup_trials=s.n_startup_trials, warn_independent_sampling=False
+        )
+    return optuna.samplers.GPSampler(seed=seed, n_startup_trials=s.n_startup_trials)
+
+
+def build_pruner(sweep: DictConfig, epochs: int) -> optuna.pruners.BasePruner:
+    p = sweep.pruner
+    if p.name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
+    if p.name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_resource, reduction_factor=p.reduction_factor)
+    if p.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=p.min_resource,
+            max_resource=max(int(epochs), p.min_resource),
+            reduction_factor=p.reduction_factor,
+        )
+    return optuna.pruners.NopPruner()
+
+
+def check_sweep(cfg: DictConfig) -> tuple[DictConfig, DictConfig, list]:
+    """Everything that can be checked before a trial starts: (sweep node, base training config, dimensions)."""
+    sweep = sweep_config(cfg)
+    base = train_base(cfg)
+    dims = parse_space(sweep, base)
+    if not dims:
+        raise SweepConfigError("sweep.space has no dimension left to search; add one or remove keys from sweep.fixed.")
+    if sweep.sampler.name == "grid":
+        grid_search_space(dims)
+    return sweep, base, dims

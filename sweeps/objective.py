@@ -1,0 +1,201 @@
+"""One trial: suggest params, build the trial's training config, train with report/prune each epoch, record it.
+
+The study side (`Objective`) lives on the main process only. Under multi-process Accelerate every other rank
+receives the trial's `TrialSpec` and calls `run_trial` with no Optuna object at all: `train()` broadcasts the main
+process's callback answer, so all ranks stop together and non-main ranks never touch the storage.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import string
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig, OmegaConf
+
+from sweeps.recovery import worker_identity
+from sweeps.space import Dimension, SweepConfigError, apply_params, fixed_values, window_label
+from sweeps.storage import mask_secrets
+
+TrainFn = Callable[..., dict]
+# train() statuses that end a trial early; a diverged trial is pruned (so samplers learn to avoid its region).
+PRUNED_STATUSES = ("pruned", "diverged")
+COMPLETE_STATUSES = ("completed", "early_stopped")
+_ID_ALPHABET = string.ascii_lowercase + string.digits
+
+
+@dataclass
+class TrialSpec:
+    """What every rank needs to train one trial (plain data: it is broadcast between processes)."""
+
+    number: int
+    params: dict[str, Any]
+    run_dir: str
+    wandb_id: str
+    resume: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def new_run_id() -> str:
+    """A W&B run id chosen before training, so the trial knows it even if its worker dies."""
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
+
+
+def trial_config(base: DictConfig, sweep: DictConfig, spec: TrialSpec) -> DictConfig:
+    """The full training config of one trial: base + fixed + params, its run dir and its W&B run."""
+    from experiments.config import validate_config
+
+    cfg = apply_params(base, spec.params, fixed_values(sweep))
+    cfg.run_dir = spec.run_dir
+    cfg.resume = spec.resume
+    cfg.name = f"{sweep.study_name}-trial-{spec.number}"
+    wb = cfg.tracker.wandb
+    wb.group, wb.job_type, wb.name, wb.id = sweep.study_name, "trial", f"trial-{spec.number}", spec.wandb_id
+    tags = [*wb.tags, f"study-{sweep.study_name}"]
+    window = OmegaConf.select(cfg, "model.rpb.window_size")
+    if window is not None:
+        tags.append(f"window-{window_label(list(window))}")
+    wb.tags = tags
+    cfg.tracker.extra_config = {
+        **OmegaConf.to_container(cfg.tracker.extra_config),
+        "trial_number": spec.number,
+        "study_name": sweep.study_name,
+        "sweep_kind": sweep.kind,
+        "trial_params": dict(spec.params),
+        **spec.extra,
+    }
+    return validate_config(cfg)
+
+
+def run_trial(
+    base: DictConfig,
+    sweep: DictConfig,
+    spec: TrialSpec,
+    train_fn: TrainFn,
+    on_epoch_end: Callable[[int, dict[str, float]], str | None] | None = None,
+) -> dict:
+    """Train one trial on this process (every rank calls it; only the main one passes `on_epoch_end`)."""
+    return train_fn(trial_config(base, sweep, spec), on_epoch_end=on_epoch_end)
+
+
+def _resume_dir(trial: optuna.Trial) -> str | None:
+    """The run dir of the trial this one retries, when it left a checkpoint to continue from.
+
+    A fresh trial has no `run_dir` yet; a retry (Optuna's heartbeat callback or `sweeps.recovery`) carries the
+    user attrs of the trial it replaces.
+    """
+    old = trial.user_attrs.get("run_dir")
+    return old if old and (Path(old) / "checkpoints" / "last").exists() else None
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return mask_secrets(f"{type(e).__name__}: {text}" if text else type(e).__name__)
+
+
+class Objective:
+    """`objective(trial)` for `study.optimize`: suggests, trains through `train_fn`, reports every epoch.
+
+    Args:
+        base: the training config every trial starts from.
+        sweep: the checked `sweep` node.
+        dims: the search space.
+        train_fn: `train(cfg, on_epoch_end=...)` (tests inject a fake one).
+        broadcast: called with the TrialSpec before training (multi-process: hands it to the other ranks).
+    """
+
+    def __init__(
+        self,
+        base: DictConfig,
+        sweep: DictConfig,
+        dims: list[Dimension],
+        train_fn: TrainFn,
+        broadcast: Callable[[TrialSpec], None] | None = None,
+    ) -> None:
+        self.base, self.sweep, self.dims, self.train_fn, self.broadcast = base, sweep, dims, train_fn, broadcast
+        self.maximize = sweep.direction == "maximize"
+        self.last_status: str | None = None
+
+    def spec(self, trial: optuna.Trial) -> TrialSpec:
+        params = {dim.path: dim.suggest(trial) for dim in self.dims}
+        run_dir = Path(self.sweep.output_dir) / self.sweep.study_name / f"trial-{trial.number}"
+        return TrialSpec(trial.number, params, str(run_dir), new_run_id(), resume=_resume_dir(trial))
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        self.last_status = None
+        resume = _resume_dir(trial)  # read before run_dir is overwritten
+        spec = self.spec(trial)
+        spec.resume = resume
+        for key, value in (
+            ("run_dir", spec.run_dir),
+            ("wandb_run_id", spec.wandb_id),
+            ("worker", worker_identity()),
+            ("status", "running"),
+            ("reason", ""),
+        ):
+            trial.set_user_attr(key, value)
+        if resume:
+            trial.set_user_attr("resumed_from", resume)
+        if self.broadcast is not None:
+            self.broadcast(spec)
+        history: list[float] = []
+
+        def on_epoch_end(epoch: int, metrics: dict[str, float]) -> str | None:
+            value = float(metrics[self.sweep.metric])
+            if not math.isfinite(value):
+                return None  # train() reports the divergence itself
+            history.append(value)
+            trial.report(value, int(epoch))
+            return "pruned" if trial.should_prune() else None
+
+        try:
+            result = run_trial(self.base, self.sweep, spec, self.train_fn, on_epoch_end)
+        except KeyboardInterrupt:
+            self._record(trial, "interrupted", "KeyboardInterrupt: stopped with Ctrl-C")
+            raise
+        except SweepConfigError as e:
+            self._record(trial, "failed", str(e))
+            raise
+        except Exception as e:
+            self._record(trial, "failed", _reason(e))
+            raise
+        status, reason = str(result.get("status")), str(result.get("reason") or "")
+        self._record(trial, status, reason)
+        if result.get("run_dir"):
+            trial.set_user_attr("run_dir", str(result["run_dir"]))
+        if result.get("wandb_run_id"):
+            trial.set_user_attr("wandb_run_id", str(result["wandb_run_id"]))
+        trial.set_user_attr("epochs_run", int(result.get("epochs_run") or len(history)))
+        if status in PRUNED_STATUSES:
+            raise optuna.TrialPruned(f"{status}: {reason}" if reason else status)
+        if status not in COMPLETE_STATUSES:
+            raise RuntimeError(f"train() ended with status {status!r} ({reason})")
+        return self.value(history, result)
+
+    def value(self, history: list[float], result: dict) -> float:
+        """The trial's objective value: best or last epoch value of the metric."""
+        if history:
+            best = max(history) if self.maximize else min(history)
+            return best if self.sweep.value == "best" else history[-1]
+        key = f"best_{self.sweep.metric}" if self.sweep.value == "best" else self.sweep.metric
+        value = result.get(key, result.get(self.sweep.metric))
+        if value is None or not math.isfinite(float(value)):
+            raise RuntimeError(f"train() returned no finite {self.sweep.metric}")
+        return float(value)
+
+    def _record(self, trial: optuna.Trial, status: str, reason: str) -> None:
+        self.last_status = status
+        try:
+            trial.set_user_attr("status", status)
+            trial.set_user_attr("reason", mask_secrets(reason))
+        except Exception:  # the storage may be gone (Ctrl-C during a write); the trial's own state still tells
+            pass
+
+
+def spec_to_dict(spec: TrialSpec) -> dict:
+    return asdict(spec)

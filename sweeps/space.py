@@ -1,0 +1,233 @@
+"""The search space: config entries in, Optuna suggestions out, trial params back into a training config.
+
+A space is a nested mapping under `sweep.space` whose leaves are dimension specs (mappings with a `type`); the
+path of a leaf is the training-config key it sets, and also the Optuna param name:
+
+    sweep.space.optim.lr={type: float, low: 1e-4, high: 1e-2, log: true}     -> param "optim.lr"
+    sweep.space.model.rpb.window_size={type: categorical, choices: [3, "5x7"]}  -> param "model.rpb.window_size"
+
+`sweep.fixed` is a nested mapping of config values applied to every trial; a fixed key removes the dimension of
+the same path from the space. Window sizes are categoricals of ints (square windows) or "HxW" strings.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+DIMENSION_TYPES = ("float", "int", "categorical")
+_ALLOWED_KEYS = {
+    "float": {"type", "low", "high", "log", "step"},
+    "int": {"type", "low", "high", "log", "step"},
+    "categorical": {"type", "choices"},
+}
+_MISSING = object()
+_WINDOW_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+
+
+class SweepConfigError(ValueError):
+    """A mistake in the sweep config, in one sentence that names the key to change."""
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched config key (`path`) and its Optuna distribution arguments."""
+
+    path: str
+    type: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple[Any, ...] = field(default_factory=tuple)
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        if self.type == "float":
+            return trial.suggest_float(self.path, self.low, self.high, log=self.log, step=self.step)
+        if self.type == "int":
+            return trial.suggest_int(self.path, int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+        return trial.suggest_categorical(self.path, list(self.choices))
+
+    def contains(self, value: Any) -> bool:
+        if self.type == "categorical":
+            return value in self.choices
+        return isinstance(value, (int, float)) and self.low <= value <= self.high
+
+
+def _key(path: str) -> str:
+    return f"sweep.space.{path}"
+
+
+def _is_spec(node: Any) -> bool:
+    return isinstance(node, (Mapping, DictConfig)) and "type" in node
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """Leaves of a nested mapping keyed by dotted path; a mapping with a `type` key is a leaf (a dimension)."""
+    out: dict[str, Any] = {}
+    for name, child in node.items():
+        path = f"{prefix}{name}"
+        if _is_spec(child) or not isinstance(child, (Mapping, DictConfig)):
+            out[path] = child
+        else:
+            out.update(_flatten(child, f"{path}."))
+    return out
+
+
+def parse_window(value: Any, key: str = "window_size") -> list[int]:
+    """An int (square window), an "HxW" string or a pair -> [H, W]."""
+    if isinstance(value, bool):
+        raise SweepConfigError(
+            f"{key}: {value!r} is not a window size; use an int such as 7 or a string such as '7x7'."
+        )
+    if isinstance(value, int):
+        hw = [value, value]
+    elif isinstance(value, str) and (m := _WINDOW_RE.match(value)):
+        hw = [int(m.group(1)), int(m.group(2))]
+    elif isinstance(value, (list, tuple, ListConfig)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        hw = [int(v) for v in value]
+    else:
+        raise SweepConfigError(
+            f"{key}: {value!r} is not a window size; use an int such as 7 or a string such as '7x7'."
+        )
+    if min(hw) < 1:
+        raise SweepConfigError(f"{key}: window size {value!r} must be positive.")
+    return hw
+
+
+def window_label(value: Any) -> str:
+    """A window size as "HxW" (for tags and tables)."""
+    h, w = parse_window(value)
+    return f"{h}x{w}"
+
+
+def _dimension(path: str, spec: Any) -> Dimension:
+    spec = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec)
+    kind = spec.get("type")
+    if kind not in DIMENSION_TYPES:
+        raise SweepConfigError(f"{_key(path)}.type is {kind!r}; use one of {', '.join(DIMENSION_TYPES)}.")
+    unknown = set(spec) - _ALLOWED_KEYS[kind]
+    if unknown:
+        raise SweepConfigError(
+            f"{_key(path)} has unknown field(s) {sorted(unknown)}; a {kind} dimension takes {sorted(_ALLOWED_KEYS[kind])}."
+        )
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, (list, tuple)) or not choices:
+            raise SweepConfigError(f"{_key(path)}.choices is empty; give a non-empty list of values.")
+        if len(set(map(repr, choices))) != len(choices):
+            raise SweepConfigError(f"{_key(path)}.choices {choices} repeats a value; list each value once.")
+        return Dimension(path, kind, choices=tuple(choices))
+    low, high, log, step = spec.get("low"), spec.get("high"), bool(spec.get("log", False)), spec.get("step")
+    for name, v in (("low", low), ("high", high)):
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            raise SweepConfigError(f"{_key(path)}.{name} is {v!r}; give a finite number.")
+    if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
+        raise SweepConfigError(f"{_key(path)}: an int dimension needs integer low and high, got {low} and {high}.")
+    if low >= high:
+        what = "empty" if low == high else "inverted"
+        raise SweepConfigError(
+            f"{_key(path)} has an {what} range (low={low}, high={high}); set low < high, or fix the value with "
+            f"sweep.fixed.{path}=<value>."
+        )
+    if log and low <= 0:
+        raise SweepConfigError(f"{_key(path)} is log-scaled but low={low}; use a positive low or log: false.")
+    if step is not None and (log or step <= 0):
+        raise SweepConfigError(f"{_key(path)}.step={step} needs log: false and a positive step.")
+    return Dimension(path, kind, low=low, high=high, log=log, step=step)
+
+
+def parse_space(sweep_cfg: DictConfig | Mapping, train_cfg: DictConfig) -> list[Dimension]:
+    """Dimensions of `sweep.space` minus the keys of `sweep.fixed`, checked against the training config.
+
+    Raises:
+        SweepConfigError: a malformed entry, an empty/inverted range, or a path the training config lacks.
+    """
+    space = _flatten(sweep_cfg.get("space") or {})
+    fixed = fixed_values(sweep_cfg)
+    dims = []
+    for path, spec in space.items():
+        if path in fixed:
+            continue
+        if not _is_spec(spec):
+            raise SweepConfigError(
+                f"{_key(path)} is {spec!r}, not a dimension; write {{type: float|int|categorical, ...}} or move "
+                f"the value to sweep.fixed.{path}."
+            )
+        if OmegaConf.select(train_cfg, path, default=_MISSING) is _MISSING:
+            raise SweepConfigError(f"{_key(path)}: the training config has no key {path!r}; check its spelling.")
+        dims.append(_dimension(path, spec))
+    for path in fixed:
+        if OmegaConf.select(train_cfg, path, default=_MISSING) is _MISSING:
+            raise SweepConfigError(f"sweep.fixed.{path}: the training config has no key {path!r}; check its spelling.")
+    return dims
+
+
+def fixed_values(sweep_cfg: DictConfig | Mapping) -> dict[str, Any]:
+    """`sweep.fixed` flattened to {config path: value}."""
+    fixed = sweep_cfg.get("fixed") or {}
+    if isinstance(fixed, DictConfig):
+        fixed = OmegaConf.to_container(fixed, resolve=True)
+    return _flatten(fixed)
+
+
+def to_config_value(path: str, value: Any, base: Any) -> Any:
+    """A param as the training config wants it: window sizes ("HxW" or int) become [H, W]."""
+    if path.endswith("window_size") or (isinstance(base, (list, ListConfig)) and len(base) == 2):
+        return parse_window(value, path)
+    return value
+
+
+def to_param_value(dim: Dimension, config_value: Any) -> Any:
+    """The inverse of `to_config_value` for one dimension: the config's value as one of its params (or _MISSING)."""
+    if dim.type != "categorical":
+        return config_value if dim.contains(config_value) else _MISSING
+    for choice in dim.choices:
+        try:
+            same = to_config_value(dim.path, choice, config_value) == to_config_value(dim.path, config_value, None)
+        except SweepConfigError:
+            same = choice == config_value
+        if same:
+            return choice
+    return _MISSING
+
+
+def apply_params(train_cfg: DictConfig, params: Mapping[str, Any], fixed: Mapping[str, Any] = ()) -> DictConfig:
+    """A copy of `train_cfg` with `fixed` then `params` set at their config paths."""
+    cfg = train_cfg.copy()
+    for path, value in {**dict(fixed), **dict(params)}.items():
+        base = OmegaConf.select(cfg, path, default=None)
+        OmegaConf.update(cfg, path, to_config_value(path, value, base), merge=False, force_add=False)
+    return cfg
+
+
+def config_params(dims: list[Dimension], train_cfg: DictConfig) -> dict[str, Any]:
+    """The training config's own values as trial params (the defaults trial); dims whose value is outside are left out."""
+    params = {}
+    for dim in dims:
+        value = to_param_value(dim, OmegaConf.select(train_cfg, dim.path))
+        if value is not _MISSING:
+            params[dim.path] = value
+    return params
+
+
+def grid_search_space(dims: list[Dimension]) -> dict[str, list[Any]]:
+    """The GridSampler search space; every dimension must be categorical (or an int range with a step)."""
+    grid = {}
+    for dim in dims:
+        if dim.type == "categorical":
+            grid[dim.path] = list(dim.choices)
+        elif dim.type == "int" and not dim.log:
+            grid[dim.path] = list(range(int(dim.low), int(dim.high) + 1, int(dim.step or 1)))
+        else:
+            raise SweepConfigError(
+                f"{_key(dim.path)} is a {dim.type} range, which a grid cannot enumerate; make it "
+                f"{{type: categorical, choices: [...]}} or use another sweep.sampler.name."
+            )
+    return grid

@@ -1,0 +1,110 @@
+"""Study storage: an embedded Optuna journal file by default, any SQLAlchemy URL (PostgreSQL above all) otherwise.
+
+Only RDB storages have heartbeats: there a killed worker's trial turns stale after `grace_period` seconds and
+`RetryHeartbeatStaleTrialCallback` enqueues it again. Journal files rely on `sweeps.recovery` instead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import optuna
+from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+from sweeps.space import SweepConfigError
+
+_URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+_PASSWORD_RE = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<password>[^@\s]+)(?P<tail>@)")
+
+
+def _mask(text: str) -> str:
+    return _PASSWORD_RE.sub(r"\g<head>***\g<tail>", text)
+
+
+try:  # the data/tracking helper's masker, where it exists, so every part masks alike
+    from experiments.tracking import mask_secrets as _mask_secrets
+except ImportError:  # pragma: no cover - depends on the other part
+    _mask_secrets = None
+
+
+def mask_secrets(text: str) -> str:
+    """`text` with the password of every URL in it replaced by ***."""
+    text = str(text)
+    if _mask_secrets is not None:
+        text = str(_mask_secrets(text))
+    return _mask(text)
+
+
+def is_url(storage: str) -> bool:
+    return bool(_URL_RE.match(storage))
+
+
+def journal_path(storage: str | None, output_dir: str | Path, study_name: str) -> Path | None:
+    """The journal file a storage setting names (None for an SQLAlchemy URL)."""
+    if storage is None or storage == "":
+        return Path(output_dir) / f"{study_name}.journal"
+    if is_url(storage):
+        return None
+    return Path(storage)
+
+
+def _normalise_url(url: str) -> str:
+    # "postgresql://" means psycopg2 to SQLAlchemy; psycopg 3 is what this project installs.
+    if url.startswith(("postgresql://", "postgres://")) and importlib.util.find_spec("psycopg2") is None:
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def build_storage(sweep_cfg, *, heartbeat: bool = True) -> optuna.storages.BaseStorage:
+    """The Optuna storage of `sweep.storage`; raises SweepConfigError (one sentence) when it cannot be opened.
+
+    Args:
+        sweep_cfg: the `sweep` config node (storage, output_dir, study_name, heartbeat_interval, grace_period,
+            max_retry).
+        heartbeat: enable RDB heartbeats (workers); off for read-only uses such as the summary.
+    """
+    path = journal_path(sweep_cfg.storage, sweep_cfg.output_dir, sweep_cfg.study_name)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # The open(O_EXCL) lock works on local disks and NFSv3+; its grace period frees a lock a killed
+            # worker held while writing.
+            backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path), grace_period=10))
+            return JournalStorage(backend)
+        except OSError as e:
+            raise SweepConfigError(f"sweep.storage: cannot open the journal file {path} ({e.strerror}).") from e
+    url = _normalise_url(str(sweep_cfg.storage))
+    engine_kwargs = {"pool_pre_ping": True}
+    if url.startswith(("postgresql", "mysql")):
+        engine_kwargs["connect_args"] = {"connect_timeout": 10}
+    kwargs = {}
+    if heartbeat and sweep_cfg.heartbeat_interval:
+        kwargs = {
+            "heartbeat_interval": int(sweep_cfg.heartbeat_interval),
+            "grace_period": int(sweep_cfg.grace_period),
+            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(
+                max_retry=sweep_cfg.max_retry, inherit_intermediate_values=True
+            ),
+        }
+    try:
+        return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+    except ImportError as e:
+        raise SweepConfigError(
+            f"sweep.storage: the database driver for {mask_secrets(url)} is not installed ({e}); use "
+            "postgresql+psycopg://... or sqlite:///path.db."
+        ) from e
+    except Exception as e:  # sqlalchemy.exc.* : unreachable host, bad credentials, unknown database, bad URL
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SweepConfigError(
+            f"sweep.storage: cannot open the database {mask_secrets(url)} ({mask_secrets(reason)}); check the URL "
+            "and that the server is running and reachable."
+        ) from e
+
+
+def describe_storage(sweep_cfg) -> str:
+    """The storage for humans and logs (password masked)."""
+    path = journal_path(sweep_cfg.storage, sweep_cfg.output_dir, sweep_cfg.study_name)
+    return str(path) if path is not None else mask_secrets(sweep_cfg.storage)

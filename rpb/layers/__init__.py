@@ -1,0 +1,29 @@
+"""Layers of the relative-position-bias ViT."""
+
+from .attention import Attention, shifted_window_mask, window_partition, window_reverse
+from .drop_path import DropPath, drop_path
+from .mlp import Mlp
+from .patch_embed import PatchEmbed
+from .relative_position import (
+    RelativePositionBias,
+    gen_relative_position_index,
+    gen_relative_position_index_1d,
+    resize_rel_pos_bias_in_state_dict,
+    resize_relative_position_bias_table,
+)
+
+__all__ = [
+    "Attention",
+    "DropPath",
+    "Mlp",
+    "PatchEmbed",
+    "RelativePositionBias",
+    "drop_path",
+    "gen_relative_position_index",
+    "gen_relative_position_index_1d",
+    "resize_rel_pos_bias_in_state_dict",
+    "resize_relative_position_bias_table",
+    "shifted_window_mask",
+    "window_partition",
+    "window_reverse",
+]

@@ -1,0 +1,158 @@
+"""Attention paths agree with the written-out reference; windowed (local) attention matches a per-window loop."""
+
+import warnings
+
+import pytest
+import torch
+
+from rpb import Attention, RelativePositionBias
+from rpb.layers.attention import flex_unavailable_reason
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+
+def make_attention(impl="reference", window=(3, 3), grid=(3, 3), class_token=True, mode="clip", shift=0, **kw):
+    torch.manual_seed(0)
+    rpb = RelativePositionBias(4, window, class_token=class_token, grid_size=grid, mode=mode, init_std=0.5)
+    return Attention(32, 4, rel_pos_bias=rpb, attn_impl=impl, shift_size=shift, **kw).double()
+
+
+def run(attn: Attention, x: torch.Tensor, impl: str):
+    """Output and gradients (input, bias table) of `attn` on path `impl`."""
+    attn.attn_impl = impl
+    attn.zero_grad()
+    x = x.clone().requires_grad_(True)
+    out = attn(x)
+    (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+    return out.detach(), x.grad, attn.relative_position_bias.relative_position_bias_table.grad.clone()
+
+
+CASES = [
+    dict(window=(3, 3), grid=(3, 3), class_token=True),  # global, full bias
+    dict(window=(2, 3), grid=(4, 4), class_token=True),  # clip
+    dict(window=(2, 2), grid=(4, 4), class_token=False, mode="local"),
+    dict(window=(2, 2), grid=(4, 4), class_token=False, mode="local", shift=1),
+    dict(window=(3, 3), grid=(3, 3), class_token=True, scale=False, head_dim=5),
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sdpa_matches_reference_values_and_gradients(case, dtype):
+    attn = make_attention(**case).to(dtype)
+    n = attn.relative_position_bias.grid_size[0] * attn.relative_position_bias.grid_size[1] + case["class_token"]
+    x = torch.randn(3, n, 32, dtype=dtype)
+    tol = 1e-5 if dtype == torch.float32 else 1e-10
+    for got, want in zip(run(attn, x, "sdpa"), run(attn, x, "reference")):
+        assert rel_err(got, want) < tol
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_flex_matches_reference(case):
+    attn = make_attention(**case).float()
+    n = attn.relative_position_bias.grid_size[0] * attn.relative_position_bias.grid_size[1] + case["class_token"]
+    x = torch.randn(2, n, 32)
+    reason = flex_unavailable_reason(x, needs_grad=True, dropout_p=0.0)
+    with torch.no_grad():
+        attn.attn_impl = "reference"
+        want = attn(x)
+        attn.attn_impl = "flex"
+        if flex_unavailable_reason(x, needs_grad=False, dropout_p=0.0) is not None:
+            pytest.skip(flex_unavailable_reason(x, needs_grad=False, dropout_p=0.0))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # eager flex warns that it is unfused
+            got = attn(x)
+    assert rel_err(got, want) < 1e-5
+    if reason is not None:
+        pytest.skip(f"flex gradients not checked: {reason}")
+    for got_t, want_t in zip(run(attn, x, "flex"), run(attn, x, "reference")):
+        assert rel_err(got_t, want_t) < 1e-5
+
+
+def test_flex_falls_back_with_a_reason_when_it_cannot_run():
+    attn = make_attention(impl="flex").float()
+    x = torch.randn(2, 10, 32, requires_grad=True)
+    if flex_unavailable_reason(x, needs_grad=True, dropout_p=0.0) is None:
+        pytest.skip("flex supports gradients on this device: nothing to fall back from")
+    with pytest.warns(UserWarning, match="attn_impl='flex' falls back to SDPA: "):
+        out = attn(x)
+    out.sum().backward()
+    assert attn.relative_position_bias.relative_position_bias_table.grad is not None
+
+
+def per_window_reference(attn: Attention, x: torch.Tensor) -> torch.Tensor:
+    """Windowed attention written as loops over windows, with Swin's shifted-window rule spelt out:
+    after rolling by -shift, two tokens of a window attend to each other iff they wrapped around alike."""
+    (H, W), (wh, ww), (sy, sx) = attn.grid_size, attn.window_size, attn.shift_size
+    B, N, C = x.shape
+    grid = torch.roll(x.view(B, H, W, C), shifts=(-sy, -sx), dims=(1, 2))
+    wrapped_y = torch.arange(H) >= H - sy if sy else torch.zeros(H, dtype=torch.bool)
+    wrapped_x = torch.arange(W) >= W - sx if sx else torch.zeros(W, dtype=torch.bool)
+    bias = attn.relative_position_bias()  # (nh, n, n) for one window
+    out = torch.zeros_like(grid)
+    nh, hd = attn.num_heads, attn.head_dim
+    for y0 in range(0, H, wh):
+        for x0 in range(0, W, ww):
+            tokens = grid[:, y0 : y0 + wh, x0 : x0 + ww].reshape(B, wh * ww, C)
+            q, k, v = attn.qkv(tokens).view(B, -1, 3, nh, hd).permute(2, 0, 3, 1, 4)
+            logits = (q @ k.transpose(-2, -1)) * attn.scale + bias
+            wy = wrapped_y[y0 : y0 + wh, None].expand(wh, ww).reshape(-1)
+            wx = wrapped_x[None, x0 : x0 + ww].expand(wh, ww).reshape(-1)
+            allowed = (wy[:, None] == wy[None, :]) & (wx[:, None] == wx[None, :])
+            logits = logits.masked_fill(~allowed, float("-inf"))
+            o = (logits.softmax(-1) @ v).transpose(1, 2).reshape(B, wh * ww, -1)
+            out[:, y0 : y0 + wh, x0 : x0 + ww] = attn.proj(o).view(B, wh, ww, C)
+    return torch.roll(out, shifts=(sy, sx), dims=(1, 2)).reshape(B, N, C)
+
+
+@pytest.mark.parametrize("shift", [0, 1, 2])
+@pytest.mark.parametrize("impl", ["reference", "sdpa"])
+def test_local_attention_matches_per_window_loop(shift, impl):
+    attn = make_attention(impl=impl, window=(4, 4), grid=(8, 8), class_token=False, mode="local", shift=shift)
+    x = torch.randn(2, 64, 32, dtype=torch.float64)
+    with torch.no_grad():
+        assert rel_err(attn(x), per_window_reference(attn, x)) < 1e-10
+    assert attn.shift_size == (shift, shift)
+
+
+def test_local_attention_is_local():
+    attn = make_attention(window=(2, 2), grid=(4, 4), class_token=False, mode="local")
+    x = torch.randn(1, 16, 32, dtype=torch.float64, requires_grad=True)
+    attn(x)[0, 0].sum().backward()
+    touched = (x.grad[0].abs().sum(-1) > 0).nonzero().flatten().tolist()
+    assert touched == [0, 1, 4, 5]  # token (0, 0) sees only its own 2x2 window
+
+
+def test_shift_is_dropped_when_the_window_covers_the_grid():
+    attn = make_attention(window=(4, 4), grid=(4, 4), class_token=False, mode="local", shift=2)
+    assert attn.shift_size == (0, 0) and not hasattr(attn, "attn_mask")
+
+
+@pytest.mark.parametrize("impl", ["reference", "sdpa", "flex"])
+def test_attention_dropout_works_on_every_path(impl):
+    attn = make_attention(impl=impl, attn_drop=0.5).float()
+    x = torch.randn(2, 10, 32)
+    attn.eval()
+    with torch.no_grad():
+        clean = attn(x)
+    attn.train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # flex falls back to SDPA for dropout, with a warning
+        torch.manual_seed(1)
+        a = attn(x)
+        torch.manual_seed(1)
+        b = attn(x)
+        c = attn(x)
+    assert torch.equal(a, b)  # dropout follows the RNG
+    assert not torch.allclose(a, clean, atol=1e-4) and not torch.allclose(a, c, atol=1e-4)
+
+
+def test_unknown_attn_impl_and_head_mismatch_raise():
+    with pytest.raises(ValueError, match="attn_impl must be one of"):
+        Attention(32, 4, attn_impl="xformers")
+    with pytest.raises(ValueError, match="num_heads=5 does not divide embed_dim=32"):
+        Attention(32, 5)
+    with pytest.raises(ValueError, match="make rpb_kwargs num_heads equal num_heads"):
+        Attention(32, 4, rel_pos_bias=RelativePositionBias(2, (3, 3)))

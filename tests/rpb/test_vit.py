@@ -1,0 +1,227 @@
+"""The ViT: the guide's constructor and snippets, bad combinations, state_dict, param groups, checkpointing."""
+
+import pytest
+import torch
+
+from rpb import (
+    RelativePositionBias,
+    VisionTransformer,
+    param_groups_weight_decay,
+    resize_rel_pos_bias_in_state_dict,
+)
+
+GUIDE = dict(img_size=28, patch_size=4, in_channels=1, num_classes=10, embed_dim=96, depth=2, num_heads=4)
+
+
+def tiny(**kw) -> VisionTransformer:
+    torch.manual_seed(0)
+    args = dict(img_size=16, patch_size=4, in_channels=3, num_classes=5, embed_dim=32, depth=2, num_heads=4)
+    return VisionTransformer(**{**args, **kw})
+
+
+def test_guide_model_creation_snippet():
+    # the training guide's "Model Creation" call, at a smaller depth to stay fast
+    model = VisionTransformer(
+        img_size=224,
+        patch_size=16,
+        in_channels=3,
+        num_classes=1000,
+        embed_dim=96,
+        depth=1,
+        num_heads=12,
+        use_relative_position=True,
+        rpb_kwargs={"num_heads": 12, "window_size": (14, 14), "bias_type": "2d", "init_std": 0.02},
+    )
+    assert model.grid_size == (14, 14)
+    assert model(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
+    bias = model.blocks[0].attn.relative_position_bias()
+    assert bias.shape == (12, 197, 197)
+
+
+def test_guide_check_bias_values_and_gradient_flow_snippets(capsys):
+    model = VisionTransformer(**GUIDE, rpb_kwargs={"num_heads": 4, "window_size": (7, 7), "bias_type": "2d"})
+    model(torch.randn(2, 1, 28, 28)).logsumexp(-1).sum().backward()
+    for name, param in model.named_parameters():
+        if "relative_position_bias" in name:
+            print(f"{name}: mean={param.mean():.4f}, std={param.std():.4f}")
+    for name, param in model.named_parameters():
+        if param.grad is not None:
+            print(f"{name}: grad_norm={param.grad.norm():.4f}")
+    out = capsys.readouterr().out
+    assert out.count("relative_position_bias_table: mean=") == 2
+    assert "blocks.1.attn.relative_position_bias.relative_position_bias_table: grad_norm=" in out
+
+
+def test_guide_visualize_bias_snippet(tmp_path):
+    from rpb import visualize_relative_position_bias
+
+    model = tiny()
+    for i, block in enumerate(model.blocks):
+        if hasattr(block.attn, "relative_position_bias"):
+            bias = block.attn.relative_position_bias()
+            visualize_relative_position_bias(bias, save_path=tmp_path / f"debug/bias_block_{i}.png")
+    assert sorted(p.name for p in (tmp_path / "debug").iterdir()) == ["bias_block_0.png", "bias_block_1.png"]
+
+
+def test_without_relative_position_has_no_bias_attribute_and_uses_abs_pos():
+    model = tiny(use_relative_position=False)
+    assert not any(hasattr(b.attn, "relative_position_bias") for b in model.blocks)
+    assert model.pos_embed is not None
+    assert tiny().pos_embed is None
+    assert model(torch.randn(2, 3, 16, 16)).shape == (2, 5)
+
+
+@pytest.mark.parametrize(
+    "rpb_kwargs",
+    [
+        {"window_size": (2, 2)},  # clip
+        {"window_size": 3, "bias_type": "1d"},
+        {"bias_type": "1d"},
+        {"window_size": (2, 2), "mode": "local", "shift_windows": True},
+    ],
+)
+def test_variants_run_and_train(rpb_kwargs):
+    cls = rpb_kwargs.get("mode") != "local"
+    model = tiny(rpb_kwargs=rpb_kwargs, class_token=cls, global_pool="token" if cls else "avg", drop_path_rate=0.1)
+    model(torch.randn(2, 3, 16, 16)).sum().backward()
+    for _, module in model.named_modules():
+        if isinstance(module, RelativePositionBias):
+            assert module.relative_position_bias_table.grad.abs().sum() > 0
+
+
+def test_shift_windows_alternate_blocks():
+    model = tiny(
+        depth=4,
+        class_token=False,
+        global_pool="avg",
+        rpb_kwargs={"window_size": 2, "mode": "local", "shift_windows": True},
+    )
+    assert [b.attn.shift_size for b in model.blocks] == [(0, 0), (1, 1), (0, 0), (1, 1)]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(rpb_kwargs={"window_size": (5, 5)}), r"window_size \(5, 5\) is larger than the 4x4 token grid"),
+        (
+            dict(rpb_kwargs={"window_size": 3, "mode": "local"}, class_token=False, global_pool="avg"),
+            "divisible by window_size",
+        ),
+        (dict(num_heads=5), "num_heads=5 does not divide embed_dim=32"),
+        (dict(rpb_kwargs={"num_heads": 2}), "rpb_kwargs num_heads=2 differs from num_heads=4"),
+        (dict(img_size=18), "not divisible by patch_size=4"),
+        (dict(rpb_kwargs={"bias_type": "3d"}), "bias_type must be one of"),
+        (dict(rpb_kwargs={"mode": "window"}), "mode must be one of"),
+        (dict(attn_impl="fast"), "attn_impl must be one of"),
+        (dict(global_pool="max"), "global_pool must be one of"),
+        (dict(class_token=False), "global_pool='token' needs a class token"),
+        (dict(rpb_kwargs={"window_size": 2, "mode": "local"}), "set class_token=False and global_pool='avg'"),
+        (dict(rpb_kwargs={"shift_windows": True}), "shift_windows=True needs mode='local'"),
+        (dict(rpb_kwargs={"windowsize": 2}), r"unknown rpb_kwargs key\(s\) \['windowsize'\]"),
+    ],
+)
+def test_bad_combinations_fail_at_construction(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(**kwargs)
+
+
+def test_head_dim_decouples_width_from_heads():
+    model = tiny(num_heads=5, head_dim=8)
+    assert model.blocks[0].attn.qkv.out_features == 3 * 40
+    assert model(torch.randn(1, 3, 16, 16)).shape == (1, 5)
+
+
+def test_state_dict_round_trip_without_index():
+    a, b = tiny(), tiny(rpb_kwargs={"init_std": 0.5})
+    sd = a.state_dict()
+    assert not any("relative_position_index" in k for k in sd)
+    assert "blocks.0.attn.relative_position_bias.relative_position_bias_table" in sd
+    b.load_state_dict(sd)
+    a.eval(), b.eval()
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.equal(a(x), b(x))
+
+
+def test_checkpoint_from_another_window_size_loads_after_resize():
+    small = tiny(img_size=8, rpb_kwargs={"window_size": 2, "init_std": 0.5})  # 2x2 grid, 3x3 offsets
+    big = tiny(img_size=16)  # 4x4 grid, 7x7 offsets
+    sd = small.state_dict()
+    sd.pop("pos_embed", None)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        big.load_state_dict(sd)
+    big.load_state_dict(resize_rel_pos_bias_in_state_dict(sd, big))
+    old = small.blocks[0].attn.relative_position_bias.relative_position_bias_table
+    new = big.blocks[0].attn.relative_position_bias.relative_position_bias_table
+    assert new.shape == (7 * 7 + 3, 4)
+    assert torch.equal(new[-3:], old[-3:])  # class-token entries carried over
+    assert torch.allclose(new[24], old[4])  # zero offset stays the zero offset
+
+
+def test_param_groups_weight_decay():
+    model = tiny(depth=1)
+    groups = param_groups_weight_decay(model, 0.05, no_weight_decay_list=("head.weight",))
+    assert [g["name"] for g in groups] == ["decay", "no_decay"]
+    assert [g["weight_decay"] for g in groups] == [0.05, 0.0]
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay = {names[id(p)] for p in groups[0]["params"]}
+    no_decay = {names[id(p)] for p in groups[1]["params"]}
+    assert decay == {"patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "blocks.0.attn.proj.weight",
+                     "blocks.0.mlp.fc1.weight", "blocks.0.mlp.fc2.weight"}  # fmt: skip
+    assert {"cls_token", "head.weight", "norm.weight", "blocks.0.attn.qkv.bias",
+            "blocks.0.attn.relative_position_bias.relative_position_bias_table"} <= no_decay  # fmt: skip
+    assert len(decay) + len(no_decay) == len(names)
+    torch.optim.AdamW(groups, lr=1e-3)  # accepted as is
+
+
+def test_frozen_bias_is_left_out_of_param_groups_and_stays_fixed():
+    model = tiny(rpb_kwargs={"learnable": False})
+    table = model.blocks[0].attn.relative_position_bias.relative_position_bias_table
+    before = table.clone()
+    groups = param_groups_weight_decay(model, 0.05)
+    assert all(p is not table for g in groups for p in g["params"])
+    opt = torch.optim.AdamW(groups, lr=0.1)
+    model(torch.randn(2, 3, 16, 16)).sum().backward()
+    opt.step()
+    assert torch.equal(table, before)
+
+
+def test_grad_checkpointing_gives_the_same_gradients():
+    x = torch.randn(2, 3, 16, 16)
+    grads = []
+    for enable in (False, True):
+        model = tiny(grad_checkpointing=enable)
+        model(x).sum().backward()
+        grads.append([p.grad for p in model.parameters()])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert not tiny().grad_checkpointing
+    model = tiny()
+    model.set_grad_checkpointing()
+    assert model.grad_checkpointing
+
+
+def test_scale_false_changes_logits():
+    x = torch.randn(1, 3, 16, 16)
+    a, b = tiny().eval(), tiny(scale=False).eval()
+    assert b.blocks[0].attn.scale == 1.0 and a.blocks[0].attn.scale == 8**-0.5
+    assert not torch.allclose(a(x), b(x))
+
+
+def test_bf16_autocast_forward_backward():
+    model = tiny()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(2, 3, 16, 16))
+    out.float().sum().backward()
+    assert model.blocks[0].attn.relative_position_bias.relative_position_bias_table.grad is not None
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager():
+    model = tiny(depth=1).eval()
+    x = torch.randn(2, 3, 16, 16)
+    compiled = torch.compile(model)
+    with torch.no_grad():
+        assert torch.allclose(compiled(x), model(x), atol=1e-5)
+    model.train()
+    compiled(x).sum().backward()
+    assert model.blocks[0].attn.relative_position_bias.relative_position_bias_table.grad is not None

@@ -1,0 +1,47 @@
+"""The Accelerator of one run: mixed precision (no / fp16 with loss scaling / bf16), accumulation, seeding.
+
+accelerate 1.x leaves `mixed_precision="fp16"` on a CPU silently in float32 (no autocast, no GradScaler).
+PyTorch has fp16 autocast and a GradScaler for the CPU, so we switch accelerate's own machinery on for it:
+`prepare` then wraps the forward in `torch.autocast("cpu", torch.float16)`, `backward` scales the loss,
+`clip_grad_norm_` unscales and the optimizer step skips on inf/NaN gradients, exactly as on a GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState, PartialState
+from accelerate.utils import DataLoaderConfiguration
+
+__all__ = ["make_accelerator"]
+
+
+def make_accelerator(
+    mixed_precision: str = "no", *, cpu: bool = False, grad_accum_steps: int = 1, data_seed: int = 0
+) -> Accelerator:
+    """A fresh Accelerator for one training run (several runs may share a process, e.g. sweep trials).
+
+    Args:
+        mixed_precision: "no", "fp16" or "bf16".
+        cpu: stay on the CPU even where a GPU is present.
+        grad_accum_steps: micro-batches per optimizer step.
+        data_seed: seed of the shuffling sampler; epoch e draws the order of seed + e on every process, which
+            makes the order independent of the number of processes and restorable on resume.
+    """
+    # Accelerate keeps global singletons; a new run may change precision or accumulation. The process group
+    # (PartialState) is kept when distributed, dropped otherwise so that `cpu` can change between runs.
+    distributed = PartialState._shared_state != {} and PartialState().use_distributed
+    AcceleratorState._reset_state(reset_partial_state=not distributed)
+    GradientState._reset_state()
+    accelerator = Accelerator(
+        cpu=cpu,
+        mixed_precision=mixed_precision,
+        gradient_accumulation_steps=grad_accum_steps,
+        # We step the scheduler once per optimizer step ourselves (accelerate would step it num_processes times).
+        step_scheduler_with_optimizer=False,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=data_seed),
+    )
+    if mixed_precision == "fp16" and accelerator.device.type == "cpu" and accelerator.scaler is None:
+        accelerator.native_amp = True
+        accelerator.scaler = torch.amp.GradScaler("cpu")
+    return accelerator

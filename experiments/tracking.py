@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 WANDB_MODES = ("offline", "online", "disabled")
+WANDB_INIT_KEYS = ("project", "entity", "group", "job_type", "tags", "name", "id", "notes")
 # Final states that mark the run as failed in W&B (exit code 1); everything else (completed, pruned, early_stopped,
 # diverged) is a run that ended by the loop's own decision and has a result.
 FAILED_STATES = frozenset({"failed", "interrupted", "crashed"})
@@ -186,7 +187,7 @@ class WandbTracker:
         group: str | None = None,
         job_type: str | None = "train",
         tags: list[str] | tuple[str, ...] = (),
-        name: str | None = None,
+        name: str | None = None,  # None: the run folder's name
         id: str | None = None,
         notes: str | None = None,
         extra_config: Mapping[str, Any] | None = None,
@@ -216,7 +217,7 @@ class WandbTracker:
             reinit="create_new",
             # Console capture would copy every progress-bar line into the run; the loop logs what matters.
             settings=wandb.Settings(console="off"),
-            **{k: v for k, v in self.init_kwargs.items() if v is not None},
+            **{k: v for k, v in {**self.init_kwargs, "name": self.init_kwargs["name"] or run_dir.name}.items() if v},
         )
         self.run_id = self.run.id
         run = self.run
@@ -325,6 +326,9 @@ def build_tracker(tracker_cfg: Mapping[str, Any] | None, *, is_main_process: boo
     tracker_cfg = to_plain(tracker_cfg)
     trackers: list[Tracker] = []
     wandb_cfg = dict(tracker_cfg.get("wandb") or {})
+    unknown = sorted(set(wandb_cfg) - {"enabled", "mode", *WANDB_INIT_KEYS})
+    if unknown:
+        raise ValueError(f"tracker.wandb.{unknown[0]} is not a W&B tracker option: use {', '.join(WANDB_INIT_KEYS)}.")
     if wandb_cfg.pop("enabled", False):
         mode = wandb_cfg.pop("mode", "offline")
         if mode not in WANDB_MODES:

@@ -178,12 +178,13 @@ def test_many_runs_in_one_process_each_finished_with_its_state(tmp_path):
     assert len(set(ids)) == 2
 
 
-def test_explicit_id_and_none_reason(tmp_path):
-    tracker = build_tracker(tracker_cfg(tensorboard=False, id="fixedid1"), is_main_process=True)
-    tracker.start({"seed": 0}, tmp_path)
+def test_explicit_id_default_name_and_none_reason(tmp_path):
+    tracker = build_tracker(tracker_cfg(tensorboard=False, id="fixedid1", name=None), is_main_process=True)
+    tracker.start({"seed": 0}, tmp_path / "trial-3")
     tracker.finish("completed", {"reason": None})
-    run = leet(tmp_path, "--summary")
+    run = leet(tmp_path / "trial-3", "--summary")
     assert tracker.run_id == run["run_id"] == "fixedid1"
+    assert run["name"] == "trial-3"  # name: null -> the run folder's name
     assert run["summary"]["reason"] == ""
 
 
@@ -204,9 +205,11 @@ def test_disabled_writes_nothing(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["tensorboard"]
 
 
-def test_unknown_mode_is_named():
+def test_config_mistakes_are_named():
     with pytest.raises(ValueError, match=r"tracker\.wandb\.mode='onlin'"):
         build_tracker(tracker_cfg(mode="onlin"), is_main_process=True)
+    with pytest.raises(ValueError, match=r"tracker\.wandb\.log_model is not a W&B tracker option"):
+        build_tracker(tracker_cfg(log_model=True), is_main_process=True)
 
 
 def test_composite_finishes_every_tracker_when_one_fails():

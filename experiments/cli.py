@@ -79,10 +79,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     hydra_flags = [a for a in args if a.startswith("-")]
     try:
         if guide_path is not None:
-            from experiments.guide_config import compose_guide_config, guide_overrides
+            from experiments.guide_config import resolve_guide_overrides
 
-            compose_guide_config(guide_path, overrides)
-            overrides = [*guide_overrides(guide_path)[0], *overrides]
+            overrides = resolve_guide_overrides(guide_path, overrides)
+            compose_config(overrides)
         elif not hydra_flags:  # --help, --cfg job, -m ...: Hydra's own business
             compose_config(overrides)
     except ConfigError as exc:

@@ -75,8 +75,6 @@ LOWER_BOUNDS = {
 FRACTIONS = ("model.drop_rate", "model.attn_drop_rate", "model.drop_path_rate", "trainer.label_smoothing")
 
 register_schemas()
-# `${mul:7,${model.patch_size}}`: the guide translation derives the image size from the window (guide_config.py).
-OmegaConf.register_new_resolver("mul", lambda a, b: int(a) * int(b), replace=True)
 
 
 def compose_config(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:

@@ -10,8 +10,9 @@ Each guide key becomes a Hydra override of `conf/train.yaml`, so the result is v
                                                                       model.attn_drop_rate (attention and MLP)
     relative_position_bias.{enabled, type, window_size, learnable, init_std} -> model.rpb.{..., bias_type, ...}
 
-The guide's bias window is its token grid (rpb_config: window 7x7, sequence_length 49), so a 2d window sets
-`data.img_size = window * model.patch_size` (7x7 -> 28x28 digits, 14x14 -> 56x56). Later overrides still win.
+The guide's bias window is its token grid (rpb_config: window 7x7, sequence_length 49), so a square 2d window
+sets `data.img_size = window * model.patch_size` (7x7 -> 28x28 digits, 14x14 -> 56x56) unless the overrides
+given with it set data.img_size.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from omegaconf import DictConfig
 from experiments.config import compose_config
 from experiments.config_errors import ConfigError, closest
 
-__all__ = ["GUIDE_KEYS", "compose_guide_config", "guide_overrides"]
+__all__ = ["GUIDE_KEYS", "compose_guide_config", "guide_overrides", "resolve_guide_overrides"]
 
 # guide section -> guide key -> config key (None: handled specially)
 GUIDE_KEYS: dict[str, dict[str, str | None]] = {
@@ -112,11 +113,30 @@ def guide_overrides(path: str | Path) -> tuple[list[str], int | None]:
                 if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                     raise ConfigError(f"input.sequence_length must be a positive integer, got {value!r}.")
                 sequence_length = value
-    rpb = guide.get("relative_position_bias") or {}
-    window = rpb.get("window_size")
-    if isinstance(window, list) and len(window) == 2 and window[0] == window[1] and rpb.get("type", "2d") == "2d":
-        overrides.append(f"data.img_size=${{mul:{int(window[0])},${{model.patch_size}}}}")
     return overrides, sequence_length
+
+
+def _grid_side(path: str | Path) -> int | None:
+    """The token grid side a guide file implies: its square 2d window (None when it names none)."""
+    rpb = _read(path).get("relative_position_bias") or {}
+    window = rpb.get("window_size")
+    if rpb.get("type", "2d") == "2d" and isinstance(window, list) and len(window) == 2 and window[0] == window[1]:
+        return int(window[0])
+    return None
+
+
+def resolve_guide_overrides(path: str | Path, overrides: Sequence[str] = ()) -> list[str]:
+    """All Hydra overrides of a guide run: the guide's keys, the image size its window implies (unless
+    `overrides` set data.img_size), then `overrides`. Checks input.sequence_length against the token grid."""
+    guide, sequence_length = guide_overrides(path)
+    side = _grid_side(path)
+    if side is not None and not any(o.lstrip("+").startswith("data.img_size=") for o in overrides):
+        patch = compose_config([*guide, *overrides]).model.patch_size
+        guide.append(f"data.img_size={side * patch}")
+    full = [*guide, *overrides]
+    if sequence_length is not None:
+        _check_sequence_length(compose_config(full), sequence_length)
+    return full
 
 
 def _use_cpu(device: Any) -> bool:
@@ -134,20 +154,20 @@ def _use_cpu(device: Any) -> bool:
 
 def compose_guide_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
     """The validated training config of a guide YAML file, with further Hydra `overrides` applied after it."""
-    guide, sequence_length = guide_overrides(path)
-    cfg = compose_config([*guide, *overrides])
-    if sequence_length is not None:
-        grid = cfg.data.img_size // cfg.model.patch_size
-        if sequence_length != grid * grid:
-            side = math.isqrt(sequence_length)
-            hint = (
-                f"a {side}x{side} grid needs data.img_size={side * cfg.model.patch_size}"
-                if side * side == sequence_length
-                else "it must be a square number"
-            )
-            raise ConfigError(
-                f"input.sequence_length={sequence_length} does not match the {grid}x{grid} token grid "
-                f"({grid * grid} tokens = (data.img_size {cfg.data.img_size} / model.patch_size "
-                f"{cfg.model.patch_size})^2): {hint}."
-            )
-    return cfg
+    return compose_config(resolve_guide_overrides(path, overrides))
+
+
+def _check_sequence_length(cfg: DictConfig, sequence_length: int) -> None:
+    grid = cfg.data.img_size // cfg.model.patch_size
+    if sequence_length != grid * grid:
+        side = math.isqrt(sequence_length)
+        hint = (
+            f"a {side}x{side} grid needs data.img_size={side * cfg.model.patch_size}"
+            if side * side == sequence_length
+            else "it must be a square number"
+        )
+        raise ConfigError(
+            f"input.sequence_length={sequence_length} does not match the {grid}x{grid} token grid "
+            f"({grid * grid} tokens = (data.img_size {cfg.data.img_size} / model.patch_size "
+            f"{cfg.model.patch_size})^2): {hint}."
+        )

@@ -1,0 +1,187 @@
+"""train(): the run folder, mixed precision, resume, divergence, early stopping and the on_epoch_end contract."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import experiments.train as train_module
+from experiments.checkpoint import load_best
+from experiments.train import train
+
+EPOCH_KEYS = {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_time"}
+RESULT_KEYS = {
+    "status", "reason", "best_val_accuracy", "best_epoch", "epochs_run", "val_accuracy", "val_loss", "train_loss",
+    "run_dir", "wandb_run_id",
+}  # fmt: skip
+
+
+def _lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_one_epoch_digits_run_writes_the_run_folder(compose):
+    cfg = compose(["tracker=default", "tracker.wandb.mode=offline"])
+    seen = []
+    result = train(cfg, on_epoch_end=lambda epoch, metrics: seen.append((epoch, metrics)))
+    run = Path(cfg.run_dir)
+    assert set(result) == RESULT_KEYS and result["status"] == "completed" and result["epochs_run"] == 1
+    assert result["run_dir"] == str(run) and result["wandb_run_id"]
+    assert seen and seen[0][0] == 1 and set(seen[0][1]) == EPOCH_KEYS
+    assert 0.0 <= result["val_accuracy"] <= 1.0 and math.isfinite(result["val_loss"])
+
+    assert "model:" in (run / "config.yaml").read_text()
+    (record,) = _lines(run / "metrics.jsonl")
+    assert set(record) == EPOCH_KEYS and record["val_accuracy"] == result["val_accuracy"]
+    assert json.loads((run / "summary.json").read_text()) == result
+    state = json.loads((run / "checkpoints" / "last" / "train_state.json").read_text())
+    assert state["epoch"] == 1 and (run / "checkpoints" / "last" / "model.safetensors").is_file()
+    best = load_best(run / "checkpoints" / "best.pt")
+    assert best["epoch"] == 1 and "head.weight" in best["model"] and best["metrics"]["val_accuracy"] >= 0
+    maps = torch.load(run / "bias" / "offset_maps.pt", weights_only=True)
+    assert sorted(maps) == [0, 1] and maps[0].shape == (2, 13, 13)
+    assert (run / "bias" / "block_00.png").is_file()
+    assert list((run / "wandb").glob("offline-run-*")) and list((run / "tensorboard").rglob("events.out.*"))
+
+
+def test_guide_yaml_runs_as_it_is(tmp_path):
+    guide = tmp_path / "rpb_config.yaml"
+    guide.write_text(
+        "project:\n  name: relative_position_bias\n  seed: 42\n  device: cuda\n"
+        "input:\n  batch_size: 32\n  sequence_length: 49\n  embed_dim: 96\n"
+        "attention:\n  num_heads: 4\n  head_dim: 24\n  dropout: 0.1\n  scale: true\n"
+        "relative_position_bias:\n  enabled: true\n  type: 2d\n  window_size: [7, 7]\n"
+        "  learnable: true\n  init_std: 0.02\n"
+    )
+    from experiments.guide_config import compose_guide_config
+
+    overrides = [f"run_dir={tmp_path}/guide-run", "model.depth=1", "trainer.epochs=1", "tracker=none",
+                 "trainer.limit_train_batches=4", "trainer.limit_val_batches=2",
+                 "trainer.progress_bar=false"]  # fmt: skip
+    no_cuda = not torch.cuda.is_available()
+    with pytest.warns(UserWarning, match="CUDA is not available") if no_cuda else contextlib.nullcontext():
+        cfg = compose_guide_config(guide, overrides)
+    assert (cfg.name, cfg.model.embed_dim, cfg.model.head_dim, cfg.data.img_size) == (
+        "relative_position_bias",
+        96,
+        24,
+        28,
+    )
+    assert cfg.model.drop_rate == cfg.model.attn_drop_rate == 0.1
+    result = train(cfg)
+    assert result["status"] == "completed"
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_runs(compose, precision):
+    from experiments.precision import make_accelerator
+
+    accelerator = make_accelerator(precision, cpu=True)
+    with accelerator.autocast():
+        product = torch.randn(4, 4) @ torch.randn(4, 4)
+    assert product.dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    assert (accelerator.scaler is not None) == (precision == "fp16")  # fp16: loss scaling on the CPU too
+
+    # fp16 matmuls are slow on this CPU (no fp16 units): a few batches are enough to run every step kind.
+    overrides = ["model.depth=1", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2"]
+    result = train(compose([f"trainer.mixed_precision={precision}", *overrides]))
+    assert result["status"] == "completed" and math.isfinite(result["train_loss"])
+
+
+def test_resume_ends_with_the_same_metrics_as_an_uninterrupted_run(compose, tmp_path):
+    # Dropout and augmentation stay on: equal numbers need the RNG states restored, not only the weights.
+    common = ["trainer.epochs=4", "trainer.limit_train_batches=3", "trainer.limit_val_batches=3", "model.depth=1"]
+    straight = train(compose([*common, f"run_dir={tmp_path}/straight"]))
+    stopped = train(
+        compose([*common, f"run_dir={tmp_path}/resumed"]),
+        on_epoch_end=lambda epoch, metrics: "interrupted" if epoch == 2 else None,
+    )
+    assert stopped["status"] == "interrupted" and stopped["epochs_run"] == 2
+    resumed = train(compose([f"resume={tmp_path}/resumed"]))
+    assert resumed["status"] == "completed" and resumed["epochs_run"] == 4
+
+    a, b = _lines(tmp_path / "straight" / "metrics.jsonl"), _lines(tmp_path / "resumed" / "metrics.jsonl")
+    assert [r["epoch"] for r in b] == [1, 2, 3, 4]
+    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate"):
+        assert [r[key] for r in a] == pytest.approx([r[key] for r in b], rel=1e-6, abs=1e-7), key
+    wa = load_file(tmp_path / "straight" / "checkpoints" / "last" / "model.safetensors")
+    wb = load_file(tmp_path / "resumed" / "checkpoints" / "last" / "model.safetensors")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    assert resumed["best_val_accuracy"] == pytest.approx(straight["best_val_accuracy"])
+
+
+def test_divergence_stops_with_status_diverged_and_keeps_the_last_good_checkpoint(compose, monkeypatch, tmp_path):
+    build = train_module.build_model
+    calls = {"n": 0}
+
+    def nan_after_first_epoch(cfg):  # every forward of epoch 2 (after 8 train + 4 val batches) returns NaN
+        model = build(cfg)
+
+        def hook(module, args, output):
+            calls["n"] += 1
+            return output * float("nan") if calls["n"] > 8 + 4 + 2 else output
+
+        model.register_forward_hook(hook)
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", nan_after_first_epoch)
+    result = train(compose(["trainer.epochs=3", "trainer.log_every_n_steps=1", "model.depth=1"]))
+    assert result["status"] == "diverged" and "non-finite" in result["reason"] and result["epochs_run"] == 1
+    run = tmp_path / "run"
+    assert json.loads((run / "summary.json").read_text())["status"] == "diverged"
+    assert json.loads((run / "checkpoints" / "last" / "train_state.json").read_text())["epoch"] == 1
+    weights = load_file(run / "checkpoints" / "last" / "model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert load_best(run / "checkpoints" / "best.pt")["epoch"] == 1
+    assert [r["epoch"] for r in _lines(run / "metrics.jsonl")] == [1]
+
+
+def test_early_stopping_on_val_loss(compose, monkeypatch):
+    losses = iter([1.0, 0.9, 0.95, 0.97, 0.5])  # best at epoch 2, then two epochs without improvement
+
+    def fake_evaluate(*args, **kwargs):
+        return {"loss": next(losses), "accuracy": 0.5}
+
+    monkeypatch.setattr(train_module, "evaluate", fake_evaluate)
+    cfg = compose(["trainer.epochs=5", "trainer.early_stopping_patience=2", "trainer.limit_train_batches=1",
+                   "model.depth=1", "trainer.save_checkpoints=false"])  # fmt: skip
+    result = train(cfg)
+    assert result["status"] == "early_stopped" and result["epochs_run"] == 4
+    assert "val_loss did not improve for 2 epochs" in result["reason"]
+    assert _lines(Path(cfg.run_dir) / "metrics.jsonl")[-1]["status"] == "early_stopped"
+
+
+def test_on_epoch_end_string_stops_the_run_with_that_status(compose):
+    calls = []
+
+    def prune(epoch, metrics):
+        calls.append(epoch)
+        return "pruned"
+
+    result = train(compose(["trainer.epochs=3", "trainer.limit_train_batches=2", "model.depth=1"]), on_epoch_end=prune)
+    assert calls == [1]
+    assert result["status"] == "pruned" and result["epochs_run"] == 1 and "pruned" in result["reason"]
+
+
+def test_the_guides_training_api(tmp_path):
+    from experiments import SyntheticImageDataset, evaluate, save_checkpoint, train_epoch
+    from rpb import VisionTransformer
+
+    data = SyntheticImageDataset(num_samples=16, img_size=16, patch_size=4, in_channels=3, num_classes=4)
+    loader = torch.utils.data.DataLoader(data, batch_size=8)
+    model = VisionTransformer(img_size=16, patch_size=4, num_classes=4, embed_dim=32, depth=1, num_heads=2,
+                              rpb_kwargs={"num_heads": 2, "window_size": (4, 4), "bias_type": "2d", "init_std": 0.02})  # fmt: skip
+    criterion = torch.nn.CrossEntropyLoss()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    train_metrics = train_epoch(model, loader, criterion, optimizer, "cpu", 1)
+    val_metrics = evaluate(model, loader, criterion, "cpu")
+    assert math.isfinite(train_metrics["loss"]) and 0.0 <= val_metrics["accuracy"] <= 1.0
+    path = save_checkpoint(model, optimizer, 1, val_metrics, tmp_path / "checkpoints" / "best_model.pth")
+    saved = torch.load(path, weights_only=True)
+    assert saved["epoch"] == 1 and "optimizer" in saved and saved["metrics"]["loss"] == val_metrics["loss"]

@@ -2,7 +2,9 @@
 
 Paths (`attn_impl`): "reference" writes the softmax out (the ground truth the tests compare against),
 "sdpa" calls F.scaled_dot_product_attention with the bias as an additive float mask, "flex" calls
-FlexAttention with the bias as a score_mod, "auto" picks SDPA (the fastest correct path on CPU and GPU).
+FlexAttention with the bias as a score_mod. "auto" picks per call: SDPA, except on CPU when the bias needs a
+gradient, where SDPA cannot use its fused kernel (no mask gradient) and its math fallback is slower than the
+written-out reference (measured: guide config, fp32 and bf16).
 In local mode (Swin) attention runs inside non-overlapping windows, optionally shifted with the Swin mask.
 """
 
@@ -122,7 +124,7 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = head_dim
         self.scale = head_dim**-0.5 if scale else 1.0
-        self.attn_impl = "sdpa" if attn_impl == "auto" else attn_impl
+        self.attn_impl = attn_impl
         self.attn_drop = attn_drop
         inner = num_heads * head_dim
         self.qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias)
@@ -164,6 +166,9 @@ class Attention(nn.Module):
         """softmax(q k^T * scale + bias) v for q, k, v (B, nh, N, hd) and bias broadcastable to (B, nh, N, N)."""
         dropout_p = self.attn_drop if self.training else 0.0
         impl = self.attn_impl
+        if impl == "auto":
+            bias_grad = bias is not None and bias.requires_grad and torch.is_grad_enabled()
+            impl = "reference" if bias_grad and q.device.type == "cpu" else "sdpa"
         if impl == "flex":
             needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, bias))
             reason = flex_unavailable_reason(q, needs_grad, dropout_p)

@@ -82,6 +82,11 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "train") ->
 
     Works inside a running Hydra app too: its global state is set aside and restored.
     """
+    return validate_config(compose_unvalidated(overrides, config_name))
+
+
+def compose_unvalidated(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
+    """The composed config before `validate_config` (schema types and keys are already enforced by Hydra)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -89,14 +94,13 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "train") ->
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name=config_name, overrides=list(overrides))
+            return compose(config_name=config_name, overrides=list(overrides))
     except Exception as exc:  # Hydra and OmegaConf errors become one sentence
         raise rephrase(exc, CONF_DIR) from None
     finally:
         GlobalHydra.instance().clear()
         if outer is not None:
             GlobalHydra.instance().initialize(outer)
-    return validate_config(cfg)
 
 
 def validate_config(cfg: DictConfig | dict) -> DictConfig:

@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig
 
-from experiments.config import compose_config
+from experiments.config import compose_config, compose_unvalidated
 from experiments.config_errors import ConfigError, closest
 
 __all__ = ["GUIDE_KEYS", "compose_guide_config", "guide_overrides", "resolve_guide_overrides"]
@@ -131,7 +131,7 @@ def resolve_guide_overrides(path: str | Path, overrides: Sequence[str] = ()) -> 
     guide, sequence_length = guide_overrides(path)
     side = _grid_side(path)
     if side is not None and not any(o.lstrip("+").startswith("data.img_size=") for o in overrides):
-        patch = compose_config([*guide, *overrides]).model.patch_size
+        patch = compose_unvalidated([*guide, *overrides]).model.patch_size
         guide.append(f"data.img_size={side * patch}")
     full = [*guide, *overrides]
     if sequence_length is not None:

@@ -185,3 +185,66 @@ def test_the_guides_training_api(tmp_path):
     path = save_checkpoint(model, optimizer, 1, val_metrics, tmp_path / "checkpoints" / "best_model.pth")
     saved = torch.load(path, weights_only=True)
     assert saved["epoch"] == 1 and "optimizer" in saved and saved["metrics"]["loss"] == val_metrics["loss"]
+
+
+class RecordingTracker:
+    """A tracker that keeps what the loop logs (the contract's keys, without W&B's start-up cost)."""
+
+    run_id = "recorded"
+
+    def __init__(self):
+        self.logs, self.images, self.finished = [], [], None
+
+    def start(self, config, run_dir):
+        self.config = config
+
+    def log(self, metrics, step=None):
+        self.logs.append((dict(metrics), step))
+
+    def log_images(self, images, step=None):
+        self.images.append((sorted(images), step))
+
+    def finish(self, state, summary=None):
+        self.finished = (state, summary)
+
+
+def test_logged_keys_follow_the_contract(compose, monkeypatch):
+    import experiments.tracking
+
+    tracker = RecordingTracker()
+    monkeypatch.setattr(experiments.tracking, "build_tracker", lambda cfg, is_main_process: tracker)
+    result = train(compose(["tracker=tensorboard", "trainer.epochs=2", "trainer.limit_train_batches=4",
+                            "trainer.log_every_n_steps=2", "trainer.heatmap_every_n_epochs=2"]))  # fmt: skip
+    step_logs = [(m, s) for m, s in tracker.logs if "train/loss" in m]
+    epoch_logs = [(m, s) for m, s in tracker.logs if "val_accuracy" in m]
+    assert [s for _, s in step_logs] == [2, 4, 6, 8]  # every 2 optimizer steps, x = global_step
+    assert set(step_logs[0][0]) == {"train/loss", "train/lr", "train/grad_norm", "train/images_per_sec"}
+    assert [s for _, s in epoch_logs] == [1, 2]  # x = epoch
+    groups = {k for k in epoch_logs[0][0] if k.startswith("grad_norm/")}
+    assert groups >= {"grad_norm/patch_embed", "grad_norm/blocks.0", "grad_norm/blocks.1",
+                      "grad_norm/relative_position_bias", "grad_norm/head"}  # fmt: skip
+    assert all(v > 0 and math.isfinite(v) for k, v in epoch_logs[0][0].items() if k.startswith("grad_norm/"))
+    assert not any(k.startswith("bias_stats/") for k in epoch_logs[0][0])  # heatmaps every 2 epochs
+    assert "bias_stats/block_1/head_1/std" in epoch_logs[1][0]
+    assert tracker.images == [(["bias/block_0", "bias/block_1"], 2)]
+    assert (
+        tracker.finished[0] == "completed"
+        and tracker.finished[1]["wandb_run_id"] == "recorded" == result["wandb_run_id"]
+    )
+
+
+def test_an_exception_finishes_the_tracker_as_failed_and_propagates(compose, monkeypatch):
+    import experiments.tracking
+
+    tracker = RecordingTracker()
+    monkeypatch.setattr(experiments.tracking, "build_tracker", lambda cfg, is_main_process: tracker)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "evaluate", interrupted)
+    cfg = compose(["model.depth=1", "trainer.limit_train_batches=1"])
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    assert tracker.finished[0] == "interrupted"
+    assert json.loads((Path(cfg.run_dir) / "summary.json").read_text())["status"] == "interrupted"

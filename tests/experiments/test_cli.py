@@ -1,0 +1,67 @@
+"""`rpb-train`: Hydra overrides, the guide's YAML through --guide-config, resume, config mistakes exit 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from experiments.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["model.depth=1", "model.embed_dim=32", "model.num_heads=2", "model.head_dim=null", "trainer.epochs=1",
+        "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.progress_bar=false", "tracker=none"]  # fmt: skip
+
+
+def test_rpb_train_runs_with_overrides_and_leaves_nothing_but_the_run_dir(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    main([*TINY, "name=cli"])
+    (run,) = (tmp_path / "runs").iterdir()  # <output_dir>/<name>-<timestamp>
+    assert run.name.startswith("cli-") and sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+    assert "[rpb-train] completed" in capsys.readouterr().out
+
+    main([f"resume={run}", "trainer.epochs=1"])  # nothing left to do: ends at once, completed
+    assert json.loads((run / "summary.json").read_text())["epochs_run"] == 1
+
+
+def test_guide_config_option(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    guide = tmp_path / "my_experiment.yaml"
+    guide.write_text(
+        "project:\n  name: my_experiment\n  seed: 123\n  device: cpu\n"
+        "input:\n  batch_size: 64\n  embed_dim: 192\n"
+        "attention:\n  num_heads: 8\n  dropout: 0.1\n"
+        "relative_position_bias:\n  enabled: true\n  type: 2d\n  window_size: [14, 14]\n"
+    )
+    main(["--guide-config", str(guide), *TINY[:1], "model.embed_dim=32", "model.head_dim=null", *TINY[4:],
+          "data.batch_size=8", f"run_dir={tmp_path}/guide"])  # fmt: skip
+    saved = (tmp_path / "guide" / "config.yaml").read_text()
+    assert "img_size: 56" in saved and "name: my_experiment" in saved and "seed: 123" in saved
+
+    guide.write_text("attention:\n  num_head: 8\n")
+    with pytest.raises(SystemExit) as info:
+        main(["--guide-config", str(guide)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Unknown guide config key 'attention.num_head' (did you mean 'num_heads'?)" in err
+
+
+def test_guide_sequence_length_must_match_the_grid(tmp_path):
+    from experiments.config_errors import ConfigError
+    from experiments.guide_config import compose_guide_config
+
+    guide = tmp_path / "g.yaml"
+    guide.write_text("input:\n  sequence_length: 64\nrelative_position_bias:\n  window_size: [7, 7]\n")
+    with pytest.raises(ConfigError, match=r"input\.sequence_length=64 does not match the 7x7 token grid"):
+        compose_guide_config(guide)
+
+
+def test_console_script_refuses_a_misspelt_key_with_exit_2(tmp_path):
+    proc = subprocess.run([str(REPO / ".venv" / "bin" / "rpb-train"), "trainer.epoch=3"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "Unknown config key 'trainer.epoch' (did you mean 'epochs'?)" in proc.stderr
+    assert not list(tmp_path.iterdir())

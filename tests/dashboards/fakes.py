@@ -112,7 +112,12 @@ def make_ablation(root: Path, windows=(3, 5, 7), seeds=(0, 1, 2), name: str = "a
                     distributions=dists,
                     value=max(accs),
                     intermediate_values=dict(enumerate(accs)),
-                    user_attrs={"run_dir": str(run_dir), "wandb_run_id": None, "status": "completed", "reason": ""},
+                    user_attrs={
+                        "run_dir": str(run_dir),
+                        "wandb_run_id": f"w{len(study.trials)}",
+                        "status": "completed",
+                        "reason": "",
+                    },
                 )
             )
     return path

@@ -1,0 +1,227 @@
+"""rpb-wandb-workspace: the W&B sweep workspace and ablation report as code (wandb-workspaces).
+
+Offline (the default) it writes the definitions to a JSON file and prints how to publish them later; with
+``--publish`` (and a W&B login) it saves the workspace view and the report to the entity/project.
+
+    rpb-wandb-workspace --out runs/wandb_dashboards.json --group my-ablation
+    WANDB_API_KEY=... rpb-wandb-workspace --publish --entity me --project rpb-lab --group my-ablation
+
+The keys below are the ones training logs (experiments.train, experiments.tracking): per-step ``train/*`` against
+``global_step``, per-epoch metrics against ``epoch``, images ``bias/block_{i}``, summary ``best_val_accuracy``.
+Sweep and ablation runs carry the full resolved config (``model.rpb.window_size``, ``optim.lr``, ...); ablation
+runs also carry the flat keys ``window_size``, ``bias_type``, ``mode``, ``seed`` and ``ablation`` (sweeps.ablate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+EPOCH_X, STEP_X = "epoch", "global_step"
+TARGET = "best_val_accuracy"  # W&B summary key kept by the tracker (max of val_accuracy)
+SWEEP_PARAMS = ("optim.lr", "optim.weight_decay", "model.drop_rate", "model.rpb.init_std")  # conf/sweep/default.yaml
+WINDOW = "model.rpb.window_size"
+
+
+def _modules():
+    with warnings.catch_warnings():  # the library still declares pydantic-v1 validators
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import wandb_workspaces.reports.v2 as wr
+        import wandb_workspaces.workspaces as ws
+
+    return wr, ws
+
+
+def heatmap_keys(depth: int) -> list[str]:
+    return [f"bias/block_{i}" for i in range(depth)]
+
+
+def _curves(wr, groupby) -> list:
+    """Loss/accuracy curves; grouped lines show the mean over runs with a standard-error band."""
+    group = dict(groupby=groupby, groupby_aggfunc="mean", groupby_rangefunc="stderr") if groupby else {}
+    return [
+        wr.LinePlot(title="validation accuracy", x=EPOCH_X, y=["val_accuracy"], **group),
+        wr.LinePlot(title="validation loss", x=EPOCH_X, y=["val_loss"], **group),
+        wr.LinePlot(title="training loss (epoch)", x=EPOCH_X, y=["train_loss"], **group),
+        wr.LinePlot(title="training loss (step)", x=STEP_X, y=["train/loss"], smoothing_type="exponential"),
+        wr.LinePlot(title="learning rate", x=STEP_X, y=["train/lr"]),
+        wr.LinePlot(title="gradient norm", x=STEP_X, y=["train/grad_norm"]),
+    ]
+
+
+def sweep_workspace(
+    entity: str, project: str, study_name: str | None = None, params: Sequence[str] = SWEEP_PARAMS, depth: int = 3
+):
+    """The workspace of a sweep: parallel coordinates, importances, accuracy by window size, heatmaps, losses.
+
+    Args:
+        study_name: restrict the runs to one study (its W&B group); None shows every run of the project.
+        params: config paths of the searched hyperparameters (the sweep's `space`).
+        depth: model depth, i.e. how many `bias/block_{i}` image keys there are.
+    """
+    wr, ws = _modules()
+    columns = [wr.ParallelCoordinatesPlotColumn(metric=wr.Config(p)) for p in params]
+    columns.append(wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(TARGET)))
+    by_window = wr.Config(WINDOW)
+    sections = [
+        ws.Section(
+            name="Search",
+            is_open=True,
+            panels=[
+                wr.ParallelCoordinatesPlot(title="hyperparameters vs best validation accuracy", columns=columns),
+                wr.ParameterImportancePlot(with_respect_to=TARGET),
+                wr.BarPlot(
+                    title="best validation accuracy by window size",
+                    metrics=[wr.SummaryMetric(TARGET)],
+                    groupby=by_window,
+                    groupby_aggfunc="mean",
+                    groupby_rangefunc="stderr",
+                ),
+            ],
+        ),
+        ws.Section(name="By window size", is_open=True, panels=_curves(wr, by_window)[:3]),
+        ws.Section(
+            name="Relative position bias",
+            is_open=True,
+            panels=[wr.MediaBrowser(title="bias heatmaps", media_keys=heatmap_keys(depth), num_columns=depth)],
+        ),
+        ws.Section(name="Training", panels=_curves(wr, None)),
+    ]
+    runsets = ws.RunsetSettings(filters=f"Metric('group') = '{study_name}'" if study_name else "")
+    name = f"sweep {study_name}" if study_name else "rpb-lab sweeps"
+    return ws.Workspace(entity=entity, project=project, name=name, sections=sections, runset_settings=runsets)
+
+
+def ablation_report(entity: str, project: str, group: str, depth: int = 3, *, runset_project: bool = True):
+    """The report of one ablation: runs of the group, grouped by window size and bias type (mean over seeds).
+
+    Args:
+        runset_project: point the run set at entity/project (W&B looks the project up, so only when online).
+    """
+    wr, _ = _modules()
+    where = dict(entity=entity, project=project) if runset_project else {}
+    runset = wr.Runset(
+        name=f"ablation {group}",
+        filters=f"Metric('group') = '{group}'",
+        groupby=["config.window_size", "config.bias_type", "config.mode"],
+        **where,
+    )
+    panels = [
+        wr.BarPlot(
+            title="best validation accuracy (mean ± stderr over seeds)",
+            metrics=[wr.SummaryMetric(TARGET)],
+            groupby_aggfunc="mean",
+            groupby_rangefunc="stderr",
+        ),
+        *_curves(wr, wr.Config("window_size"))[:3],
+        wr.MediaBrowser(title="learned bias per block", media_keys=heatmap_keys(depth), num_columns=depth),
+        wr.RunComparer(diff_only="split"),
+    ]
+    return wr.Report(
+        entity=entity,
+        project=project,
+        title=f"Window-size ablation: {group}",
+        description="Validation accuracy, learning curves and learned relative position bias per window size.",
+        blocks=[
+            wr.H1(f"Window-size ablation {group}"),
+            wr.P("Runs are grouped by window size, bias type and mode; curves are the mean over seeds."),
+            wr.PanelGrid(runsets=[runset], panels=panels),
+            wr.H2("Local report"),
+            wr.MarkdownBlock(
+                text=f"`rpb-report --storage runs/sweeps/{group}.journal` writes the same comparison with 95% "
+                "t-intervals, bias-table sizes and training cost to `reports/<study>/index.html`."
+            ),
+        ],
+    )
+
+
+def _panels(obj: Any) -> Iterable[Any]:
+    for section in getattr(obj, "sections", []):
+        yield from section.panels
+    for block in getattr(obj, "blocks", []):
+        yield from getattr(block, "panels", [])
+
+
+def _name(metric: Any) -> tuple[str, str]:
+    """(kind, key) of a panel's metric: history keys are bare strings, config/summary keys are typed."""
+    kind = type(metric).__name__
+    return ("history", metric) if isinstance(metric, str) else (kind.lower().replace("metric", ""), metric.name)
+
+
+def plotted_keys(*definitions: Any) -> dict[str, set[str]]:
+    """Every key the definitions read, by kind: "history" (logged series and media), "config", "summary"."""
+    out: dict[str, set[str]] = {"history": set(), "config": set(), "summary": set()}
+    for panel in (p for d in definitions for p in _panels(d)):
+        metrics: list[Any] = []
+        metrics += list(getattr(panel, "y", []) or []) + list(getattr(panel, "metrics", []) or [])
+        metrics += [c.metric for c in getattr(panel, "columns", []) or []]
+        metrics += list(getattr(panel, "media_keys", []) or [])
+        if getattr(panel, "with_respect_to", None):
+            metrics.append(panel.with_respect_to)  # a summary key: W&B relates it to the config
+        if isinstance(getattr(panel, "x", None), str) and panel.x != "Step":
+            metrics.append(panel.x)
+        if getattr(panel, "groupby", None) is not None and not isinstance(panel.groupby, str):
+            metrics.append(panel.groupby)
+        for metric in metrics:
+            kind, key = _name(metric)
+            out["summary" if key == TARGET and kind == "history" else kind].add(key)
+    for runset in (r for d in definitions for b in getattr(d, "blocks", []) for r in getattr(b, "runsets", [])):
+        for group in runset.groupby:  # "config.window_size" -> a config key
+            section, _, key = group.partition(".")
+            out[section].add(key)
+    return out
+
+
+def definitions(entity: str, project: str, group: str, depth: int, online: bool = False) -> tuple[Any, Any]:
+    return sweep_workspace(entity, project, None, depth=depth), ablation_report(
+        entity, project, group, depth=depth, runset_project=online
+    )
+
+
+def to_json(workspace: Any, report: Any) -> dict[str, Any]:
+    """The definitions as W&B's own view specs (what `save()` would upload), built without network."""
+    dump = dict(by_alias=True, exclude_none=True, mode="json")
+    return {
+        "workspace": workspace._to_model().model_dump(**dump),
+        "report": report._to_model().model_dump(**dump),
+        "plotted_keys": {k: sorted(v) for k, v in plotted_keys(workspace, report).items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="rpb-wandb-workspace", description=__doc__.split("\n\n")[0])
+    p.add_argument("--entity", default=os.environ.get("WANDB_ENTITY"), help="W&B entity (user or team)")
+    p.add_argument("--project", default=os.environ.get("WANDB_PROJECT", "rpb-lab"), help="W&B project")
+    p.add_argument("--group", default="rpb-ablate", help="the ablation's study name (its runs' W&B group)")
+    p.add_argument("--depth", type=int, default=3, help="model depth: number of bias/block_{i} image keys")
+    p.add_argument("--publish", action="store_true", help="save to W&B (needs a login); default: write a file")
+    p.add_argument("--out", default="runs/wandb_dashboards.json", help="file for the offline definitions")
+    args = p.parse_args(argv)
+    if args.publish:
+        if not args.entity:
+            raise SystemExit("--entity is required with --publish (or set WANDB_ENTITY): the user or team to save to.")
+        workspace, report = definitions(args.entity, args.project, args.group, args.depth, online=True)
+        workspace.save()
+        report.save()
+        print(f"workspace: {workspace.url}\nreport: {report.url}")
+        return 0
+    entity = args.entity or "YOUR_ENTITY"
+    workspace, report = definitions(entity, args.project, args.group, args.depth)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(to_json(workspace, report), indent=1))
+    print(
+        f"definitions written to {out} (offline; nothing uploaded).\n"
+        f"publish later: wandb login && rpb-wandb-workspace --publish --entity <entity> --project {args.project} "
+        f"--group {args.group} --depth {args.depth}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,181 @@
+"""rpb-ablate: the window-size ablation, run through the sweep machinery (`sweeps.study.run_study`).
+
+The grid window_sizes x bias_types x modes x seeds (conf/ablation/window_size.yaml) becomes an Optuna study of
+kind "ablation": a GridSampler over categorical dimensions when the grid is a full product, enqueued trials when
+it is not (bias type "none" trains once per seed; mode "local" needs a 2d bias). So it resumes, runs with many
+workers (`ablation.workers=N`) and lands in W&B like any study: one group per ablation, the factors in every run's
+config (flat keys window_size, bias_type, mode, seed, ablation) and tags. Pruning is off unless `ablation.prune=true`.
+
+    rpb-ablate                                                     # 3 windows x 3 seeds on digits
+    rpb-ablate ablation.window_sizes=[3,5,7] 'ablation.bias_types=[2d,1d,none]' trainer.epochs=5
+    rpb-report --storage runs/sweeps/rpb-ablate.journal            # the comparison, as an HTML page
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+
+from sweeps.space import SweepConfigError, parse_window, window_label
+
+BIAS_TYPES = ("2d", "1d", "none")
+MODES = ("clip", "local")
+WINDOW, BIAS, MODE, ENABLED, SEED = (
+    "model.rpb.window_size",
+    "model.rpb.bias_type",
+    "model.rpb.mode",
+    "model.rpb.enabled",
+    "seed",
+)
+TRAIN_FN = "sweeps.ablate:train_trial"
+
+
+def _values(ab: DictConfig, key: str, allowed: Sequence[str] | None = None) -> list[Any]:
+    """A factor of the grid: a non-empty list without repeats (of `allowed` values when given)."""
+    node = ab.get(key)
+    values = list(OmegaConf.to_container(node)) if isinstance(node, ListConfig) else node
+    if not isinstance(values, (list, tuple)) or not values:
+        raise SweepConfigError(f"ablation.{key} must be a non-empty list, e.g. ablation.{key}=[...].")
+    if len(set(map(str, values))) != len(values):
+        raise SweepConfigError(f"ablation.{key}={list(values)} repeats a value; list each value once.")
+    bad = [v for v in values if allowed is not None and v not in allowed]
+    if bad:
+        raise SweepConfigError(f"ablation.{key} has {bad}; choose from {list(allowed)}.")
+    return list(values)
+
+
+def ablation_grid(ab: DictConfig) -> tuple[list[dict[str, Any]], dict[str, list[Any]], bool]:
+    """The trials of the ablation as param dicts, the categorical dimension of each param, and whether the
+    trials are the full product of those dimensions (then a GridSampler can enumerate them).
+
+    Raises:
+        SweepConfigError: an empty or malformed factor, or a grid with no trainable cell.
+    """
+    windows = [window_label(parse_window(w, "ablation.window_sizes")) for w in _values(ab, "window_sizes")]
+    bias_types = _values(ab, "bias_types", BIAS_TYPES)
+    modes = _values(ab, "modes", MODES)
+    seeds = _values(ab, "seeds")
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise SweepConfigError(f"ablation.seeds={seeds} must be integers, e.g. ablation.seeds=[0,1,2].")
+    trials: list[dict[str, Any]] = []
+    for bias in bias_types:
+        if bias == "none":  # no bias table: window and mode change nothing, so one run per seed
+            trials += [{WINDOW: windows[0], BIAS: "2d", MODE: "clip", ENABLED: False, SEED: s} for s in seeds]
+            continue
+        for window, mode, seed in itertools.product(windows, modes, seeds):
+            if mode == "local" and bias != "2d":
+                continue  # local windows exist for 2d biases only
+            trials.append({WINDOW: window, BIAS: bias, MODE: mode, ENABLED: True, SEED: seed})
+    if not trials:
+        raise SweepConfigError("ablation.modes=[local] needs a 2d bias; add 2d to ablation.bias_types.")
+    dims = {path: list(dict.fromkeys(t[path] for t in trials)) for path in (WINDOW, BIAS, MODE, ENABLED, SEED)}
+    if ENABLED not in dims or dims[ENABLED] == [True]:
+        dims.pop(ENABLED)
+        for t in trials:
+            t.pop(ENABLED)
+    full = len(trials) == len(list(itertools.product(*dims.values())))
+    return trials, dims, full
+
+
+def ablation_config(cfg: DictConfig) -> DictConfig:
+    """`cfg` with its `sweep` node rewritten from its `ablation` node (the study run_study will run)."""
+    ab = cfg.get("ablation")
+    if ab is None:
+        raise SweepConfigError("the config has no `ablation` node; compose conf/ablate.yaml (rpb-ablate does).")
+    trials, dims, full = ablation_grid(ab)
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        sweep = cfg.sweep if cfg.get("sweep") is not None else OmegaConf.create({})
+        clash = [p for p in dims if p in _flat(sweep.get("fixed"))]
+        if clash:
+            raise SweepConfigError(
+                f"sweep.fixed sets the ablation factor {clash[0]}; set it through ablation.* instead."
+            )
+        sweep.study_name = ab.study_name
+        sweep.kind = "ablation"
+        sweep.workers = int(ab.get("workers", 1))
+        sweep.space = {p: {"type": "categorical", "choices": v} for p, v in dims.items()}
+        sweep.sampler = {"name": "grid" if full else "random", "seed": 0}
+        if not ab.get("prune", False):
+            sweep.pruner = {"name": "none"}
+        sweep.enqueue_defaults = False
+        sweep.enqueue = [] if full else trials
+        sweep.n_trials = len(trials)
+        sweep.train_fn = TRAIN_FN
+        cfg.sweep = sweep
+    return cfg
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in (node or {}).items():
+        if isinstance(value, (dict, DictConfig)):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def run_factors(cfg: DictConfig) -> dict[str, Any]:
+    """The ablation factors of one trial's training config, as flat W&B config keys."""
+    rpb = cfg.model.rpb
+    return {
+        "window_size": window_label(list(rpb.window_size)),
+        "bias_type": rpb.bias_type if rpb.enabled else "none",
+        "mode": rpb.mode,
+        "seed": int(cfg.seed),
+        "ablation": cfg.tracker.wandb.group,
+    }
+
+
+def train_trial(cfg: DictConfig, on_epoch_end: Callable | None = None, train_fn: Callable | None = None) -> dict:
+    """Train one ablation trial: the factors go into the W&B config and tags, then `experiments.train.train`."""
+    factors = run_factors(cfg)
+    wb = cfg.tracker.wandb
+    tags = [*wb.tags, "ablation", f"bias-{factors['bias_type']}", f"mode-{factors['mode']}", f"seed-{factors['seed']}"]
+    if not any(t.startswith("window-") for t in tags):
+        tags.append(f"window-{factors['window_size']}")
+    wb.tags = list(dict.fromkeys(tags))
+    with open_dict(cfg.tracker):
+        cfg.tracker.extra_config = {**OmegaConf.to_container(cfg.tracker.extra_config), **factors}
+    if train_fn is None:
+        from experiments.train import train as train_fn
+    return train_fn(cfg, on_epoch_end=on_epoch_end)
+
+
+def run_ablation(cfg: DictConfig):
+    """Create or resume the ablation study and run its trials (`sweeps.study.run_study`); returns the study."""
+    from sweeps.study import run_study
+
+    return run_study(ablation_config(cfg))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`rpb-ablate [hydra overrides]`: compose conf/ablate.yaml, run the ablation, say how to look at it."""
+    from experiments.config import compose_config
+    from sweeps.storage import describe_storage
+
+    overrides = sys.argv[1:] if argv is None else argv
+    try:
+        cfg = ablation_config(compose_config(overrides, config_name="ablate"))
+        study = run_ablation(cfg)
+    except ValueError as err:  # ConfigError and SweepConfigError are ValueErrors with one sentence
+        print(f"rpb-ablate: {err}", file=sys.stderr)
+        return 2
+    if study is None:  # a non-main rank of a multi-process launch
+        return 0
+    storage = describe_storage(cfg.sweep)
+    print(
+        f"ablation {study.study_name}: {len(study.trials)} trials in {storage}\n"
+        f"report:    rpb-report --storage {storage} --study {study.study_name}\n"
+        f"dashboard: rpb-report --serve optuna --storage {storage}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

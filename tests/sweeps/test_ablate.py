@@ -1,0 +1,140 @@
+"""rpb-ablate: the grid, the study it becomes, the W&B fields of its runs, and 3 windows x 3 seeds end to end."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from dashboards.load import LocalRunReader, load_study, trial_runs
+from dashboards.report import main as report_main
+from dashboards.wandb_workspace import ablation_report, plotted_keys, sweep_workspace
+from experiments.config import compose_config
+from sweeps.ablate import ablation_config, ablation_grid, main, train_trial
+from sweeps.space import SweepConfigError
+
+TINY = [
+    "trainer.epochs=2",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=2",
+    "trainer.log_every_n_steps=1",
+    "trainer.save_checkpoints=false",
+    "trainer.heatmap_every_n_epochs=1",
+    "model.depth=1",
+    "model.embed_dim=16",
+    "model.num_heads=2",
+    "model.head_dim=8",
+    "tracker.tensorboard.enabled=false",
+]
+
+
+def _ab(**kw):
+    return OmegaConf.create({"study_name": "a", "window_sizes": [3, 5, 7], "seeds": [0, 1, 2], **kw})
+
+
+def test_full_product_is_a_grid():
+    trials, dims, full = ablation_grid(_ab(bias_types=["2d"], modes=["clip"]))
+    assert full and len(trials) == 9
+    assert dims == {
+        "model.rpb.window_size": ["3x3", "5x5", "7x7"],
+        "model.rpb.bias_type": ["2d"],
+        "model.rpb.mode": ["clip"],
+        "seed": [0, 1, 2],
+    }
+
+
+def test_no_bias_trains_once_per_seed_and_local_needs_2d():
+    trials, dims, full = ablation_grid(_ab(bias_types=["2d", "1d", "none"], modes=["clip", "local"]))
+    # 2d: 3 windows x 2 modes x 3 seeds; 1d: clip only, 3 x 3; none: 3 seeds.
+    assert not full and len(trials) == 18 + 9 + 3
+    assert sum(not t["model.rpb.enabled"] for t in trials) == 3
+    assert not [t for t in trials if t["model.rpb.bias_type"] == "1d" and t["model.rpb.mode"] == "local"]
+    assert dims["model.rpb.enabled"] == [True, False]
+
+
+@pytest.mark.parametrize(
+    "ab, message",
+    [
+        (_ab(bias_types=["3d"], modes=["clip"]), r"ablation.bias_types has \['3d'\]; choose from"),
+        (_ab(bias_types=["2d"], modes=[]), "ablation.modes must be a non-empty list"),
+        (_ab(bias_types=["2d"], modes=["clip"], seeds=[1, 1]), "repeats a value"),
+        (_ab(bias_types=["1d"], modes=["local"]), "needs a 2d bias"),
+        (_ab(bias_types=["2d"], modes=["clip"], window_sizes=["big"]), "is not a window size"),
+    ],
+)
+def test_grid_mistakes_are_one_sentence(ab, message):
+    with pytest.raises(SweepConfigError, match=message):
+        ablation_grid(ab)
+
+
+def test_ablation_becomes_a_sweep_without_pruning(tmp_path):
+    cfg = ablation_config(compose_config([f"sweep.output_dir={tmp_path}"], config_name="ablate"))
+    sweep = cfg.sweep
+    assert (sweep.kind, sweep.sampler.name, sweep.pruner.name, sweep.n_trials) == ("ablation", "grid", "none", 9)
+    assert sweep.train_fn == "sweeps.ablate:train_trial" and not sweep.enqueue_defaults
+    assert set(sweep.space) == {"model.rpb.window_size", "model.rpb.bias_type", "model.rpb.mode", "seed"}
+    pruned = ablation_config(compose_config(["ablation.prune=true"], config_name="ablate"))
+    assert pruned.sweep.pruner.name == "median"  # the sweep's own pruner
+
+
+def test_trial_carries_its_factors_into_wandb():
+    cfg = compose_config(["model.rpb.window_size=[5,5]", "seed=3", "tracker.wandb.group=abl"])
+    seen = {}
+    train_trial(cfg, train_fn=lambda c, on_epoch_end=None: seen.update(cfg=c) or {"status": "completed"})
+    wb, extra = seen["cfg"].tracker.wandb, seen["cfg"].tracker.extra_config
+    assert {"ablation", "window-5x5", "bias-2d", "mode-clip", "seed-3"} <= set(wb.tags)
+    assert dict(extra) == {"window_size": "5x5", "bias_type": "2d", "mode": "clip", "seed": 3, "ablation": "abl"}
+
+
+def test_cli_names_a_bad_override(capsys):
+    assert main(["ablation.bias_types=[3d]"]) == 2
+    assert "ablation.bias_types has ['3d']" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def ablation_run(tmp_path_factory):
+    """3 window sizes x 3 seeds on digits, tiny model, 2 epochs: the real training loop through run_study."""
+    root = tmp_path_factory.mktemp("ablate")
+    start = time.monotonic()
+    rc = main([f"sweep.output_dir={root}", "ablation.study_name=abl", *TINY])
+    return root, rc, time.monotonic() - start
+
+
+@pytest.mark.slow
+def test_ablation_end_to_end(ablation_run, tmp_path, capsys):
+    root, rc, seconds = ablation_run
+    assert rc == 0
+    study = load_study(str(root / "abl.journal"))
+    assert study.user_attrs["kind"] == "ablation"
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 9
+    runs = trial_runs(study, LocalRunReader())
+    cells = sorted((r.config["model"]["rpb"]["window_size"][0], r.config["seed"]) for _, r in runs)
+    assert cells == [(w, s) for w in (3, 5, 7) for s in (0, 1, 2)]
+    assert all(len(r.history) == 2 and r.offset_maps() for _, r in runs)
+
+    # Every key the W&B definitions read is in a real offline W&B run of the ablation.
+    run_dir = Path(runs[0][0].user_attrs["run_dir"])
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--summary", "--json", str(run_dir / "wandb")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    record = json.loads(out.stdout)
+    keys = plotted_keys(sweep_workspace("e", "p", depth=1), ablation_report("e", "p", "abl", 1, runset_project=False))
+    assert keys["history"] | keys["summary"] <= set(record["summary"]) | {"epoch", "global_step"}
+    config = record["config"]
+    for key in keys["config"]:
+        node = config
+        for part in key.split("."):
+            node = node[part]
+    assert config["ablation"] == "abl" and {"ablation", "seed-0", "window-3x3"} & set(record["tags"])
+
+    assert report_main(["--storage", str(root / "abl.journal"), "--out", str(tmp_path / "report")]) == 0
+    text = (tmp_path / "report" / "index.html").read_text()
+    assert all(f"{w}x{w} 2d" in text for w in (3, 5, 7)) and "heatmap_7x7_2d.png" in text
+    print(f"ablation of 9 runs took {seconds:.1f} s", file=sys.stderr)
+    assert seconds < 120, f"the 3x3 ablation took {seconds:.0f} s"

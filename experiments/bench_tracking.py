@@ -1,13 +1,14 @@
 """What tracking costs: W&B offline + TensorBoard + bias heatmaps every epoch vs `tracker=none`.
 
-    .venv/bin/python -m experiments.bench_tracking [--epochs 3] [--repeats 3]
+    .venv/bin/python -m experiments.bench_tracking [--epochs 2] [--repeats 2] [--skip-end-to-end]
 
-Two measurements, both on the default model and digits:
-1. end to end: `train(cfg)` with and without trackers, interleaved (ABBA) in one process, so machine load drifts
-   hit both alike; wall time per run and the ratio.
-2. the tracker calls alone, replayed for one epoch of the real loop's call pattern (per-step scalars every
-   `log_every_n_steps`, epoch scalars, bias statistics, heatmaps rendered and logged), against a measured epoch
-   of training: a low-noise estimate of the per-epoch overhead that (1) cannot resolve on a busy 2-core machine.
+Two measurements, both with the default model on digits:
+1. per epoch, interleaved: a stretch of real training steps (scaled to one epoch) next to one epoch's worth of
+   tracker calls in the loop's pattern (per-step scalars every `log_every_n_steps`, epoch scalars, bias statistics,
+   heatmaps rendered and logged). Rendering is timed for `rpb.plot.render_bias_heatmaps` (matplotlib) and for
+   `experiments.tracking.bias_heatmap_images` (numpy). Low noise, and it says where the time goes.
+2. end to end: `train(cfg)` with tracker=none, with W&B + TensorBoard, and with W&B + TensorBoard drawing the numpy
+   heatmaps, interleaved (A B C, C B A, ...) in one process so drifting machine load hits all alike.
 """
 
 from __future__ import annotations
@@ -16,65 +17,65 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-
-from experiments.tracking import build_tracker
 
 TRACKED = ["tracker.wandb.enabled=true", "tracker.wandb.mode=offline", "tracker.tensorboard.enabled=true"]
 UNTRACKED = ["tracker.wandb.enabled=false", "tracker.tensorboard.enabled=false"]
 
 
-def _train_run(overrides: list[str], run_dir: Path) -> float:
-    from experiments.config import compose_config
-    from experiments.train import train
-
-    cfg = compose_config([*overrides, f"run_dir={run_dir}"])
-    start = time.perf_counter()
-    result = train(cfg)
-    elapsed = time.perf_counter() - start
-    if result["status"] not in ("completed", "early_stopped"):
-        raise RuntimeError(f"benchmark run ended with status {result['status']!r}: {result.get('reason')}")
-    return elapsed
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
 
 
-def end_to_end(epochs: int, repeats: int, out: Path) -> dict[str, list[float]]:
-    """Wall seconds of `train(cfg)` per run for each variant, interleaved A B B A ..."""
-    common = [f"trainer.epochs={epochs}", "trainer.progress_bar=false", "trainer.heatmap_every_n_epochs=1"]
-    variants = {"tracker=none": common + UNTRACKED, "wandb+tensorboard": common + TRACKED}
-    # Warm-up: imports (W&B ~1 s, TensorBoard ~1.4 s), the W&B service process, digits cache, allocator.
-    for name, overrides in variants.items():
-        _train_run([*overrides, "trainer.epochs=1"], out / f"warmup-{name}")
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    names = list(variants)
-    for rep in range(repeats):
-        for name in names if rep % 2 == 0 else names[::-1]:
-            seconds = _train_run(variants[name], out / f"{name}-{rep}")
-            times[name].append(seconds)
-            print(f"  rep {rep} {name:<18} {seconds:7.2f} s", flush=True)
-    return times
-
-
-def tracker_calls_per_epoch(log_every_n_steps: int, repeats: int, out: Path) -> dict[str, float]:
-    """Seconds per epoch spent in tracker calls (and heatmap rendering) for the default model on digits."""
+def per_epoch(repeats: int, steps: int, out: Path) -> None:
+    """Print the per-epoch cost of the tracker calls next to an epoch of training, measured side by side."""
     from experiments.config import build_model, compose_config
     from experiments.data import build_dataloaders
+    from experiments.tracking import bias_heatmap_images, build_tracker
     from rpb.inspect import bias_statistics
     from rpb.plot import render_bias_heatmaps
 
     cfg = compose_config(TRACKED)
+    torch.manual_seed(cfg.seed)
     model = build_model(cfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     train_loader, _ = build_dataloaders(cfg.data, seed=cfg.seed)
-    steps = len(train_loader)
-    timings: dict[str, list[float]] = {k: [] for k in ("start+finish", "step logs", "epoch logs", "render", "images")}
+    steps_per_epoch, log_every = len(train_loader), int(cfg.trainer.log_every_n_steps)
+    batches = [batch for batch, _ in zip(train_loader, range(steps))]
+
+    def train_steps() -> float:
+        model.train()
+        start = time.perf_counter()
+        for images, labels in batches:
+            loss = torch.nn.functional.cross_entropy(model(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return (time.perf_counter() - start) / len(batches) * steps_per_epoch
+
+    keys = (
+        "epoch (train only)",
+        "start+finish",
+        "step logs",
+        "epoch logs",
+        "render matplotlib",
+        "render numpy",
+        "log_images",
+    )
+    timings: dict[str, list[float]] = {key: [] for key in keys}
+    train_steps()  # warm-up
     for rep in range(repeats):
+        epoch = train_steps()
         tracker = build_tracker(cfg.tracker, is_main_process=True)
         t0 = time.perf_counter()
         tracker.start({"bench": rep}, out / f"calls-{rep}")
         t1 = time.perf_counter()
-        for step in range(1, steps + 1):
-            if step % log_every_n_steps == 0:
+        for step in range(1, steps_per_epoch + 1):
+            if step % log_every == 0:
                 tracker.log(
                     {"train/loss": 1.0, "train/lr": 1e-3, "train/grad_norm": 1.0, "train/images_per_sec": 500.0},
                     step=step,
@@ -87,76 +88,115 @@ def tracker_calls_per_epoch(log_every_n_steps: int, repeats: int, out: Path) -> 
             "val_loss": 1.0,
             "val_accuracy": 0.5,
             "learning_rate": 1e-3,
-            "epoch_time": 3.0,
+            "epoch_time": epoch,
             "grad_norm/decay": 1.0,
             "grad_norm/no_decay": 1.0,
         }
         tracker.log({**metrics, **{f"bias_stats/{k}": v for k, v in bias_statistics(model).items()}}, step=1)
         t3 = time.perf_counter()
-        images = {f"bias/block_{i}": image for i, image in render_bias_heatmaps(model).items()}
+        render_bias_heatmaps(model)
         t4 = time.perf_counter()
-        tracker.log_images(images, step=1)
+        images = bias_heatmap_images(model)
         t5 = time.perf_counter()
-        tracker.finish("completed", {"best_val_accuracy": 0.5})
+        tracker.log_images(images, step=1)
         t6 = time.perf_counter()
-        for key, seconds in zip(timings, (t1 - t0 + t6 - t5, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+        tracker.finish("completed", {"best_val_accuracy": 0.5})
+        t7 = time.perf_counter()
+        for key, seconds in zip(keys, (epoch, t1 - t0 + t7 - t6, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)):
             timings[key].append(seconds)
-    return {key: statistics.median(values) for key, values in timings.items()}
+        print(
+            f"  rep {rep}: epoch {epoch:.2f} s, matplotlib render {t4 - t3:.3f} s, numpy render {t5 - t4:.4f} s",
+            flush=True,
+        )
+
+    med = {key: _median(values) for key, values in timings.items()}
+    epoch = med["epoch (train only)"]
+    print(
+        f"\n[per epoch] medians of {repeats}; one epoch = {steps_per_epoch} steps (timed over {len(batches)}), "
+        f"log_every_n_steps={log_every}"
+    )
+    for key in keys:
+        share = "" if key == "epoch (train only)" else f"  {100 * med[key] / epoch:6.2f}% of an epoch"
+        print(f"  {key:<19} {1000 * med[key]:9.1f} ms{share}" + ("  (once per run)" if key == "start+finish" else ""))
+    calls = med["step logs"] + med["epoch logs"] + med["log_images"]
+    for name, render in (("matplotlib heatmaps", med["render matplotlib"]), ("numpy heatmaps", med["render numpy"])):
+        print(f"  tracking per epoch with {name:<20} {100 * (calls + render) / epoch:6.2f}% (target <= 3%)")
 
 
-def train_epoch_seconds(repeats: int) -> float:
-    """Median seconds of one plain training epoch (default model, digits, AdamW), no tracking at all."""
-    from experiments.config import build_model, compose_config
-    from experiments.data import build_dataloaders
+@contextmanager
+def _numpy_heatmaps():
+    """Make train() draw the numpy heatmaps: train imports rpb.plot.render_bias_heatmaps at call time."""
+    import rpb.plot
+    from experiments.trackers.heatmaps import heatmap_tiles
+    from rpb.inspect import bias_offset_maps
 
-    cfg = compose_config(UNTRACKED)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    train_loader, _ = build_dataloaders(cfg.data, seed=cfg.seed)
-    times = []
-    for _ in range(repeats + 1):  # the first epoch warms up
-        start = time.perf_counter()
-        model.train()
-        for images, labels in train_loader:
-            loss = torch.nn.functional.cross_entropy(model(images), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
+    def render(model: torch.nn.Module) -> dict:
+        return {i: heatmap_tiles(m.detach().float().cpu().numpy()) for i, m in bias_offset_maps(model).items()}
+
+    original = rpb.plot.render_bias_heatmaps
+    rpb.plot.render_bias_heatmaps = render
+    try:
+        yield
+    finally:
+        rpb.plot.render_bias_heatmaps = original
+
+
+@contextmanager
+def _unchanged():
+    yield
+
+
+def end_to_end(epochs: int, repeats: int, out: Path) -> None:
+    """Print wall seconds of `train(cfg)` per variant, interleaved, and the ratios to tracker=none."""
+    from experiments.config import compose_config
+    from experiments.train import train
+
+    common = [f"trainer.epochs={epochs}", "trainer.progress_bar=false", "trainer.heatmap_every_n_epochs=1"]
+    variants: dict[str, tuple[list[str], Callable]] = {
+        "tracker=none": (common + UNTRACKED, _unchanged),
+        "wandb+tb, matplotlib heatmaps": (common + TRACKED, _unchanged),
+        "wandb+tb, numpy heatmaps": (common + TRACKED, _numpy_heatmaps),
+    }
+
+    def run(name: str, tag: str, extra: tuple[str, ...] = ()) -> float:
+        overrides, patch = variants[name]
+        cfg = compose_config([*overrides, *extra, f"run_dir={out / tag}"])
+        with patch():
+            start = time.perf_counter()
+            result = train(cfg)
+            seconds = time.perf_counter() - start
+        if result["status"] not in ("completed", "early_stopped"):
+            raise RuntimeError(f"benchmark run {tag} ended with status {result['status']!r}: {result['reason']}")
+        return seconds
+
+    # Warm-up: imports (W&B ~1 s, TensorBoard ~1.4 s), the W&B service process, the digits cache, the allocator.
+    for i, name in enumerate(variants):
+        run(name, f"warmup-{i}", ("trainer.epochs=1", "trainer.limit_train_batches=2"))
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
+    for rep in range(repeats):
+        for name in names if rep % 2 == 0 else names[::-1]:
+            times[name].append(run(name, f"{rep}-{names.index(name)}"))
+            print(f"  rep {rep} {name:<30} {times[name][-1]:7.2f} s", flush=True)
+    base = _median(times["tracker=none"])
+    print(f"\n[end to end] train(cfg), {epochs} epochs per run, median of {repeats} interleaved runs")
+    for name in names:
+        seconds = _median(times[name])
+        print(f"  {name:<30} {seconds:7.2f} s  ratio {seconds / base:.3f} ({100 * (seconds / base - 1):+.1f}%)")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per end-to-end run")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per variant (interleaved)")
-    parser.add_argument("--skip-end-to-end", action="store_true", help="only the per-epoch tracker-call estimate")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per end-to-end run")
+    parser.add_argument("--repeats", type=int, default=3, help="repetitions per variant (interleaved)")
+    parser.add_argument("--steps", type=int, default=15, help="training steps timed per repetition in (1)")
+    parser.add_argument("--skip-end-to-end", action="store_true", help="only the per-epoch measurement")
     args = parser.parse_args(argv)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; default model, digits 28x28")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; default model, digits 28x28", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-tracking-") as tmp:
-        out = Path(tmp)
-        from experiments.config import compose_config
-
-        log_every = int(compose_config().trainer.log_every_n_steps)
-        epoch = train_epoch_seconds(repeats=args.repeats)
-        calls = tracker_calls_per_epoch(log_every, repeats=args.repeats, out=out)
-        per_epoch = sum(v for k, v in calls.items() if k != "start+finish")
-        print(f"\n[tracker calls] plain training epoch: {epoch:.2f} s (median of {args.repeats})")
-        for key, seconds in calls.items():
-            print(f"  {key:<13} {1000 * seconds:8.1f} ms" + ("  (once per run)" if key == "start+finish" else ""))
-        print(
-            f"  per epoch     {1000 * per_epoch:8.1f} ms = {100 * per_epoch / epoch:.1f}% of an epoch "
-            f"(+{100 * calls['start+finish'] / epoch:.1f}% of one epoch once per run)"
-        )
-        if args.skip_end_to_end:
-            return
-        print(f"\n[end to end] train(cfg), {args.epochs} epochs, {args.repeats} interleaved runs per variant")
-        times = end_to_end(args.epochs, args.repeats, out)
-        base, tracked = statistics.median(times["tracker=none"]), statistics.median(times["wandb+tensorboard"])
-        print(f"  median tracker=none        {base:7.2f} s")
-        print(f"  median wandb+tensorboard   {tracked:7.2f} s")
-        print(f"  ratio {tracked / base:.3f} (overhead {100 * (tracked / base - 1):+.1f}%, target <= +3%)")
+        per_epoch(args.repeats, args.steps, Path(tmp))
+        if not args.skip_end_to_end:
+            end_to_end(args.epochs, args.repeats, Path(tmp))
 
 
 if __name__ == "__main__":

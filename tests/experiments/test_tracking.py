@@ -254,3 +254,42 @@ def test_mask_secrets():
     assert masked["journal"] == "postgresql://user@host/db"
     assert mask_secrets("see redis://:hunter2@cache:6379/0 and x") == "see redis://:***@cache:6379/0 and x"
     assert config.storage == "postgresql://user:secret@host/db"  # the input is left alone
+
+
+def test_heatmap_tiles_layout_and_colours():
+    from experiments.trackers.heatmaps import heatmap_tiles
+
+    maps = np.zeros((3, 5, 7), dtype=np.float32)
+    maps[0, 0, 0], maps[1, 4, 6] = 2.0, -1.0
+    image = heatmap_tiles(maps, scale=2, gap=1)
+    assert image.shape == (10, 3 * 14 + 2, 3) and image.dtype == np.uint8
+    assert (image[:, 14] == 255).all()  # the gap between heads is white
+    zero, high, low = image[5, 5], image[0, 0], image[9, 14 + 1 + 13]
+    assert zero.min() >= 240  # zero bias is (near) white on the diverging map
+    assert high[0] > high[2] and low[2] > low[0]  # positive red, negative blue
+    assert (image[0:2, 0:2] == high).all()  # nearest upsampling
+
+
+def test_bias_heatmap_images_of_a_model():
+    import torch
+
+    from experiments.tracking import bias_heatmap_images
+    from rpb import VisionTransformer
+
+    model = VisionTransformer(
+        img_size=16,
+        patch_size=4,
+        in_channels=1,
+        num_classes=3,
+        embed_dim=16,
+        depth=2,
+        num_heads=2,
+        rpb_kwargs={"num_heads": 2, "window_size": (4, 4)},
+    )
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_()
+    images = bias_heatmap_images(model, scale=4)
+    assert sorted(images) == ["bias/block_0", "bias/block_1"]
+    assert images["bias/block_0"].shape == (7 * 4, 2 * 7 * 4 + 4, 3)
+    assert not np.array_equal(images["bias/block_0"], images["bias/block_1"])

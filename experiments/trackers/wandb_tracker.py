@@ -1,0 +1,124 @@
+"""W&B tracker: one run per start/finish, offline unless configured, never a login prompt."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiments.trackers.common import (
+    EPOCH_GLOBS,
+    EPOCH_KEYS,
+    FAILED_STATES,
+    STEP_PREFIX,
+    mask_secrets,
+    merge_config,
+    scalar,
+    split_by_family,
+    to_plain,
+)
+
+
+class WandbTracker:
+    """One W&B run per `start`/`finish` pair (`reinit="create_new"`, so a sweep can run many in one process).
+
+    The mode is always explicit, so W&B never prompts for a login: `offline` (default; the run lands in
+    `<run_dir>/wandb/offline-run-*`, `wandb sync` uploads it later) or `online`.
+    """
+
+    def __init__(
+        self,
+        *,
+        mode: str = "offline",
+        project: str | None = "rpb-lab",
+        entity: str | None = None,
+        group: str | None = None,
+        job_type: str | None = "train",
+        tags: list[str] | tuple[str, ...] = (),
+        name: str | None = None,  # None: the run folder's name
+        id: str | None = None,
+        notes: str | None = None,
+        extra_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        if mode not in ("offline", "online"):
+            raise ValueError(f"tracker.wandb.mode={mode!r} cannot start a W&B run: use offline or online.")
+        self.mode = mode
+        self.init_kwargs = dict(project=project, entity=entity, group=group, job_type=job_type, name=name, id=id)
+        self.init_kwargs["notes"] = notes
+        self.tags = [str(t) for t in tags]
+        self.extra_config = to_plain(extra_config or {})
+        self.run = None
+        self.run_id: str | None = None
+        self._best_val_accuracy = -math.inf
+        self._history_keys: set[str] = set()
+
+    def start(self, config: Mapping[str, Any], run_dir: Path) -> None:
+        import wandb
+
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(
+            mode=self.mode,
+            dir=str(run_dir),
+            config=mask_secrets(merge_config(to_plain(config), self.extra_config)),
+            tags=self.tags,
+            reinit="create_new",
+            # Console capture would copy every progress-bar line into the run; the loop logs what matters.
+            settings=wandb.Settings(console="off"),
+            **{k: v for k, v in {**self.init_kwargs, "name": self.init_kwargs["name"] or run_dir.name}.items() if v},
+        )
+        self.run_id = self.run.id
+        run = self.run
+        run.define_metric("global_step", hidden=True)
+        run.define_metric("epoch", hidden=True)
+        run.define_metric(f"{STEP_PREFIX}*", step_metric="global_step")
+        for key in EPOCH_KEYS:
+            run.define_metric(key, step_metric="epoch", summary="max" if key == "val_accuracy" else None)
+        for glob in EPOCH_GLOBS:
+            run.define_metric(glob, step_metric="epoch")
+
+    def log(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if self.run is None:
+            return
+        step_metrics, epoch_metrics = split_by_family(metrics)
+        for row, step_key in ((step_metrics, "global_step"), (epoch_metrics, "epoch")):
+            if not row:
+                continue
+            self._history_keys.update(row)
+            if step is not None:
+                row.setdefault(step_key, step)
+            self.run.log(row)
+        val_accuracy = scalar(metrics.get("val_accuracy"))
+        if val_accuracy is not None and val_accuracy > self._best_val_accuracy:
+            self._best_val_accuracy = val_accuracy
+            self.run.summary["best_val_accuracy"] = val_accuracy
+
+    def log_images(self, images: Mapping[str, np.ndarray], step: int | None = None) -> None:
+        if self.run is None or not images:
+            return
+        import wandb
+
+        caption = None if step is None else f"epoch {step}"
+        row: dict[str, Any] = {k: wandb.Image(np.asarray(v), caption=caption) for k, v in images.items()}
+        if step is not None:
+            row["epoch"] = step
+        self.run.log(row)
+
+    def finish(self, state: str, summary: Mapping[str, Any] | None = None) -> None:
+        if self.run is None:
+            return
+        run, self.run = self.run, None
+        summary = dict(summary or {})
+        try:
+            # Keys that were logged as history keep W&B's own summary (e.g. val_accuracy's max); add the rest.
+            for key, value in summary.items():
+                if key not in self._history_keys and (value is None or isinstance(value, (str, int, float, bool))):
+                    run.summary[key] = value
+            run.summary["state"] = state
+            run.summary["reason"] = summary.get("reason") or ""  # W&B drops None values
+            run.tags = (*run.tags, state) if state not in run.tags else run.tags
+        finally:
+            run.finish(exit_code=1 if state in FAILED_STATES else 0)

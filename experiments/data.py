@@ -63,7 +63,7 @@ def build_datasets(data_cfg: Mapping[str, Any]) -> tuple[Dataset, Dataset]:
     augment, randaugment = bool(_get(data_cfg, "augment", True)), bool(_get(data_cfg, "randaugment", False))
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"data.val_fraction must be between 0 and 1 (exclusive), got {val_fraction}.")
-    if name in ("digits", "cifar10") and in_channels not in (1, 3):
+    if name != "synthetic" and in_channels not in (1, 3):
         raise ValueError(f"data.in_channels={in_channels} does not fit {name}: use 1 (grey) or 3 (RGB).")
 
     if name == "digits":

@@ -73,6 +73,11 @@ def build_cifar10(
     try:
         train = cifar10(root, train=True, download=download, transform=image_transforms(train=True, **kwargs))
         val = cifar10(root, train=False, download=False, transform=image_transforms(train=False, **kwargs))
+    except OSError as err:  # urllib's URLError included: no network, or no write access to data.root
+        raise ValueError(
+            f"CIFAR-10 could not be downloaded to data.root={root!r} ({err}): put cifar-10-batches-py there "
+            "yourself and set data.download=false."
+        ) from err
     except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
         raise ValueError(
             f"CIFAR-10 files under data.root={root!r} are incomplete ({err}): restore cifar-10-batches-py "

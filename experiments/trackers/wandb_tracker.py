@@ -60,6 +60,12 @@ class WandbTracker:
 
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
+        # Online without credentials would prompt on a terminal (and block forever unattended): refuse instead.
+        if self.mode == "online" and wandb.run is None and not wandb.login(prompt=False, verify=False):
+            raise ValueError(
+                "tracker.wandb.mode=online found no W&B credentials (or WANDB_MODE=offline is set): run `wandb login` "
+                "or set WANDB_API_KEY, or use tracker.wandb.mode=offline and `wandb sync` later."
+            )
         self.run = wandb.init(
             mode=self.mode,
             dir=str(run_dir),

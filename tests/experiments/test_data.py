@@ -254,3 +254,24 @@ def test_accepts_dictconfig():
 
     train, _ = build_datasets(OmegaConf.create({**DIGITS, "root": None, "augment": False}))
     assert train[0][0].shape == (1, 28, 28)
+
+
+def test_cifar10_download(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision.datasets.cifar
+
+    calls = []
+
+    def no_network(*args, **kwargs):
+        calls.append(args)
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.datasets.cifar, "download_and_extract_archive", no_network)
+    with pytest.raises(ValueError, match=r"could not be downloaded to data\.root.*data\.download=false"):
+        build_datasets({**CIFAR, "root": str(tmp_path), "download": True})
+    assert len(calls) == 1
+    # With the files in place, download=true fetches nothing.
+    write_cifar10(tmp_path)
+    train, _ = build_datasets({**CIFAR, "root": str(tmp_path), "download": True})
+    assert len(train) == 20 and len(calls) == 1

@@ -293,3 +293,13 @@ def test_bias_heatmap_images_of_a_model():
     assert sorted(images) == ["bias/block_0", "bias/block_1"]
     assert images["bias/block_0"].shape == (7 * 4, 2 * 7 * 4 + 4, 3)
     assert not np.array_equal(images["bias/block_0"], images["bias/block_1"])
+
+
+def test_online_without_credentials_is_refused_not_prompted(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    tracker = build_tracker(tracker_cfg(mode="online", tensorboard=False), is_main_process=True)
+    with pytest.raises(ValueError, match=r"tracker\.wandb\.mode=online found no W&B credentials"):
+        tracker.start({"seed": 0}, tmp_path / "run")
+    assert not list((tmp_path / "run").glob("wandb/*run-*"))

@@ -6,10 +6,13 @@ The training loop builds one tracker and calls it from one place:
     tracker.start(config, run_dir)
     tracker.log({"train/loss": 0.7, ...}, step=global_step)   # "train/*" keys: x = global_step
     tracker.log({"val_accuracy": 0.9, ...}, step=epoch)       # every other key: x = epoch
-    tracker.log_images({"bias/block_0": hwc_uint8}, step=epoch)
+    tracker.log_images(bias_heatmap_images(model), step=epoch)   # {"bias/block_0": (H, W, 3) uint8, ...}
     tracker.finish("completed", summary=result)
 
 Non-main processes get a `NoOpTracker`, so only rank 0 writes. W&B is imported lazily (it costs ~1 s).
+`bias_heatmap_images` draws the per-epoch heatmaps with numpy in milliseconds; `rpb.plot.render_bias_heatmaps`
+(matplotlib, labelled axes) costs about a second per epoch for the default model, which alone breaks the 3%
+tracking budget on digits: keep matplotlib for the final figures in the run folder.
 """
 
 from __future__ import annotations

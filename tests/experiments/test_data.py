@@ -73,6 +73,19 @@ def test_dataloader_shuffle_follows_seed():
     assert not torch.equal(first_labels(3), first_labels(4))
 
 
+def test_augmentation_in_workers_follows_the_loader_seed():
+    def first_batch(seed):
+        cfg = {**DIGITS, "batch_size": 16, "augment": True, "num_workers": 1}
+        train_loader, _ = build_dataloaders(cfg, seed=seed)
+        return next(iter(train_loader))[0]
+
+    torch.manual_seed(0)
+    a = first_batch(3)
+    torch.manual_seed(1)  # the main process's RNG does not reach the workers: the loader's generator does
+    b = first_batch(3)
+    assert torch.equal(a, b)
+
+
 def test_dataloader_options():
     cfg = {**DIGITS, "batch_size": 8, "eval_batch_size": 100, "num_workers": 1, "persistent_workers": True}
     train_loader, val_loader = build_dataloaders(cfg, seed=0)

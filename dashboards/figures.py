@@ -36,11 +36,22 @@ def _series(summaries: Sequence[SettingSummary]) -> dict[tuple[str, str], list[S
 
 
 def accuracy_vs_window(summaries: Sequence[SettingSummary]) -> Figure:
-    """Best validation accuracy against window size: seeds as dots, mean with its 95% t-interval as error bars."""
+    """Best validation accuracy against window size: seeds as dots, mean with its 95% t-interval as error bars.
+
+    One line per (bias type, mode); runs without a bias ("none") are drawn as a horizontal baseline band.
+    """
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    labels = sorted({s.setting.window_size for s in summaries}, key=lambda w: (w[0] * w[1], w))
-    xpos = {w: i for i, w in enumerate(labels)}
     series = _series(summaries)
+    # Without a bias the window size changes nothing: that baseline is a horizontal band, not a point.
+    for (bias_type, _), group in list(series.items()):
+        if bias_type == "none":
+            del series[(bias_type, _)]
+            base = group[0]
+            ax.axhline(base.mean, color="grey", linestyle="--", label="no bias (mean, 95% CI)")
+            if math.isfinite(base.ci_low):
+                ax.axhspan(base.ci_low, base.ci_high, color="grey", alpha=0.15)
+    labels = sorted({s.setting.window_size for g in series.values() for s in g}, key=lambda w: (w[0] * w[1], w))
+    xpos = {w: i for i, w in enumerate(labels)}
     width = 0.5 / max(len(series), 1)
     for k, ((bias_type, mode), group) in enumerate(series.items()):
         offset = (k - (len(series) - 1) / 2) * width

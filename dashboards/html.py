@@ -15,7 +15,7 @@ figure { display: inline-block; margin: 0.5em; vertical-align: top; }
 figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { font-size: 0.85em; color: #555; text-align: center; }
 .row { display: flex; flex-wrap: wrap; gap: 0.5em; align-items: flex-start; }
-.row figure { flex: 1 1 280px; }
+.row figure { flex: 1 1 520px; }
 .note { color: #a60; font-style: italic; }
 pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 0.8em; }
 """

@@ -110,3 +110,17 @@ def test_report_renders_in_headless_chromium(ablation_report, tmp_path):
     pixels = browser.screenshot(ablation_report, tmp_path / "shot.png")
     assert pixels.std() > 20, "the page looks blank"
     assert (pixels.min(axis=2) < 200).mean() > 0.05, "less than 5% of the page is drawn"
+
+
+def test_no_bias_runs_are_a_baseline_not_a_window(tmp_path):
+    from dashboards.figures import accuracy_vs_window
+
+    for i, (window, bias) in enumerate([(3, "2d"), (3, "none"), (5, "2d"), (5, "none")]):
+        write_run(tmp_path / f"r{i}", run_config(window, seed=i, bias_type=bias), [0.5 + 0.01 * i])
+    summaries = summarise([read_run_dir(tmp_path / f"r{i}") for i in range(4)])
+    labels = [s.setting.label for s in summaries]
+    assert labels == ["3x3 2d", "5x5 2d", "3x3 none", "5x5 none"] and summaries[-1].bias_params == 0
+    fig = accuracy_vs_window(summaries)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["3x3", "5x5"]  # no x position for "none"
+    assert "no bias (mean, 95% CI)" in [t.get_text() for t in ax.get_legend().get_texts()]

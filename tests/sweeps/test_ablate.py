@@ -18,16 +18,18 @@ from sweeps.space import SweepConfigError
 
 TINY = [
     "trainer.epochs=2",
-    "trainer.limit_train_batches=3",
+    "trainer.limit_train_batches=2",
+    "data.batch_size=16",
     "trainer.limit_val_batches=2",
     "trainer.log_every_n_steps=1",
     "trainer.save_checkpoints=false",
-    "trainer.heatmap_every_n_epochs=1",
+    "trainer.heatmap_every_n_epochs=2",
     "model.depth=1",
     "model.embed_dim=16",
     "model.num_heads=2",
     "model.head_dim=8",
     "tracker.tensorboard.enabled=false",
+    "trainer.progress_bar=false",
 ]
 
 
@@ -138,3 +140,19 @@ def test_ablation_end_to_end(ablation_run, tmp_path, capsys):
     assert all(f"{w}x{w} 2d" in text for w in (3, 5, 7)) and "heatmap_7x7_2d.png" in text
     print(f"ablation of 9 runs took {seconds:.1f} s", file=sys.stderr)
     assert seconds < 120, f"the 3x3 ablation took {seconds:.0f} s"
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_ablation_report_opens_in_headless_chromium(ablation_run, tmp_path):
+    from tests.dashboards import browser
+
+    if browser.chromium() is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install -y chromium)")
+    root, rc, _ = ablation_run
+    assert rc == 0
+    report_main(["--storage", str(root / "abl.journal"), "--out", str(tmp_path / "report")])
+    index = tmp_path / "report" / "index.html"
+    loaded, total = browser.images_loaded(index)
+    assert total >= 10 and loaded == total, f"{loaded} of {total} images loaded"
+    assert browser.screenshot(index, tmp_path / "shot.png").std() > 20, "the page looks blank"

@@ -124,7 +124,7 @@ def ablation_section(summaries: list[SettingSummary], figs: _Figures, block: int
     ]
     parts.append(html.table(header, rows, left=2))
     parts.append(figs.add(figures.learning_curves(summaries), "ablation_curves", "learning curves per setting"))
-    parts.append(f"<h3>Learned bias, block {block}, all heads (first seed of each setting)</h3>")
+    parts.append(f"<h3>Learned bias, block {block}, all heads (one seed of each setting)</h3>")
     row = []
     for s in summaries:
         for run in s.runs:
@@ -133,7 +133,8 @@ def ablation_section(summaries: list[SettingSummary], figs: _Figures, block: int
                 row.append(ref)
                 break
         else:
-            row.append(html.note(f"{s.setting.label}: no bias maps saved (bias disabled or run unfinished)"))
+            why = "no bias table" if s.setting.bias_type == "none" else "no bias maps saved (run unfinished?)"
+            row.append(html.note(f"{s.setting.label}: {why}"))
     parts.append('<div class="row">' + "".join(row) + "</div>")
     return "\n".join(parts)
 

@@ -96,6 +96,23 @@ def test_cli_errors_are_one_sentence(argv, message):
         main(argv)
 
 
+def test_serve_runs_the_dashboards_on_loopback(ablation_journal, tmp_path, monkeypatch):
+    from dashboards import serve
+
+    started = []
+    monkeypatch.setattr(serve, "serve", lambda cmd: started.append(cmd) or 0)
+    assert main(["--serve", "optuna", "--storage", str(ablation_journal)]) == 0
+    assert main(["--serve", "tensorboard", "--logdir", str(tmp_path), "--port", "7007"]) == 0
+    optuna_cmd, tb_cmd = started
+    assert Path(optuna_cmd[0]).name == "optuna-dashboard" and optuna_cmd[1] == str(ablation_journal)
+    assert optuna_cmd[optuna_cmd.index("--port") + 1] == "8080" and tb_cmd[-4:] == [
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "7007",
+    ]
+
+
 def test_unknown_study_name_is_named(ablation_journal):
     with pytest.raises(ValueError, match="--study 'other' is not in the storage; it holds: abl"):
         load_study(str(ablation_journal), "other")

@@ -65,7 +65,7 @@ def timm_relpos(size: Size) -> nn.Module:
     )  # fmt: skip
 
 
-def matmul_peak(dtype: torch.dtype, device: str, n: int = 4096, reps: int = 3) -> float:
+def matmul_peak(dtype: torch.dtype, device: str, n: int = 4096, reps: int = 5) -> float:
     """Best-of-`reps` FLOP/s of an n x n matmul."""
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     a @ b  # warm-up
@@ -168,8 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="guide,vit_ti16", help="comma list of " + ", ".join(SIZES))
     parser.add_argument("--precisions", default="fp32,bf16", help="comma list of fp32, bf16")
-    parser.add_argument("--iters", type=int, default=10, help="steps per timed round")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per variant (median counts)")
+    parser.add_argument("--iters", type=int, default=2, help="steps per variant per round")
+    parser.add_argument("--rounds", type=int, default=8, help="interleaved rounds (the median round counts)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant (compilation included)")
     parser.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         args.sizes, args.precisions = "vit_b16", "bf16"
         torch.backends.cuda.matmul.allow_tf32 = True
     if args.quick:
-        args.iters, args.rounds, args.warmup = min(args.iters, 3), min(args.rounds, 3), min(args.warmup, 1)
+        args.iters, args.rounds, args.warmup = 1, min(args.rounds, 5), min(args.warmup, 1)
     if args.compile is None:
         args.compile = not args.quick
     if args.threads:

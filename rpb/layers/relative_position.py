@@ -213,7 +213,7 @@ class RelativePositionBias(nn.Module):
         # Outside autograd the gathered bias is reused until the table changes (eval loops, inference).
         cacheable = not (torch.is_grad_enabled() and table.requires_grad) and not torch.compiler.is_compiling()
         if cacheable:
-            key = (table._version, table.data_ptr(), table.device, table.dtype)
+            key = (table._version, table.data_ptr(), table.device, table.dtype, torch.is_inference_mode_enabled())
             if self._cache is not None and self._cache[0] == key:
                 return self._cache[1]
         n = self.num_tokens

@@ -156,3 +156,15 @@ def test_unknown_attn_impl_and_head_mismatch_raise():
         Attention(32, 5)
     with pytest.raises(ValueError, match="make rpb_kwargs num_heads equal num_heads"):
         Attention(32, 4, rel_pos_bias=RelativePositionBias(2, (3, 3)))
+
+
+def test_auto_path_matches_reference_in_training_and_eval():
+    attn = make_attention(impl="auto").float()
+    x = torch.randn(2, 10, 32)
+    auto = run(attn, x, "auto")
+    ref = run(attn, x, "reference")
+    for got, want in zip(auto, ref):
+        assert rel_err(got, want) < 1e-5
+    with torch.no_grad():
+        attn.attn_impl = "auto"
+        assert rel_err(attn(x), ref[0]) < 1e-5

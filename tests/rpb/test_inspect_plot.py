@@ -4,14 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from rpb import VisionTransformer, bias_matrices, bias_offset_maps, bias_statistics, favoured_offsets
+from rpb import bias_matrices, bias_offset_maps, bias_statistics, favoured_offsets
 from rpb.inspect import relative_position_biases
-
-
-def tiny(**kw) -> VisionTransformer:
-    torch.manual_seed(0)
-    args = dict(img_size=16, patch_size=4, in_channels=3, num_classes=5, embed_dim=32, depth=2, num_heads=4)
-    return VisionTransformer(**{**args, **kw})
+from tests.rpb.helpers import tiny
 
 
 def test_offset_map_places_each_offset_at_dy_dx():

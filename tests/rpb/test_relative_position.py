@@ -160,3 +160,11 @@ def test_resize_1d_keeps_centre_and_edges():
 def test_resize_refuses_a_wrong_old_window():
     with pytest.raises(ValueError, match="pass the window size the table was trained with"):
         resize_relative_position_bias_table(torch.randn(50, 2), (7, 7), (5, 5))
+
+
+def test_cache_is_not_reused_across_inference_mode():
+    rpb = RelativePositionBias(2, (3, 3), learnable=False)
+    with torch.inference_mode():
+        inference_bias = rpb()
+    bias = rpb()
+    assert bias is not inference_bias and not bias.is_inference()

@@ -9,14 +9,9 @@ from rpb import (
     param_groups_weight_decay,
     resize_rel_pos_bias_in_state_dict,
 )
+from tests.rpb.helpers import tiny
 
 GUIDE = dict(img_size=28, patch_size=4, in_channels=1, num_classes=10, embed_dim=96, depth=2, num_heads=4)
-
-
-def tiny(**kw) -> VisionTransformer:
-    torch.manual_seed(0)
-    args = dict(img_size=16, patch_size=4, in_channels=3, num_classes=5, embed_dim=32, depth=2, num_heads=4)
-    return VisionTransformer(**{**args, **kw})
 
 
 def test_guide_model_creation_snippet():

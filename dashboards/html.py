@@ -33,16 +33,16 @@ def note(text: str) -> str:
     return f'<p class="note">{esc(text)}</p>'
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[object]], left: int = 1) -> str:
-    """A table whose first `left` columns are text (left-aligned), the rest numbers."""
+def table(header: Sequence[str] | None, rows: Sequence[Sequence[object]], left: int = 1) -> str:
+    """A table whose first `left` columns are text (left-aligned), the rest numbers; no header row for None."""
 
     def cell(tag: str, i: int, value: object) -> str:
         cls = ' class="l"' if i < left else ""
         return f"<{tag}{cls}>{esc(value)}</{tag}>"
 
-    head = "".join(cell("th", i, h) for i, h in enumerate(header))
+    head = "<thead><tr>" + "".join(cell("th", i, h) for i, h in enumerate(header)) + "</tr></thead>" if header else ""
     body = "".join("<tr>" + "".join(cell("td", i, v) for i, v in enumerate(r)) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<table>{head}<tbody>{body}</tbody></table>"
 
 
 def page(title: str, sections: Sequence[str]) -> str:

@@ -82,7 +82,7 @@ def overview_section(study: optuna.Study, runs: list[tuple[optuna.trial.FrozenTr
     ]
     return (
         "<h2>Overview</h2>"
-        + html.table(["", ""], facts, left=2)
+        + html.table(None, facts, left=2)
         + html.table(["trial", "state", "value", "run status", *params], rows, left=2)
     )
 
@@ -112,7 +112,7 @@ def ablation_section(summaries: list[SettingSummary], figs: _Figures, block: int
     rows = [
         (
             s.setting.label,
-            ",".join(map(str, s.seeds)),
+            ",".join(map(str, sorted(s.seeds))),
             len(s.runs),
             _fmt(s.mean),
             f"[{_fmt(s.ci_low)}, {_fmt(s.ci_high)}]",

@@ -131,6 +131,7 @@ def intermediate_values(study: optuna.Study) -> Figure:
         shown[kind] = True
         if pruned:
             ax.scatter([steps[-1]], [values[-1]], marker="x", color=color, s=40, zorder=3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("step (epoch)")
     ax.set_ylabel("intermediate value")
     ax.set_title("Intermediate values (x: pruned here)")

@@ -145,7 +145,7 @@ def sweep_section(study: optuna.Study, best: RunData | None, figs: _Figures) -> 
     drawn = figures.sweep_figures(study, slice_params)
     captions = {
         "optimization_history": "optimisation history",
-        "param_importances": "parameter importances",
+        "param_importances": "parameter importances (Optuna's default evaluator; rough with few trials)",
         "intermediate_values": "intermediate values",
         "parallel_coordinate": "parallel coordinates",
         "slice": "slices: " + (", ".join(slice_params) or "all parameters"),

@@ -20,7 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from sweeps.space import SweepConfigError, parse_window, window_label
+from sweeps.space import SweepConfigError, fixed_values, parse_window, window_label
 
 BIAS_TYPES = ("2d", "1d", "none")
 MODES = ("clip", "local")
@@ -90,7 +90,7 @@ def ablation_config(cfg: DictConfig) -> DictConfig:
     cfg = cfg.copy()
     with open_dict(cfg):
         sweep = cfg.sweep if cfg.get("sweep") is not None else OmegaConf.create({})
-        clash = [p for p in dims if p in _flat(sweep.get("fixed"))]
+        clash = [p for p in dims if p in fixed_values(sweep)]
         if clash:
             raise SweepConfigError(
                 f"sweep.fixed sets the ablation factor {clash[0]}; set it through ablation.* instead."
@@ -108,16 +108,6 @@ def ablation_config(cfg: DictConfig) -> DictConfig:
         sweep.train_fn = TRAIN_FN
         cfg.sweep = sweep
     return cfg
-
-
-def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in (node or {}).items():
-        if isinstance(value, (dict, DictConfig)):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def run_factors(cfg: DictConfig) -> dict[str, Any]:

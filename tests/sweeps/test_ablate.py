@@ -159,3 +159,9 @@ def test_ablation_report_opens_in_headless_chromium(ablation_run, tmp_path):
     loaded, total = browser.images_loaded(index)
     assert total >= 10 and loaded == total, f"{loaded} of {total} images loaded"
     assert browser.screenshot(index, tmp_path / "shot.png").std() > 20, "the page looks blank"
+
+
+def test_fixing_a_factor_in_the_sweep_is_refused():
+    cfg = compose_config(["+sweep.fixed.seed=3"], config_name="ablate")
+    with pytest.raises(SweepConfigError, match=r"sweep\.fixed sets the ablation factor seed"):
+        ablation_config(cfg)

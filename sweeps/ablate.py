@@ -7,7 +7,7 @@ workers (`ablation.workers=N`) and lands in W&B like any study: one group per ab
 config (flat keys window_size, bias_type, mode, seed, ablation) and tags. Pruning is off unless `ablation.prune=true`.
 
     rpb-ablate                                                     # 3 windows x 3 seeds on digits
-    rpb-ablate ablation.window_sizes=[3,5,7] 'ablation.bias_types=[2d,1d,none]' trainer.epochs=5
+    rpb-ablate 'ablation.window_sizes=[3,5,7]' 'ablation.bias_types=[2d,1d,none]' trainer.epochs=5
     rpb-report --storage runs/sweeps/rpb-ablate.journal            # the comparison, as an HTML page
 """
 
@@ -32,6 +32,7 @@ WINDOW, BIAS, MODE, ENABLED, SEED = (
     "seed",
 )
 TRAIN_FN = "sweeps.ablate:train_trial"
+ABLATION_KEYS = ("study_name", "window_sizes", "bias_types", "modes", "seeds", "workers", "prune")
 
 
 def _values(ab: DictConfig, key: str, allowed: Sequence[str] | None = None) -> list[Any]:
@@ -86,6 +87,9 @@ def ablation_config(cfg: DictConfig) -> DictConfig:
     ab = cfg.get("ablation")
     if ab is None:
         raise SweepConfigError("the config has no `ablation` node; compose conf/ablate.yaml (rpb-ablate does).")
+    unknown = sorted(set(ab) - set(ABLATION_KEYS))
+    if unknown:
+        raise SweepConfigError(f"ablation.{unknown[0]} is not an ablation key; use one of {', '.join(ABLATION_KEYS)}.")
     trials, dims, full = ablation_grid(ab)
     cfg = cfg.copy()
     with open_dict(cfg):

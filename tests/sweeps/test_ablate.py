@@ -161,6 +161,12 @@ def test_ablation_report_opens_in_headless_chromium(ablation_run, tmp_path):
     assert browser.screenshot(index, tmp_path / "shot.png").std() > 20, "the page looks blank"
 
 
+def test_a_misspelt_ablation_key_is_refused():
+    cfg = compose_config(["+ablation.seed=[1]"], config_name="ablate")
+    with pytest.raises(SweepConfigError, match=r"ablation\.seed is not an ablation key; use one of study_name"):
+        ablation_config(cfg)
+
+
 def test_fixing_a_factor_in_the_sweep_is_refused():
     cfg = compose_config(["+sweep.fixed.seed=3"], config_name="ablate")
     with pytest.raises(SweepConfigError, match=r"sweep\.fixed sets the ablation factor seed"):

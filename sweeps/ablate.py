@@ -154,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     from sweeps.storage import describe_storage
 
     overrides = sys.argv[1:] if argv is None else argv
+    if {"-h", "--help"} & set(overrides):
+        print(__doc__)
+        return 0
     try:
         cfg = ablation_config(compose_config(overrides, config_name="ablate"))
         study = run_ablation(cfg)

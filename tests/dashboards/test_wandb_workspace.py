@@ -54,6 +54,14 @@ def test_plotted_keys_are_keys_training_logs():
     assert {"model.rpb.window_size", "optim.lr", "window_size", "bias_type"} <= keys["config"]
 
 
+def test_default_columns_are_the_sweep_space():
+    from dashboards.wandb_workspace import SWEEP_PARAMS, WINDOW
+
+    space = OmegaConf.to_container(compose_config([], config_name="sweep").sweep.space)
+    paths = {p.rsplit(".", 1)[0] for p in _flatten(space) if p.endswith(".type")}
+    assert set(SWEEP_PARAMS) | {WINDOW} == paths
+
+
 def _flatten(node, prefix=""):
     for key, value in node.items():
         if isinstance(value, dict):

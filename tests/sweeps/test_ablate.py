@@ -92,6 +92,7 @@ def test_trial_carries_its_factors_into_wandb():
 
 
 def test_cli_names_a_bad_override(capsys):
+    assert main(["--help"]) == 0 and "rpb-ablate" in capsys.readouterr().out
     assert main(["ablation.bias_types=[3d]"]) == 2
     assert "ablation.bias_types has ['3d']" in capsys.readouterr().err
 

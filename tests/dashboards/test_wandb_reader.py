@@ -86,3 +86,19 @@ def test_report_from_wandb_uses_the_logged_heatmaps(ablation_journal, fake_api, 
     text = index.read_text()
     assert "heatmap_3x3_2d.png" in text and "7x7 2d" in text
     assert (tmp_path / "r" / "figures" / "heatmap_3x3_2d.png").stat().st_size > 0
+
+
+def test_cli_reads_runs_from_wandb(ablation_journal, fake_api, tmp_path, monkeypatch):
+    from dashboards import report
+
+    made = []
+
+    def fake_public_api(entity, project, cache_dir=None):
+        made.append((entity, project))
+        return WandbRunReader(fake_api, entity, project, cache_dir=tmp_path / "c")
+
+    monkeypatch.setattr(WandbRunReader, "from_public_api", staticmethod(fake_public_api))
+    argv = ["--storage", str(ablation_journal), "--source", "wandb", "--entity", "me", "--out", str(tmp_path / "r")]
+    assert report.main(argv) == 0
+    assert made == [("me", "rpb-lab")] and fake_api.asked[0] == "me/rpb-lab/w0"
+    assert (tmp_path / "r" / "figures" / "heatmap_5x5_2d.png").is_file()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import shutil
 import string
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -93,6 +94,27 @@ def _resume_dir(trial: optuna.Trial) -> str | None:
     return old if old and (Path(old) / "checkpoints" / "last").exists() else None
 
 
+def seed_resume(old_run_dir: str, cfg: DictConfig) -> str:
+    """Copy a killed trial's last checkpoint into the retry's run dir, with the retry's config; returns that dir.
+
+    train(resume=<dir>) continues in <dir> with <dir>/config.yaml, so the retry keeps its own run dir, name and
+    W&B run while starting from the epoch the old trial had reached.
+    """
+    from experiments.config import to_yaml
+
+    old, new = Path(old_run_dir), Path(cfg.run_dir)
+    if new.exists():
+        shutil.rmtree(new / "checkpoints", ignore_errors=True)
+    (new / "checkpoints").mkdir(parents=True, exist_ok=True)
+    shutil.copytree(old / "checkpoints" / "last", new / "checkpoints" / "last")
+    if (old / "metrics.jsonl").exists():
+        shutil.copy2(old / "metrics.jsonl", new / "metrics.jsonl")
+    cfg = cfg.copy()
+    cfg.resume = None
+    (new / "config.yaml").write_text(to_yaml(cfg))
+    return str(new)
+
+
 def _reason(e: BaseException) -> str:
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
     return mask_secrets(f"{type(e).__name__}: {text}" if text else type(e).__name__)
@@ -124,13 +146,15 @@ class Objective:
     def spec(self, trial: optuna.Trial) -> TrialSpec:
         params = {dim.path: dim.suggest(trial) for dim in self.dims}
         run_dir = Path(self.sweep.output_dir) / self.sweep.study_name / f"trial-{trial.number}"
-        return TrialSpec(trial.number, params, str(run_dir), new_run_id(), resume=_resume_dir(trial))
+        return TrialSpec(trial.number, params, str(run_dir), new_run_id())
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.last_status = None
-        resume = _resume_dir(trial)  # read before run_dir is overwritten
+        old_run_dir = _resume_dir(trial)  # read before run_dir is overwritten
         spec = self.spec(trial)
-        spec.resume = resume
+        if old_run_dir:
+            spec.resume = seed_resume(old_run_dir, trial_config(self.base, self.sweep, spec))
+            trial.set_user_attr("resumed_from", old_run_dir)
         for key, value in (
             ("run_dir", spec.run_dir),
             ("wandb_run_id", spec.wandb_id),
@@ -139,8 +163,6 @@ class Objective:
             ("reason", ""),
         ):
             trial.set_user_attr(key, value)
-        if resume:
-            trial.set_user_attr("resumed_from", resume)
         if self.broadcast is not None:
             self.broadcast(spec)
         history: list[float] = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import warnings
 from pathlib import Path
 
 import optuna
@@ -82,15 +83,18 @@ def build_storage(sweep_cfg, *, heartbeat: bool = True) -> optuna.storages.BaseS
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
     kwargs = {}
     if heartbeat and sweep_cfg.heartbeat_interval:
+        with warnings.catch_warnings():  # "experimental since 2.8": stable in practice, and noise in every worker
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = RetryHeartbeatStaleTrialCallback(max_retry=sweep_cfg.max_retry, inherit_intermediate_values=True)
         kwargs = {
             "heartbeat_interval": int(sweep_cfg.heartbeat_interval),
             "grace_period": int(sweep_cfg.grace_period),
-            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(
-                max_retry=sweep_cfg.max_retry, inherit_intermediate_values=True
-            ),
+            "heartbeat_stale_trial_callback": retry,
         }
     try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        with warnings.catch_warnings():  # heartbeat arguments are "experimental": noise in every worker
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
     except ImportError as e:
         raise SweepConfigError(
             f"sweep.storage: the database driver for {mask_secrets(url)} is not installed ({e}); use "

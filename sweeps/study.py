@@ -47,8 +47,8 @@ def prepare_study(cfg: DictConfig) -> optuna.Study:
         SweepConfigError / ConfigError: one sentence, before any trial starts.
     """
     sweep, base, dims = check_sweep(cfg)
+    storage = build_storage(sweep)  # before the slower model checks: an unreachable database is said at once
     check_trial_values(base, sweep, dims)
-    storage = build_storage(sweep)
     study = optuna.create_study(
         study_name=sweep.study_name,
         storage=storage,

@@ -13,10 +13,6 @@ from omegaconf import DictConfig
 from sweeps.space import Dimension, SweepConfigError, apply_params, fixed_values
 
 
-def _candidates(dim: Dimension) -> list:
-    return list(dim.choices) if dim.type == "categorical" else [dim.low, dim.high]
-
-
 def _build_small(cfg: DictConfig, keep_depth: bool = False) -> None:
     """Build the model with one block (what a window size can break does not depend on depth): fast for ViT-B too."""
     from experiments.config import build_model
@@ -37,17 +33,33 @@ def check_trial_values(base: DictConfig, sweep: DictConfig, dims: list[Dimension
         _build_small(cfg)
     except (ValueError, TypeError) as e:
         raise SweepConfigError(f"sweep.fixed / the base config cannot be trained: {e}") from None
+    # Numeric bounds: all lows together, all highs together (validation is the slow part); one by one on failure.
+    numeric = [d for d in dims if d.type != "categorical"]
+    for end in ("low", "high"):
+        together = {d.path: _value(d, getattr(d, end)) for d in numeric}
+        try:
+            validate_config(apply_params(base, together, fixed))
+        except (ValueError, TypeError):
+            for dim in numeric:
+                _check_one(base, fixed, dim, _value(dim, getattr(dim, end)))
     for dim in dims:
-        for value in _candidates(dim):
-            if dim.type == "int":
-                value = int(value)
-            try:
-                cfg = validate_config(apply_params(base, {dim.path: value}, fixed))
-                if dim.type == "categorical":
-                    _build_small(cfg, keep_depth=dim.path == "model.depth")
-            except (ValueError, TypeError) as e:
-                what = "choice" if dim.type == "categorical" else "bound"
-                msg = str(e).rstrip(".")
-                raise SweepConfigError(
-                    f"sweep.space.{dim.path}: the {what} {value!r} cannot be used ({msg})."
-                ) from None
+        if dim.type == "categorical":
+            for value in dim.choices:
+                _check_one(base, fixed, dim, value)
+
+
+def _value(dim: Dimension, value):
+    return int(value) if dim.type == "int" else value
+
+
+def _check_one(base: DictConfig, fixed: dict, dim: Dimension, value) -> None:
+    from experiments.config import validate_config
+
+    try:
+        cfg = validate_config(apply_params(base, {dim.path: value}, fixed))
+        if dim.type == "categorical" or dim.path == "model.depth":
+            _build_small(cfg, keep_depth=dim.path == "model.depth")
+    except (ValueError, TypeError) as e:
+        what = "choice" if dim.type == "categorical" else "bound"
+        msg = str(e).rstrip(".")
+        raise SweepConfigError(f"sweep.space.{dim.path}: the {what} {value!r} cannot be used ({msg}).") from None

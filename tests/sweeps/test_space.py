@@ -1,0 +1,124 @@
+"""The search space from config: parsing, checks, params into the training config."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from sweeps.config import build_pruner, build_sampler, check_sweep
+from sweeps.space import SweepConfigError, apply_params, config_params, grid_search_space, parse_window
+from sweeps.validate import check_trial_values
+
+
+def test_default_space_and_guide_defaults(compose_sweep):
+    _sweep, base, dims = check_sweep(compose_sweep())
+    paths = [d.path for d in dims]
+    assert paths == ["optim.lr", "optim.weight_decay", "model.drop_rate", "model.rpb.window_size", "model.rpb.init_std"]
+    lr = dims[0]
+    assert (lr.type, lr.log) == ("float", True)
+    # The defaults trial: the training guide's values, window as the matching choice.
+    assert config_params(dims, base) == {
+        "optim.lr": 1e-3,
+        "optim.weight_decay": 0.05,
+        "model.drop_rate": 0.1,
+        "model.rpb.window_size": "7x7",
+        "model.rpb.init_std": 0.02,
+    }
+
+
+def test_command_line_edits_space(compose_sweep):
+    cfg = compose_sweep(
+        "sweep.space.optim.lr={type: float, low: 1e-4, high: 1e-2, log: true}",
+        "~sweep.space.model.rpb.init_std",
+        "+sweep.space.model.depth={type: int, low: 1, high: 3}",
+        "+sweep.fixed.optim.weight_decay=0.01",
+    )
+    _sweep, base, dims = check_sweep(cfg)
+    paths = [d.path for d in dims]
+    assert "model.rpb.init_std" not in paths and "optim.weight_decay" not in paths
+    assert "model.depth" in paths
+    trial_cfg = apply_params(base, {"model.depth": 2, "model.rpb.window_size": "3x5"}, {"optim.weight_decay": 0.01})
+    assert trial_cfg.model.depth == 2 and list(trial_cfg.model.rpb.window_size) == [3, 5]
+    assert trial_cfg.optim.weight_decay == 0.01
+    assert base.model.depth == 3  # the base is not modified
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("sweep.space.optim.lr={type: float, low: 1e-2, high: 1e-4, log: true}", "inverted range"),
+        ("sweep.space.optim.lr={type: float, low: 1e-3, high: 1e-3}", "empty range"),
+        ("sweep.space.optim.lr={type: float, low: 0, high: 1, log: true}", "log-scaled"),
+        ("sweep.space.optim.lr={type: floot, low: 0, high: 1}", "type is 'floot'"),
+        ("+sweep.space.optim.lrr={type: float, low: 0.1, high: 1}", "no key 'optim.lrr'"),
+        ("sweep.space.model.rpb.window_size={type: categorical, choices: []}", "choices is empty"),
+        ("sweep.sampler.name=tpee", "did you mean 'tpe'"),
+        ("sweep.pruner.name=hyperbnd", "did you mean 'hyperband'"),
+        ("sweep.metric=val_acc", "sweep.metric"),
+    ],
+)
+def test_bad_sweep_is_one_sentence(compose_sweep, override, needle):
+    with pytest.raises(SweepConfigError, match=needle) as info:
+        check_sweep(compose_sweep(override))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("sweep.space.model.rpb.window_size={type: categorical, choices: [3, 9x9]}", "'9x9' cannot be used"),
+        ("sweep.space.model.drop_rate={type: float, low: 0.0, high: 1.5}", "bound 1.5 cannot be used"),
+        ("model=rpb_vit_local", "'3x3' cannot be used"),  # local windows must divide the 7x7 grid
+    ],
+)
+def test_values_the_model_refuses(compose_sweep, override, needle):
+    cfg = compose_sweep(override)
+    sweep, base, dims = check_sweep(cfg)
+    with pytest.raises(SweepConfigError, match=needle):
+        check_trial_values(base, sweep, dims)
+
+
+def test_local_mode_windows_that_divide_the_grid(compose_sweep):
+    cfg = compose_sweep("model=rpb_vit_local", "sweep.space.model.rpb.window_size={type: categorical, choices: [1, 7]}")
+    sweep, base, dims = check_sweep(cfg)
+    check_trial_values(base, sweep, dims)
+
+
+def test_parse_window():
+    assert parse_window(7) == [7, 7]
+    assert parse_window("3x5") == [3, 5]
+    assert parse_window([2, 4]) == [2, 4]
+    with pytest.raises(SweepConfigError, match="not a window size"):
+        parse_window("7by7")
+
+
+def test_samplers_pruners_and_grid(compose_sweep):
+    cfg = compose_sweep(
+        "sweep.sampler.name=grid",
+        "sweep.pruner.name=none",
+        "~sweep.space.optim",
+        "~sweep.space.model.drop_rate",
+        "~sweep.space.model.rpb.init_std",
+        "+sweep.space.seed={type: categorical, choices: [0, 1]}",
+    )
+    sweep, _base, dims = check_sweep(cfg)
+    assert grid_search_space(dims) == {"model.rpb.window_size": ["3x3", "5x5", "7x7"], "seed": [0, 1]}
+    assert isinstance(build_sampler(sweep, dims), optuna.samplers.GridSampler)
+    assert isinstance(build_pruner(sweep, 4), optuna.pruners.NopPruner)
+    with pytest.raises(SweepConfigError, match="grid cannot enumerate"):
+        check_sweep(compose_sweep("sweep.sampler.name=grid"))
+    for name, cls in [
+        ("random", "RandomSampler"),
+        ("cmaes", "CmaEsSampler"),
+        ("gp", "GPSampler"),
+        ("tpe", "TPESampler"),
+    ]:
+        sweep, _, dims = check_sweep(compose_sweep(f"sweep.sampler.name={name}"))
+        assert type(build_sampler(sweep, dims)).__name__ == cls
+    for name, cls in [
+        ("median", "MedianPruner"),
+        ("successive_halving", "SuccessiveHalvingPruner"),
+        ("hyperband", "HyperbandPruner"),
+    ]:
+        sweep = check_sweep(compose_sweep(f"sweep.pruner.name={name}"))[0]
+        assert type(build_pruner(sweep, 4)).__name__ == cls

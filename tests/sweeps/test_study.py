@@ -1,0 +1,124 @@
+"""Studies with the fake trainer: defaults first, pruning, resume, diverged and crashing trials, bad inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from sweeps.storage import build_storage, mask_secrets
+from sweeps.study import run_study
+from sweeps.summary import print_summary, state_counts
+from tests.sweeps.helpers import run_cli
+
+
+def test_study_prunes_records_and_resumes(compose_sweep, tmp_path, capsys):
+    cfg = compose_sweep("sweep.n_trials=8", "sweep.sampler.n_startup_trials=2")
+    study = run_study(cfg)
+    trials = study.get_trials()
+    assert len(trials) == 8
+    first = trials[0]
+    assert first.params == {
+        "optim.lr": 1e-3,
+        "optim.weight_decay": 0.05,
+        "model.drop_rate": 0.1,
+        "model.rpb.window_size": "7x7",
+        "model.rpb.init_std": 0.02,
+    }
+    assert any(t.state == TrialState.PRUNED for t in trials), "the median pruner never pruned"
+    for t in trials:
+        run_dir = Path(t.user_attrs["run_dir"])
+        assert run_dir == tmp_path / "sweeps" / "rpb-sweep" / f"trial-{t.number}"
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["wandb_run_id"] == t.user_attrs["wandb_run_id"]
+        assert t.user_attrs["status"] == {TrialState.COMPLETE: "completed", TrialState.PRUNED: "pruned"}[t.state]
+        assert t.user_attrs["worker"]["pid"] > 0
+    assert study.user_attrs["kind"] == "sweep"
+
+    # The same command with a larger budget resumes the study: numbers continue, nothing is run twice.
+    study = run_study(compose_sweep("sweep.n_trials=10"))
+    trials = study.get_trials()
+    assert [t.number for t in trials] == list(range(10))
+    assert state_counts(study)["complete"] + state_counts(study)["pruned"] == 10
+
+    path = print_summary(cfg, study)
+    out = capsys.readouterr().out
+    assert "best trial" in out and "complete" in out and "pruned" in out
+    assert path == tmp_path / "sweeps" / "rpb-sweep" / "best.yaml"
+    text = path.read_text()
+    assert text.splitlines()[1].startswith("# Run it: rpb-train --config-dir")
+    assert "sweep:" not in text and "defaults:" in text
+
+
+def test_diverged_trials_are_pruned_with_reason(compose_sweep):
+    cfg = compose_sweep("sweep.n_trials=3", "+sweep.fixed.optim.lr=0.1", "sweep.enqueue_defaults=false")
+    study = run_study(cfg)
+    assert len(study.trials) == 3
+    for t in study.trials:
+        assert t.state == TrialState.PRUNED
+        assert t.user_attrs["status"] == "diverged"
+        assert "non-finite" in t.user_attrs["reason"]
+    assert state_counts(study)["diverged"] == 3
+
+
+def test_crashing_trials_fail_and_the_worker_stops(compose_sweep, monkeypatch):
+    monkeypatch.setenv("FAKE_TRAIN_FAIL", "1")
+    study = run_study(compose_sweep("sweep.n_trials=10", "sweep.max_failures=2"))
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
+    assert study.trials[0].user_attrs["reason"] == "RuntimeError: fake failure"
+
+
+def test_grid_ablation_layout(compose_sweep):
+    """What rpb-ablate prepares: a grid over windows x seeds, no pruning, every point once."""
+    cfg = compose_sweep(
+        "sweep.study_name=ablate",
+        "sweep.kind=ablation",
+        "sweep.sampler.name=grid",
+        "sweep.pruner.name=none",
+        "sweep.n_trials=null",
+        "sweep.enqueue_defaults=false",
+        "~sweep.space.optim",
+        "~sweep.space.model.drop_rate",
+        "~sweep.space.model.rpb.init_std",
+        "sweep.space.model.rpb.window_size={type: categorical, choices: [3, 7]}",
+        "+sweep.space.seed={type: categorical, choices: [0, 1]}",
+    )
+    study = run_study(cfg)
+    points = sorted((t.params["model.rpb.window_size"], t.params["seed"]) for t in study.trials)
+    assert points == [(3, 0), (3, 1), (7, 0), (7, 1)]
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert study.user_attrs["kind"] == "ablation"
+
+
+def test_mask_secrets():
+    url = "postgresql+psycopg://alice:s3cr3t@db.example:5432/rpb"
+    assert mask_secrets(url) == "postgresql+psycopg://alice:***@db.example:5432/rpb"
+    assert "s3cr3t" not in mask_secrets(f"cannot reach {url} now")
+
+
+@pytest.mark.slow
+def test_cli_bad_inputs_exit_2_with_one_sentence(tmp_path):
+    bad = run_cli(tmp_path, "sweep.sampler.name=tpee")
+    assert bad.returncode == 2, bad.stderr
+    assert bad.stderr.strip().splitlines() == [
+        "rpb-sweep: error: sweep.sampler.name='tpee' is not known (did you mean 'tpe'?); use one of tpe, random, "
+        "grid, cmaes, gp."
+    ]
+    url = "postgresql://alice:s3cr3t@127.0.0.1:1/nowhere"
+    bad = run_cli(tmp_path, f"sweep.storage={url}")
+    assert bad.returncode == 2, bad.stderr
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot open the database postgresql+psycopg://alice:***@127.0.0.1:1/nowhere" in lines[0]
+    assert "s3cr3t" not in bad.stdout + bad.stderr
+    assert not any("s3cr3t" in p.read_text(errors="ignore") for p in tmp_path.rglob("*") if p.is_file())
+    assert "Trial" not in bad.stdout + bad.stderr
+
+
+def test_summary_reads_a_journal_file(compose_sweep, tmp_path):
+    cfg = compose_sweep("sweep.n_trials=2")
+    run_study(cfg)
+    storage = build_storage(cfg.sweep, heartbeat=False)
+    assert len(optuna.load_study(study_name="rpb-sweep", storage=storage).trials) == 2

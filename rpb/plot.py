@@ -60,7 +60,7 @@ def _heads_figure(
             interpolation="nearest",
             aspect="auto" if maps.shape[1] == 1 else "equal",
         )
-        ax.set_title(f"head {h}", fontsize=8)
+        ax.set_title(f"head {h}", fontsize=8, y=1.0, pad=3)  # a fixed y skips matplotlib's costly auto-placement
         ax.tick_params(labelsize=6)
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
         ax.yaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
@@ -72,7 +72,17 @@ def _heads_figure(
             ax.set_xlabel(xlabel, fontsize=7)
     fig.colorbar(image, cax=fig.add_axes((0.9, 0.2, 0.015, 0.6))).ax.tick_params(labelsize=6)
     fig.suptitle(title, fontsize=9)
+    fig.rpb_images = [ax.images[0] for ax in axes.flat if ax.images]  # for `_update_heads_figure`
     return fig
+
+
+def _update_heads_figure(fig: Figure, maps: np.ndarray, title: str) -> None:
+    """Put new maps (same shape) and a new title into a figure made by `_heads_figure`."""
+    limit = float(np.abs(maps).max()) or 1e-8
+    for image, values in zip(fig.rpb_images, maps):
+        image.set_data(values)
+        image.set_clim(-limit, limit)
+    fig._suptitle.set_text(title)
 
 
 def plot_bias_offset_map(
@@ -92,10 +102,14 @@ def plot_bias_offset_map(
     extent = [-rx - 0.5, rx + 0.5, ry + 0.5, -ry - 0.5]  # pixel centres land on integer offsets
     if window_size is None:
         window_size = (ry + 1, rx + 1) if rows > 1 else rx + 1
-    window = "x".join(str(w) for w in window_size) if isinstance(window_size, tuple) else str(window_size)
-    title = ("" if block is None else f"block {block} · ") + f"relative position bias, window {window}"
+    title = _offset_title(block, window_size)
     ylabel = "dy (query − key)" if rows > 1 else ""
     return _heads_figure(maps, extent, "dx (query − key)", ylabel, title, panel_in, dpi)
+
+
+def _offset_title(block: int | None, window_size: tuple[int, int] | int) -> str:
+    window = "x".join(str(w) for w in window_size) if isinstance(window_size, tuple) else str(window_size)
+    return ("" if block is None else f"block {block} · ") + f"relative position bias, window {window}"
 
 
 def figure_to_rgb(fig: Figure) -> np.ndarray:
@@ -105,12 +119,26 @@ def figure_to_rgb(fig: Figure) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
+_RENDER_FIGURES: dict[tuple, Figure] = {}  # one reusable figure per map shape: ticks and layout are built once
+
+
 def render_bias_heatmaps(model: nn.Module, dpi: int = 60) -> dict[int, np.ndarray]:
-    """block -> (H, W, 3) uint8 image with all heads of that block's bias (for W&B / TensorBoard)."""
-    return {
-        i: figure_to_rgb(plot_bias_offset_map(offset_map(m), block=i, window_size=m.window_size, dpi=dpi))
-        for i, m in relative_position_biases(model)
-    }
+    """block -> (H, W, 3) uint8 image with all heads of that block's bias (for W&B / TensorBoard).
+
+    Runs every epoch during training, so blocks of one shape share one cached figure whose images are swapped.
+    """
+    images = {}
+    for i, m in relative_position_biases(model):
+        maps = offset_map(m).float().cpu().numpy()
+        key = (maps.shape, m.window_size, dpi)
+        if key not in _RENDER_FIGURES:
+            if len(_RENDER_FIGURES) > 8:
+                _RENDER_FIGURES.clear()
+            _RENDER_FIGURES[key] = plot_bias_offset_map(maps, block=i, window_size=m.window_size, dpi=dpi)
+        fig = _RENDER_FIGURES[key]
+        _update_heads_figure(fig, maps, _offset_title(i, m.window_size))
+        images[i] = figure_to_rgb(fig)
+    return images
 
 
 def save_bias_heatmaps(model: nn.Module, out_dir: str | Path, dpi: int = 100) -> list[Path]:

@@ -84,8 +84,11 @@ def save_checkpoint(
     epoch: int,
     val_metrics: dict[str, float],
     path: str | Path,
+    *,
+    config: dict[str, Any] | None = None,
 ) -> Path:
-    """The guide's `save_checkpoint`: {"model", "optimizer" (when given), "epoch", "metrics"}, written atomically.
+    """The guide's `save_checkpoint`: {"model", "optimizer" (when given), "epoch", "metrics", "config" (when
+    given: the resolved run config as plain dicts)}, written atomically.
 
     Readable with `torch.load(path, weights_only=True)`.
     """
@@ -98,6 +101,8 @@ def save_checkpoint(
     }
     if optimizer is not None:
         payload["optimizer"] = optimizer.state_dict()
+    if config is not None:
+        payload["config"] = config
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
@@ -115,8 +120,9 @@ def last_checkpoint(run_dir: str | Path) -> Path | None:
     return last if (last / TRAIN_STATE).is_file() else None
 
 
-def save_last(accelerator: Any, run_dir: str | Path, state: TrainState) -> Path:
-    """`accelerator.save_state` of epoch `state.epoch` into a new folder, then point `checkpoints/last` at it.
+def save_last(accelerator: Any, run_dir: str | Path, state: TrainState, config_yaml: str = "") -> Path:
+    """`accelerator.save_state` of epoch `state.epoch` (plus train_state.json and the run's config.yaml) into a new
+    folder, then point `checkpoints/last` at it.
 
     Every process takes part (each saves its RNG state); the main process swaps the link and removes the old
     folder. Until the swap, `last` still points at the previous complete state.
@@ -128,7 +134,9 @@ def save_last(accelerator: Any, run_dir: str | Path, state: TrainState) -> Path:
     accelerator.wait_for_everyone()
     accelerator.save_state(str(target))
     if accelerator.is_main_process:
-        atomic_write_text(target / TRAIN_STATE, json.dumps(asdict(state), indent=2))
+        if config_yaml:
+            atomic_write_text(target / "config.yaml", config_yaml)
+        atomic_write_text(target / TRAIN_STATE, json.dumps(asdict(state), indent=2))  # last: marks it complete
         last = ckpt_dir / "last"
         previous = last.resolve() if last.is_symlink() else None
         tmp_link = ckpt_dir / ".last.tmp"

@@ -90,15 +90,17 @@ def train(cfg: DictConfig, on_epoch_end: EpochCallback | None = None) -> dict[st
     val_criterion = torch.nn.CrossEntropyLoss()  # plain cross-entropy: comparable across label smoothing
 
     # --- run folder, resume, tracker -------------------------------------------------------------------------
+    config_yaml = to_yaml(cfg)  # resolved, secrets masked: saved with the run and with every checkpoint
+    plain_config = OmegaConf.to_container(OmegaConf.create(config_yaml))
     state = TrainState()
     if cfg.resume:
         state = load_last(accelerator, run_dir)
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+        atomic_write_text(run_dir / "config.yaml", config_yaml)
         truncate_jsonl(run_dir / "metrics.jsonl", state.epoch)
     tracker = build_tracker(cfg.tracker, is_main_process=is_main)
-    tracker.start(OmegaConf.to_container(cfg, resolve=True), run_dir)
+    tracker.start(plain_config, run_dir)
     log_images = is_main and (cfg.tracker.wandb.enabled or cfg.tracker.tensorboard.enabled)
 
     def log(metrics: dict[str, float], step: int) -> None:  # the one place metrics leave the loop
@@ -158,13 +160,9 @@ def train(cfg: DictConfig, on_epoch_end: EpochCallback | None = None) -> dict[st
             if metrics["val_accuracy"] > state.best_val_accuracy:
                 state.best_val_accuracy, state.best_epoch = metrics["val_accuracy"], epoch
                 if is_main and tc.save_checkpoints:
-                    save_checkpoint(
-                        accelerator.unwrap_model(model, keep_torch_compile=False),
-                        None,
-                        epoch,
-                        metrics,
-                        run_dir / "checkpoints" / "best.pt",
-                    )
+                    best_model = accelerator.unwrap_model(model, keep_torch_compile=False)
+                    best_path = run_dir / "checkpoints" / "best.pt"
+                    save_checkpoint(best_model, None, epoch, metrics, best_path, config=plain_config)
             sign = 1.0 if tc.early_stopping_monitor == "val_loss" else -1.0  # lower is better after the sign
             if state.best_monitor is None or sign * metrics[tc.early_stopping_monitor] < sign * state.best_monitor:
                 state.best_monitor, state.bad_epochs = metrics[tc.early_stopping_monitor], 0
@@ -181,7 +179,7 @@ def train(cfg: DictConfig, on_epoch_end: EpochCallback | None = None) -> dict[st
 
             state.epoch, state.last_metrics = epoch, metrics
             if tc.save_checkpoints:
-                save_last(accelerator, run_dir, state)
+                save_last(accelerator, run_dir, state, config_yaml)
             epoch_log = {k: v for k, v in metrics.items() if k != "epoch"}
             epoch_log |= {f"grad_norm/{k}": v for k, v in train_m["grad_norms"].items()}
             if log_images and tc.heatmap_every_n_epochs and epoch % tc.heatmap_every_n_epochs == 0:

@@ -44,6 +44,8 @@ def test_one_epoch_digits_run_writes_the_run_folder(compose):
     assert state["epoch"] == 1 and (run / "checkpoints" / "last" / "model.safetensors").is_file()
     best = load_best(run / "checkpoints" / "best.pt")
     assert best["epoch"] == 1 and "head.weight" in best["model"] and best["metrics"]["val_accuracy"] >= 0
+    assert best["config"]["model"]["embed_dim"] == 32 and best["config"]["run_dir"] == str(run)
+    assert (run / "checkpoints" / "last" / "config.yaml").read_text() == (run / "config.yaml").read_text()
     maps = torch.load(run / "bias" / "offset_maps.pt", weights_only=True)
     assert sorted(maps) == [0, 1] and maps[0].shape == (2, 13, 13)
     assert (run / "bias" / "block_00.png").is_file()
@@ -248,3 +250,21 @@ def test_an_exception_finishes_the_tracker_as_failed_and_propagates(compose, mon
         train(cfg)
     assert tracker.finished[0] == "interrupted"
     assert json.loads((Path(cfg.run_dir) / "summary.json").read_text())["status"] == "interrupted"
+
+
+def test_gradient_accumulation_with_checkpointing_equals_the_larger_batch(compose, tmp_path):
+    # 3 steps of 16 samples vs 3 steps of 2 x 8 accumulated (the same samples: the order depends on seed and epoch
+    # only). No dropout or augmentation; SGD keeps last-bit differences at float level.
+    common = ["model.depth=1", "model.drop_rate=0", "model.attn_drop_rate=0", "data.augment=false", "optim=sgd",
+              "data.eval_batch_size=16", "trainer.limit_val_batches=2"]  # fmt: skip
+    big = [*common, "data.batch_size=16", "trainer.limit_train_batches=3", f"run_dir={tmp_path}/big"]
+    acc = [*common, "data.batch_size=8", "trainer.grad_accum_steps=2", "trainer.limit_train_batches=6",
+           "model.grad_checkpointing=true", f"run_dir={tmp_path}/acc"]  # fmt: skip
+    a, b = train(compose(big)), train(compose(acc))
+    assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+    assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+    wa = load_file(tmp_path / "big" / "checkpoints" / "last" / "model.safetensors")
+    wb = load_file(tmp_path / "acc" / "checkpoints" / "last" / "model.safetensors")
+    assert all(torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-6) for k in wa)
+    state = json.loads((tmp_path / "acc" / "checkpoints" / "last" / "train_state.json").read_text())
+    assert state["global_step"] == 3

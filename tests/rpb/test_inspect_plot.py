@@ -103,3 +103,15 @@ def test_rpb_import_does_not_load_matplotlib():
     code = "import sys, rpb; rpb.VisionTransformer(img_size=8, patch_size=4, depth=1, embed_dim=8, num_heads=2); print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_render_reuses_figures_but_shows_each_blocks_own_bias():
+    from rpb.plot import render_bias_heatmaps
+
+    model = tiny(depth=3, rpb_kwargs={"init_std": 0.5})
+    first = render_bias_heatmaps(model)
+    assert not np.array_equal(first[0], first[1])  # same figure, different data and title
+    with torch.no_grad():
+        model.blocks[2].attn.relative_position_bias.relative_position_bias_table.mul_(-1)
+    second = render_bias_heatmaps(model)
+    assert np.array_equal(second[0], first[0]) and not np.array_equal(second[2], first[2])

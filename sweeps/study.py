@@ -13,6 +13,7 @@ import logging
 import multiprocessing as mp
 import os
 import time
+import warnings
 import zlib
 
 import optuna
@@ -115,6 +116,10 @@ def worker_loop(cfg: DictConfig, train_fn: TrainFn | None = None, *, worker_inde
                 break
             if journal:
                 fail_dead_worker_trials(study, sweep.max_retry)
+            else:  # RDB: trials without a heartbeat for grace_period are failed and retried (before counting)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(study)
             if sweep.n_trials is not None and finished_count(study) >= sweep.n_trials:
                 break
             if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):

@@ -109,7 +109,7 @@ def train(cfg: DictConfig, on_epoch_end: EpochCallback | None = None) -> dict[st
     result = _result(cfg, state, "running", "", tracker)
     if is_main:
         atomic_write_text(run_dir / "summary.json", json.dumps(result, indent=2))
-    status, reason = "completed", f"trained {tc.epochs} epochs"
+    status, reason, stopping = "completed", f"trained {tc.epochs} epochs", False
     try:
         for epoch in range(state.epoch + 1, tc.epochs + 1):
             t0 = time.perf_counter()
@@ -169,13 +169,14 @@ def train(cfg: DictConfig, on_epoch_end: EpochCallback | None = None) -> dict[st
             else:
                 state.bad_epochs += 1
             if tc.early_stopping_patience is not None and state.bad_epochs >= tc.early_stopping_patience:
-                status = "early_stopped"
+                status, stopping = "early_stopped", True
                 reason = f"{tc.early_stopping_monitor} did not improve for {state.bad_epochs} epochs (best {state.best_monitor:.4f})"
 
             decision = [on_epoch_end(epoch, dict(metrics)) if on_epoch_end is not None else None]
             broadcast_object_list(decision, from_process=0)  # every process follows the main one
             if decision[0] is not None:
-                status, reason = str(decision[0]), f"on_epoch_end returned {decision[0]!r} after epoch {epoch}"
+                status, stopping = str(decision[0]), True
+                reason = f"on_epoch_end returned {decision[0]!r} after epoch {epoch}"
 
             state.epoch, state.last_metrics = epoch, metrics
             if tc.save_checkpoints:
@@ -186,9 +187,9 @@ def train(cfg: DictConfig, on_epoch_end: EpochCallback | None = None) -> dict[st
                 epoch_log |= _log_bias(accelerator.unwrap_model(model, keep_torch_compile=False), tracker, epoch)
             log(epoch_log, epoch)
             if is_main:
-                append_jsonl(run_dir / "metrics.jsonl", metrics | ({"status": status} if status != "completed" else {}))
+                append_jsonl(run_dir / "metrics.jsonl", metrics | ({"status": status} if stopping else {}))
             accelerator.print(_summary_line(metrics, tc.epochs, train_m["images"]))
-            if status != "completed":
+            if stopping:
                 break
     except BaseException as exc:
         failed = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"

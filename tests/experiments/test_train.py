@@ -98,7 +98,7 @@ def test_mixed_precision_runs(compose, precision):
 
 def test_resume_ends_with_the_same_metrics_as_an_uninterrupted_run(compose, tmp_path):
     # Dropout and augmentation stay on: equal numbers need the RNG states restored, not only the weights.
-    common = ["trainer.epochs=4", "trainer.limit_train_batches=3", "trainer.limit_val_batches=3", "model.depth=1"]
+    common = ["trainer.epochs=4", "trainer.limit_train_batches=2", "trainer.limit_val_batches=2", "model.depth=1"]
     straight = train(compose([*common, f"run_dir={tmp_path}/straight"]))
     stopped = train(
         compose([*common, f"run_dir={tmp_path}/resumed"]),
@@ -268,3 +268,32 @@ def test_gradient_accumulation_with_checkpointing_equals_the_larger_batch(compos
     assert all(torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-6) for k in wa)
     state = json.loads((tmp_path / "acc" / "checkpoints" / "last" / "train_state.json").read_text())
     assert state["global_step"] == 3
+
+
+def test_a_crash_while_saving_leaves_the_last_good_checkpoint_and_resume_continues(compose, monkeypatch, tmp_path):
+    from accelerate import Accelerator
+
+    save_state = Accelerator.save_state
+    saves = {"n": 0}
+
+    def crash_during_second_save(self, output_dir=None, **kwargs):
+        saves["n"] += 1
+        if saves["n"] == 2:  # half a checkpoint on disk, then the process "dies"
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            (Path(output_dir) / "model.safetensors").write_bytes(b"partial")
+            raise KeyboardInterrupt
+        return save_state(self, output_dir, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "save_state", crash_during_second_save)
+    cfg = compose(["trainer.epochs=2", "trainer.limit_train_batches=2", "model.depth=1"])
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    last = tmp_path / "run" / "checkpoints" / "last"
+    assert json.loads((last / "train_state.json").read_text())["epoch"] == 1
+    assert set(load_file(last / "model.safetensors")) >= {"head.weight"}
+
+    monkeypatch.setattr(Accelerator, "save_state", save_state)
+    result = train(compose([f"resume={tmp_path / 'run'}"]))
+    assert result["status"] == "completed" and result["epochs_run"] == 2
+    assert [r["epoch"] for r in _lines(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["best.pt", "last", "state-e0002"]

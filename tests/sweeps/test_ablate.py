@@ -106,11 +106,13 @@ def ablation_run(tmp_path_factory):
     seconds = time.monotonic() - start
     # The same command again resumes the finished study: the grid is done, nothing more is trained.
     rc = rc or main([f"sweep.output_dir={root}", "ablation.study_name=abl", *TINY])
+    # rpb-report over it (the tests below read the page).
+    rc = rc or report_main(["--storage", str(root / "abl.journal"), "--out", str(root / "report")])
     return root, rc, seconds
 
 
 @pytest.mark.slow
-def test_ablation_end_to_end(ablation_run, tmp_path, capsys):
+def test_ablation_end_to_end(ablation_run):
     root, rc, seconds = ablation_run
     assert rc == 0
     study = load_study(str(root / "abl.journal"))
@@ -139,8 +141,7 @@ def test_ablation_end_to_end(ablation_run, tmp_path, capsys):
             node = node[part]
     assert config["ablation"] == "abl" and {"ablation", "seed-0", "window-3x3"} & set(record["tags"])
 
-    assert report_main(["--storage", str(root / "abl.journal"), "--out", str(tmp_path / "report")]) == 0
-    text = (tmp_path / "report" / "index.html").read_text()
+    text = (root / "report" / "index.html").read_text()
     assert all(f"{w}x{w} 2d" in text for w in (3, 5, 7)) and "heatmap_7x7_2d.png" in text
     print(f"ablation of 9 runs took {seconds:.1f} s", file=sys.stderr)
     assert seconds < 120, f"the 3x3 ablation took {seconds:.0f} s"
@@ -155,8 +156,7 @@ def test_ablation_report_opens_in_headless_chromium(ablation_run, tmp_path):
         pytest.skip("chromium is not installed (Debian: apt-get install -y chromium)")
     root, rc, _ = ablation_run
     assert rc == 0
-    report_main(["--storage", str(root / "abl.journal"), "--out", str(tmp_path / "report")])
-    index = tmp_path / "report" / "index.html"
+    index = root / "report" / "index.html"
     loaded, total = browser.images_loaded(index)
     assert total >= 10 and loaded == total, f"{loaded} of {total} images loaded"
     assert browser.screenshot(index, tmp_path / "shot.png").std() > 20, "the page looks blank"

@@ -139,11 +139,15 @@ def save_last(accelerator: Any, run_dir: str | Path, state: TrainState, config_y
         atomic_write_text(target / TRAIN_STATE, json.dumps(asdict(state), indent=2))  # last: marks it complete
         last = ckpt_dir / "last"
         previous = last.resolve() if last.is_symlink() else None
+        if last.is_dir() and not last.is_symlink():  # a copied run folder holds `last` as a real folder
+            previous = ckpt_dir / f".last-copy-e{state.epoch:04d}"
+            shutil.rmtree(previous, ignore_errors=True)
+            os.rename(last, previous)
         tmp_link = ckpt_dir / ".last.tmp"
         tmp_link.unlink(missing_ok=True)
         tmp_link.symlink_to(target.name)
         os.replace(tmp_link, last)  # atomic: `last` is the old or the new state, never half of one
-        if previous is not None and previous != target.resolve() and previous.exists():
+        if previous is not None and previous.resolve() != target.resolve() and previous.exists():
             shutil.rmtree(previous)
     accelerator.wait_for_everyone()
     return target

@@ -1,0 +1,59 @@
+"""Checkpoint files: atomic `last` swaps (also over a copied, real `last` folder), best.pt with weights_only."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import torch
+from accelerate import Accelerator
+
+from experiments.checkpoint import TrainState, last_checkpoint, load_best, load_last, save_checkpoint, save_last
+from experiments.precision import make_accelerator
+
+
+def _prepared(accelerator: Accelerator):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    return accelerator.prepare(model, optimizer)
+
+
+def test_last_is_swapped_atomically_and_old_states_are_removed(tmp_path):
+    accelerator = make_accelerator(cpu=True)
+    model, _ = _prepared(accelerator)
+    save_last(accelerator, tmp_path, TrainState(epoch=1))
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    save_last(accelerator, tmp_path, TrainState(epoch=2, best_val_accuracy=0.5))
+    ckpt = tmp_path / "checkpoints"
+    assert (ckpt / "last").is_symlink() and sorted(p.name for p in ckpt.iterdir()) == ["last", "state-e0002"]
+    assert last_checkpoint(tmp_path) == ckpt / "last"
+
+    with torch.no_grad():
+        model.weight.zero_()
+    state = load_last(accelerator, tmp_path)
+    assert state.epoch == 2 and state.best_val_accuracy == 0.5 and model.weight.abs().sum() > 0
+
+
+def test_a_copied_run_folder_with_a_real_last_folder_saves_again(tmp_path):
+    accelerator = make_accelerator(cpu=True)
+    _prepared(accelerator)
+    save_last(accelerator, tmp_path / "old", TrainState(epoch=1))
+    # What a sweep retry does: copy checkpoints/last (the symlink is followed: a real folder).
+    shutil.copytree(tmp_path / "old" / "checkpoints" / "last", tmp_path / "new" / "checkpoints" / "last")
+    assert load_last(accelerator, tmp_path / "new").epoch == 1
+    save_last(accelerator, tmp_path / "new", TrainState(epoch=2))
+    ckpt = tmp_path / "new" / "checkpoints"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["last", "state-e0002"]
+    assert json.loads((ckpt / "last" / "train_state.json").read_text())["epoch"] == 2
+
+
+def test_save_checkpoint_is_the_guides_and_loads_with_weights_only(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    path = save_checkpoint(model, optimizer, 3, {"accuracy": 0.75}, tmp_path / "checkpoints" / "best_model.pth")
+    saved = load_best(path)
+    assert saved["epoch"] == 3 and saved["metrics"] == {"accuracy": 0.75}
+    assert torch.equal(saved["model"]["weight"], model.weight) and "optimizer" in saved
+    assert not list(path.parent.glob(".*tmp"))

@@ -177,10 +177,12 @@ def plotted_keys(*definitions: Any) -> dict[str, set[str]]:
     return out
 
 
-def definitions(entity: str, project: str, group: str, depth: int, online: bool = False) -> tuple[Any, Any]:
-    return sweep_workspace(entity, project, None, depth=depth), ablation_report(
-        entity, project, group, depth=depth, runset_project=online
-    )
+def definitions(
+    entity: str, project: str, group: str, depth: int, study: str | None = None, online: bool = False
+) -> tuple[Any, Any]:
+    """The sweep workspace (all runs, or one study's) and the ablation report of `group`."""
+    workspace = sweep_workspace(entity, project, study, depth=depth)
+    return workspace, ablation_report(entity, project, group, depth=depth, runset_project=online)
 
 
 def to_json(workspace: Any, report: Any) -> dict[str, Any]:
@@ -198,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--entity", default=os.environ.get("WANDB_ENTITY"), help="W&B entity (user or team)")
     p.add_argument("--project", default=os.environ.get("WANDB_PROJECT", "rpb-lab"), help="W&B project")
     p.add_argument("--group", default="rpb-ablate", help="the ablation's study name (its runs' W&B group)")
+    p.add_argument("--study", help="show only this sweep's runs in the workspace (default: every run)")
     p.add_argument("--depth", type=int, default=3, help="model depth: number of bias/block_{i} image keys")
     p.add_argument("--publish", action="store_true", help="save to W&B (needs a login); default: write a file")
     p.add_argument("--out", default="runs/wandb_dashboards.json", help="file for the offline definitions")
@@ -205,13 +208,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.publish:
         if not args.entity:
             raise SystemExit("--entity is required with --publish (or set WANDB_ENTITY): the user or team to save to.")
-        workspace, report = definitions(args.entity, args.project, args.group, args.depth, online=True)
+        workspace, report = definitions(args.entity, args.project, args.group, args.depth, args.study, online=True)
         workspace.save()
         report.save()
         print(f"workspace: {workspace.url}\nreport: {report.url}")
         return 0
     entity = args.entity or "YOUR_ENTITY"
-    workspace, report = definitions(entity, args.project, args.group, args.depth)
+    workspace, report = definitions(entity, args.project, args.group, args.depth, args.study)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(to_json(workspace, report), indent=1))

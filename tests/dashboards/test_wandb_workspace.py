@@ -72,12 +72,13 @@ def _flatten(node, prefix=""):
 
 def test_definitions_serialise_offline_to_wandb_view_specs(tmp_path, capsys):
     out = tmp_path / "defs.json"
-    assert main(["--out", str(out), "--group", "abl", "--depth", "2"]) == 0
+    assert main(["--out", str(out), "--group", "abl", "--depth", "2", "--study", "swp"]) == 0
     assert "rpb-wandb-workspace --publish --entity <entity>" in capsys.readouterr().out
     spec = json.loads(out.read_text())
     sections = spec["workspace"]["spec"]["section"]["panelBankConfig"]["sections"]
     view_types = {p["viewType"] for s in sections for p in s["panels"]}
     assert {"Parallel Coordinates Plot", "Parameter Importance", "Media Browser", "Run History Line Plot"} <= view_types
+    assert "swp" in json.dumps(spec["workspace"]["spec"]["section"]["runSets"][0]["filters"])
     blocks = spec["report"]["spec"]["blocks"]
     assert any(b.get("type") == "panel-grid" for b in blocks)
     assert spec["plotted_keys"]["history"][:2] == ["bias/block_0", "bias/block_1"]

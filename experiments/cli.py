@@ -37,8 +37,11 @@ def _hydra_main(cfg: DictConfig) -> None:
         result = train(cfg)
     except ConfigError as exc:  # also data.py's and resume's mistakes, raised before any training
         _fail(str(exc))
-    print(f"[rpb-train] {result['status']}: {result['reason']} | best val accuracy {result['best_val_accuracy']:.4f} "
-          f"(epoch {result['best_epoch']}) | {result['run_dir']}")  # fmt: skip
+    if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per process
+        print(
+            f"[rpb-train] {result['status']}: {result['reason']} | best val accuracy "
+            f"{result['best_val_accuracy']:.4f} (epoch {result['best_epoch']}) | {result['run_dir']}"
+        )
     if result["status"] == "diverged":
         _exit(EXIT_DIVERGED)
 

@@ -99,13 +99,16 @@ def train_epoch(
             else:
                 loss.backward()
             sync = accelerator.sync_gradients if accelerator is not None else True
-            if sync:
+            last = batch_idx == num_batches - 1
+            will_log = bool(log_every_n_steps) and (global_step + 1) % log_every_n_steps == 0
+            # The total norm clips, and is logged; without clipping it is computed only when it is logged.
+            if sync and (clip_grad_norm is not None or will_log or last):
                 grad_norm = (
                     accelerator.clip_grad_norm_(model.parameters(), max_norm)
                     if accelerator is not None
                     else torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
                 )
-                if batch_idx == num_batches - 1:  # per-group norms of the epoch's last step, before clipping
+                if last:  # per-group norms of the epoch's last step, before clipping
                     coef = min(1.0, max_norm / (float(grad_norm) + 1e-6))
                     grad_norms = {k: v / coef for k, v in grad_norms_by_group(model).items()}
             optimizer.step()

@@ -188,7 +188,7 @@ def train(cfg: DictConfig, on_epoch_end: EpochCallback | None = None) -> dict[st
             log(epoch_log, epoch)
             if is_main:
                 append_jsonl(run_dir / "metrics.jsonl", metrics | ({"status": status} if stopping else {}))
-            accelerator.print(_summary_line(metrics, tc.epochs, train_m["images"]))
+            accelerator.print(_summary_line(metrics, tc.epochs, train_m["images"]), flush=True)
             if stopping:
                 break
     except BaseException as exc:

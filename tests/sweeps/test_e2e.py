@@ -59,7 +59,9 @@ def test_real_study_prunes_and_every_trial_has_its_wandb_run(compose_sweep):
         state = t.user_attrs["status"]
         assert run["state"] == "finished", "a trial's W&B run was left running"
         assert run["run_id"] == t.user_attrs["wandb_run_id"] and run["name"] == f"trial-{t.number}"
-        assert run["summary"]["state"] == state == {TrialState.COMPLETE: "completed", TrialState.PRUNED: "pruned"}[t.state]
+        assert (
+            run["summary"]["state"] == state == {TrialState.COMPLETE: "completed", TrialState.PRUNED: "pruned"}[t.state]
+        )
         assert "window-7x7" in run["tags"] and state in run["tags"]
         assert run["config"]["trial_number"] == t.number
         assert run["config"]["optim"]["lr"] == pytest.approx(t.params["optim.lr"])

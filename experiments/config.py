@@ -23,11 +23,19 @@ from experiments.schema import TrainConfig, register_schemas
 if TYPE_CHECKING:
     from rpb import VisionTransformer
 
-__all__ = ["CONF_DIR", "ConfigError", "build_model", "compose_config", "to_yaml", "validate_config"]
+__all__ = [
+    "CONF_DIR",
+    "ConfigError",
+    "build_model",
+    "compose_config",
+    "compose_unvalidated",
+    "to_yaml",
+    "validate_config",
+]
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
-DATASETS = ("digits", "synthetic", "cifar10", "imagefolder")
+DATASETS = ("digits", "synthetic", "cifar10", "imagefolder")  # experiments.data.DATASETS (torch-free copy; tested)
 CHOICES = {
     "data.name": DATASETS,
     "model.global_pool": ("token", "avg"),

@@ -117,6 +117,14 @@ def test_saved_config_masks_passwords():
     assert "hunter2" not in text and "postgresql://rpb:***@db:5432/optuna" in text
 
 
+def test_dataset_names_match_the_data_module():
+    import experiments.config
+    import experiments.data
+
+    assert experiments.config.DATASETS == experiments.data.DATASETS
+    assert sorted(experiments.data.DATASETS) == _options("data")
+
+
 def test_warmup_cosine_factor():
     kw = dict(warmup_steps=10, total_steps=110, start_factor=0.1, min_factor=0.01, cosine=True)
     assert lr_factor(0, **kw) == pytest.approx(0.1)

@@ -153,7 +153,9 @@ def bench_size(size: Size, precisions: list[str], args: argparse.Namespace, devi
 
 def print_table(rows: list[dict], peaks: dict, device: str) -> None:
     peak_s = ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items())
-    print(f"\ndevice: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}; matmul peak: {peak_s}")
+    load = os.getloadavg()[0]
+    print(f"\ndevice: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, load average {load:.1f}")
+    print(f"matmul peak (same run, same threads): {peak_s}")
     print(f"{'size':<26} {'prec':<5} {'model':<14} {'img/s':>8} {'ours/timm':>9} {'MFU':>6} {'RPB cost':>8}")
     for r in rows:
         overhead = f"{100 * r['rpb_overhead']:+.1f}%" if r["rpb_overhead"] is not None else ""
@@ -175,7 +177,11 @@ def main(argv: list[str] | None = None) -> None:
         "--compile", action=argparse.BooleanOptionalAction, default=None,
         help="also time ours under torch.compile (default: on, off with --quick: compiling takes minutes on 2 cores)",
     )  # fmt: skip
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--threads", type=int, default=0,
+        help="torch threads; 0 = all cores, or 1 when the load average says other processes share them "
+        "(2 OpenMP threads on 2 busy cores measured ~15x slower than 1)",
+    )  # fmt: skip
     parser.add_argument("--no-overhead", action="store_true", help="skip the model without bias")
     parser.add_argument("--quick", action="store_true", help="few iterations: a < 4 minute run on 2 cores")
     parser.add_argument("--gpu", action="store_true", help="ViT-B/16 bf16 on CUDA (MFU against the bf16 peak)")
@@ -192,6 +198,9 @@ def main(argv: list[str] | None = None) -> None:
         args.iters, args.rounds, args.warmup = 1, min(args.rounds, 5), min(args.warmup, 1)
     if args.compile is None:
         args.compile = not args.quick
+    if args.threads == 0 and device == "cpu":
+        cores = os.cpu_count() or 1
+        args.threads = 1 if os.getloadavg()[0] >= cores else cores
     if args.threads:
         torch.set_num_threads(args.threads)
     precisions = args.precisions.split(",")

@@ -228,3 +228,17 @@ def test_torch_compile_inductor_matches_eager():
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         assert torch.allclose(torch.compile(model)(x), model(x), atol=1e-5)
+
+
+def test_guide_weight_decay_snippet_keeps_bias_tables_out_of_decay():
+    model = tiny()
+    param_groups = [
+        {
+            "params": [p for n, p in model.named_parameters() if "bias" not in n and "norm" not in n],
+            "weight_decay": 0.05,
+        },
+        {"params": [p for n, p in model.named_parameters() if "bias" in n or "norm" in n], "weight_decay": 0.0},
+    ]
+    table = model.blocks[0].attn.relative_position_bias.relative_position_bias_table
+    assert any(p is table for p in param_groups[1]["params"])
+    torch.optim.AdamW(param_groups, lr=1e-3)

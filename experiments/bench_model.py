@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         args.sizes, args.precisions = "vit_b16", "bf16"
         torch.backends.cuda.matmul.allow_tf32 = True
     if args.quick:
-        args.iters, args.rounds, args.warmup = 1, min(args.rounds, 5), min(args.warmup, 1)
+        args.iters, args.rounds, args.warmup = 1, min(args.rounds, 3), min(args.warmup, 1)
     if args.compile is None:
         args.compile = not args.quick
     if args.threads == 0 and device == "cpu":

@@ -34,7 +34,7 @@ class SamplerConfig:
 class PrunerConfig:
     name: str = "median"
     n_startup_trials: int = 3
-    n_warmup_steps: int = 1
+    n_warmup_steps: int = 2
     min_resource: int = 1
     reduction_factor: int = 3
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -72,7 +73,8 @@ def print_summary(cfg: DictConfig, study: optuna.Study, console=None, top: int =
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    # Piped output (logs, CI) gets a wide table instead of rich's 80-column default.
+    console = console or (Console() if sys.stdout.isatty() else Console(width=140))
     sweep = check_sweep(cfg)[0]
     counts = state_counts(study)
     best = best_trial(study)

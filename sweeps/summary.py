@@ -57,7 +57,7 @@ def write_best_config(cfg: DictConfig, study: optuna.Study) -> Path | None:
     path.parent.mkdir(parents=True, exist_ok=True)
     header = (
         f"# Best trial {trial.number} of study {sweep.study_name} ({sweep.metric} = {trial.value:.4f}).\n"
-        f"# Run it: rpb-train --config-dir {path.parent} --config-name best\n"
+        f"# Run it: rpb-train --config-dir={path.parent} --config-name=best\n"
     )
     doc = {"defaults": ["train", "_self_"], **body}
     path.write_text(header + mask_secrets(OmegaConf.to_yaml(OmegaConf.create(doc))))
@@ -122,5 +122,5 @@ def print_summary(cfg: DictConfig, study: optuna.Study, console=None, top: int =
         console.print(tt)
     path = write_best_config(cfg, study)
     if path is not None:
-        console.print(f"Best config: {path}\nTrain it:    rpb-train --config-dir {path.parent} --config-name best")
+        console.print(f"Best config: {path}\nTrain it:    rpb-train --config-dir={path.parent} --config-name=best")
     return path

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -49,8 +51,19 @@ def test_study_prunes_records_and_resumes(compose_sweep, tmp_path, capsys):
     assert "best trial" in out and "complete" in out and "pruned" in out
     assert path == tmp_path / "sweeps" / "rpb-sweep" / "best.yaml"
     text = path.read_text()
-    assert text.splitlines()[1].startswith("# Run it: rpb-train --config-dir")
+    assert text.splitlines()[1] == f"# Run it: rpb-train --config-dir={path.parent} --config-name=best"
     assert "sweep:" not in text and "defaults:" in text
+    # rpb-train composes it as it is (Hydra prints the job config instead of training).
+    exe = Path(sys.executable).with_name("rpb-train")
+    shown = subprocess.run(
+        [str(exe), f"--config-dir={path.parent}", "--config-name=best", "--cfg", "job"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    best = study.best_trial
+    assert f"lr: {best.params['optim.lr']}" in shown and "name: rpb-sweep-best" in shown
 
 
 def test_diverged_trials_are_pruned_with_reason(compose_sweep):

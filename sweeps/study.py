@@ -141,7 +141,10 @@ def _spawned_worker(container: dict, index: int, threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    worker_loop(OmegaConf.create(container), worker_index=index)
+    try:
+        worker_loop(OmegaConf.create(container), worker_index=index)
+    except KeyboardInterrupt:  # the trial is recorded as interrupted; the parent prints the summary
+        raise SystemExit(130) from None
 
 
 def run_study(cfg: DictConfig, train_fn: TrainFn | None = None) -> optuna.Study | None:

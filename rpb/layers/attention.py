@@ -2,9 +2,9 @@
 
 Paths (`attn_impl`): "reference" writes the softmax out (the ground truth the tests compare against),
 "sdpa" calls F.scaled_dot_product_attention with the bias as an additive float mask, "flex" calls
-FlexAttention with the bias as a score_mod. "auto" picks per call: SDPA, except on CPU when the bias needs a
-gradient, where SDPA cannot use its fused kernel (no mask gradient) and its math fallback is slower than the
-written-out reference (measured: guide config, fp32 and bf16).
+FlexAttention with the bias as a score_mod. "auto" picks per call: SDPA, except in CPU training when the bias
+needs a gradient (SDPA's fused kernel has none; its math fallback is slower than the written-out reference) or
+in bf16 (the fused bf16 backward measured ~2x slower than the reference). Measured with experiments.bench_model.
 In local mode (Swin) attention runs inside non-overlapping windows, optionally shifted with the Swin mask.
 """
 
@@ -81,6 +81,15 @@ def _flex_attention(q, k, v, score_mod, scale):
     if _flex_compiled is None:
         _flex_compiled = torch.compile(flex_attention, dynamic=False)
     return _flex_compiled(q, k, v, score_mod=score_mod, scale=scale)
+
+
+def _reference_is_faster(q: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """CPU training: SDPA's fused kernel has no mask gradient (its math fallback is slower than the reference)
+    and its bf16 backward measured ~2x slower than the reference on a CPU without AMX."""
+    if q.device.type != "cpu" or not torch.is_grad_enabled():
+        return False
+    bias_grad = bias is not None and bias.requires_grad
+    return bias_grad or (q.requires_grad and q.dtype in (torch.bfloat16, torch.float16))
 
 
 class Attention(nn.Module):
@@ -167,8 +176,7 @@ class Attention(nn.Module):
         dropout_p = self.attn_drop if self.training else 0.0
         impl = self.attn_impl
         if impl == "auto":
-            bias_grad = bias is not None and bias.requires_grad and torch.is_grad_enabled()
-            impl = "reference" if bias_grad and q.device.type == "cpu" else "sdpa"
+            impl = "reference" if _reference_is_faster(q, bias) else "sdpa"
         if impl == "flex":
             needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, bias))
             reason = flex_unavailable_reason(q, needs_grad, dropout_p)

@@ -163,7 +163,7 @@ def print_table(rows: list[dict], peaks: dict, device: str) -> None:
             f"{r['size']:<26} {r['precision']:<5} {r['model']:<14} {r['img_s']:>8.1f} {r['vs_timm']:>8.2f}x "
             f"{100 * r['mfu']:>5.1f}% {overhead:>8}"
         )
-    print("RPB cost: time per step of ours with the bias over ours without it (same attention path), minus one.")
+    print('RPB cost: time per step of ours with the bias over ours without it (attn_impl="auto" both), minus one.')
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -42,8 +42,10 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
+    def forward(self, x: torch.Tensor, num_queries: int | None = None) -> torch.Tensor:
+        """With `num_queries=n`, only the first n tokens are updated and returned: (B, n, C)."""
+        attn = self.attn(self.norm1(x), num_queries)
+        x = (x if num_queries is None else x[:, :num_queries]) + self.drop_path(attn)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -66,6 +68,8 @@ class VisionTransformer(nn.Module):
         grad_checkpointing: recompute blocks in backward to save memory (training only).
         attn_impl: "auto", "reference", "sdpa" or "flex".
         abs_pos_embed: learned absolute position embedding; None means "only without relative position bias".
+        class_token_last_block: with global_pool="token", the last block of `forward` computes the class token
+            only (the same logits, ~1/depth less work); False runs it on every token as timm does.
     """
 
     def __init__(
@@ -91,6 +95,7 @@ class VisionTransformer(nn.Module):
         grad_checkpointing: bool = False,
         attn_impl: str = "auto",
         abs_pos_embed: bool | None = None,
+        class_token_last_block: bool = True,
     ) -> None:
         super().__init__()
         if global_pool not in GLOBAL_POOLS:
@@ -106,6 +111,7 @@ class VisionTransformer(nn.Module):
         self.embed_dim = self.num_features = embed_dim
         self.global_pool = global_pool
         self.grad_checkpointing = grad_checkpointing
+        self.class_token_last_block = class_token_last_block
         self.patch_embed = PatchEmbed(img_size, patch_size, in_channels, embed_dim)
         self.grid_size = self.patch_embed.grid_size
         self.num_prefix_tokens = 1 if class_token else 0
@@ -215,18 +221,28 @@ class VisionTransformer(nn.Module):
         return names | {n for n in ("cls_token", "pos_embed") if getattr(self, n) is not None}
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> normalised tokens (B, N, C) of the last block, class token first."""
+        x = self._embed(x)
+        return self.norm(self._blocks(x, class_token_only=False))
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)  # (B, N, C)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         if self.pos_embed is not None:
             x = x + self.pos_embed
-        x = self.pos_drop(x)
-        for blk in self.blocks:
+        return self.pos_drop(x)
+
+    def _blocks(self, x: torch.Tensor, class_token_only: bool) -> torch.Tensor:
+        """Run the blocks; with `class_token_only` the last block updates (and returns) the class token only."""
+        last = len(self.blocks) - 1
+        for i, blk in enumerate(self.blocks):
+            num_queries = 1 if class_token_only and i == last else None
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(blk, x, use_reentrant=False)
+                x = checkpoint(blk, x, num_queries, use_reentrant=False)
             else:
-                x = blk(x)
-        return self.norm(x)
+                x = blk(x, num_queries)
+        return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x[:, 0] if self.global_pool == "token" else x[:, self.num_prefix_tokens :].mean(dim=1)
@@ -234,4 +250,10 @@ class VisionTransformer(nn.Module):
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits; equal to `forward_head(forward_features(x))`. With class-token pooling the last block computes
+        the class token's row only (`class_token_last_block`): the patch tokens' outputs of the last block are
+        never read, so their queries, attention rows, projection and MLP are skipped (~1/depth of the work)."""
+        if self.global_pool == "token" and self.class_token_last_block:
+            x = self._embed(x)
+            return self.forward_head(self.norm(self._blocks(x, class_token_only=True)))
         return self.forward_head(self.forward_features(x))

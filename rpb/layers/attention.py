@@ -217,15 +217,35 @@ class Attention(nn.Module):
 
         return _flex_attention(q, k, v, score_mod, self.scale)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, num_queries: int | None = None) -> torch.Tensor:
+        """(B, N, C) -> (B, N, C); with `num_queries=n` only the first n tokens attend (to all N) -> (B, n, C).
+
+        The ViT uses n=1 in its last block when it pools the class token: the other tokens' outputs are never
+        read there, so their queries, attention rows, projection and MLP are skipped (the same logits).
+        """
         if self.local:
+            if num_queries is not None:
+                raise ValueError("num_queries is not supported with mode='local' windows.")
             if any(self.shift_size):
                 x = _roll_tokens(x, self.grid_size, (-self.shift_size[0], -self.shift_size[1]))
             x = window_partition(x, self.grid_size, self.window_size)  # (B*nW, n, C)
         B, N, _ = x.shape
-        qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # (B, nh, N, hd)
-        x = self.attend(q, k, v, self._bias())
+        bias = self._bias()
+        if num_queries is None:
+            qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)  # (B, nh, N, hd)
+        else:
+            inner = self.num_heads * self.head_dim
+            w_q, w_kv = self.qkv.weight.split([inner, 2 * inner])
+            b_q, b_kv = self.qkv.bias.split([inner, 2 * inner]) if self.qkv.bias is not None else (None, None)
+            q = F.linear(x[:, :num_queries], w_q, b_q).view(B, num_queries, self.num_heads, self.head_dim)
+            q = q.transpose(1, 2)  # (B, nh, n, hd)
+            kv = F.linear(x, w_kv, b_kv).view(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            k, v = kv.unbind(0)
+            N = num_queries
+            if bias is not None:
+                bias = bias[..., :num_queries, :]
+        x = self.attend(q, k, v, bias)
         x = self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, -1)))
         if self.local:
             x = window_reverse(x, self.grid_size, self.window_size)

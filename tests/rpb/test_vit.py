@@ -242,3 +242,43 @@ def test_guide_weight_decay_snippet_keeps_bias_tables_out_of_decay():
     table = model.blocks[0].attn.relative_position_bias.relative_position_bias_table
     assert any(p is table for p in param_groups[1]["params"])
     torch.optim.AdamW(param_groups, lr=1e-3)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"attn_impl": "sdpa"},
+        {"attn_impl": "reference", "rpb_kwargs": {"window_size": 2}},
+        {"rpb_kwargs": {"bias_type": "1d"}},
+        {"use_relative_position": False},
+        {"grad_checkpointing": True, "qkv_bias": False},
+    ],
+)
+def test_class_token_last_block_equals_the_full_last_block(kw):
+    # forward() computes only the class token's row in the last block; the logits and every gradient must equal
+    # those of running the last block on all tokens (forward_features + forward_head, and the flag switched off).
+    # float64, so that the check is on the maths and not on float32 summation order
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    pruned = tiny(**kw).double()
+    full = tiny(**kw, class_token_last_block=False).double()
+    assert pruned.class_token_last_block and not full.class_token_last_block
+    logits = pruned(x)
+    torch.testing.assert_close(logits, pruned.forward_head(pruned.forward_features(x)), rtol=1e-10, atol=1e-12)
+    reference = full(x)
+    torch.testing.assert_close(logits, reference, rtol=1e-10, atol=1e-12)
+    weights = torch.randn_like(logits)
+    (logits * weights).sum().backward()
+    (reference * weights).sum().backward()
+    for (name, a), b in zip(pruned.named_parameters(), full.parameters()):
+        assert (a.grad - b.grad).abs().max() <= 1e-10 * b.grad.abs().max(), name
+
+
+def test_class_token_last_block_skips_the_patch_tokens():
+    model = tiny(depth=1)
+    seen = []
+    model.blocks[0].mlp.register_forward_hook(lambda m, inp, out: seen.append(out.shape))
+    model(torch.randn(2, 3, 16, 16))
+    model.forward_features(torch.randn(2, 3, 16, 16))
+    assert seen == [torch.Size([2, 1, 32]), torch.Size([2, 17, 32])]
+    assert not tiny(class_token=False, global_pool="avg").blocks[0].attn.local  # avg pooling runs every token

@@ -25,7 +25,8 @@ from typing import Any
 EPOCH_X, STEP_X = "epoch", "global_step"
 TARGET = "best_val_accuracy"  # W&B summary key kept by the tracker (max of val_accuracy)
 SWEEP_PARAMS = ("optim.lr", "optim.weight_decay", "model.drop_rate", "model.rpb.init_std")  # conf/sweep/default.yaml
-WINDOW = "model.rpb.window_size"
+WINDOW = "model.rpb.window_size"  # the searched config path (a list in the run config)
+WINDOW_LABEL = "window_size"  # the flat "7x7" every trial and ablation run also carries: what panels group by
 
 
 def _modules():
@@ -65,9 +66,9 @@ def sweep_workspace(
         depth: model depth, i.e. how many `bias/block_{i}` image keys there are.
     """
     wr, ws = _modules()
-    columns = [wr.ParallelCoordinatesPlotColumn(metric=wr.Config(p)) for p in params]
+    columns = [wr.ParallelCoordinatesPlotColumn(metric=wr.Config(p)) for p in (*params, WINDOW_LABEL)]
     columns.append(wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(TARGET)))
-    by_window = wr.Config(WINDOW)
+    by_window = wr.Config(WINDOW_LABEL)
     sections = [
         ws.Section(
             name="Search",

@@ -59,11 +59,14 @@ def trial_config(base: DictConfig, sweep: DictConfig, spec: TrialSpec) -> DictCo
     wb.group, wb.job_type, wb.name, wb.id = sweep.study_name, "trial", f"trial-{spec.number}", spec.wandb_id
     tags = [*wb.tags, f"study-{sweep.study_name}"]
     window = OmegaConf.select(cfg, "model.rpb.window_size")
+    flat = {}
     if window is not None:
         tags.append(f"window-{window_label(list(window))}")
+        flat["window_size"] = window_label(list(window))  # "7x7": W&B groups and filters runs by it
     wb.tags = tags
     cfg.tracker.extra_config = {
         **OmegaConf.to_container(cfg.tracker.extra_config),
+        **flat,
         "trial_number": spec.number,
         "study_name": sweep.study_name,
         "sweep_kind": sweep.kind,

@@ -27,7 +27,7 @@ def test_sweep_workspace_has_the_panels_the_issue_asks_for():
         assert kind in kinds
     grouped = [p for p in panels if type(p).__name__ == "LinePlot" and p.groupby is not None]
     assert {p.y[0] for p in grouped} >= {"val_accuracy"}
-    assert all(p.groupby.name == "model.rpb.window_size" and p.groupby_aggfunc == "mean" for p in grouped)
+    assert all(p.groupby.name == "window_size" and p.groupby_aggfunc == "mean" for p in grouped)
     media = next(p for p in panels if type(p).__name__ == "MediaBrowser")
     assert media.media_keys == [f"bias/block_{i}" for i in range(4)]
     assert workspace.runset_settings.filters == "Metric('group') = 'my-sweep'"
@@ -48,10 +48,10 @@ def test_plotted_keys_are_keys_training_logs():
     images = {f"bias/block_{i}" for i in range(6)}
     assert keys["history"] <= STEP_KEYS | EPOCH_KEYS | images
     assert keys["summary"] <= SUMMARY_KEYS
-    # Config keys: paths of the real composed sweep config, or the flat keys rpb-ablate adds.
+    # Config keys: paths of the real composed sweep config, or the flat keys trials and rpb-ablate add.
     flat = set(_flatten(OmegaConf.to_container(compose_config([], config_name="sweep"))))
     assert keys["config"] <= flat | ABLATION_CONFIG_KEYS
-    assert {"model.rpb.window_size", "optim.lr", "window_size", "bias_type"} <= keys["config"]
+    assert {"optim.lr", "window_size", "bias_type"} <= keys["config"]
 
 
 def test_default_columns_are_the_sweep_space():

@@ -122,3 +122,18 @@ def test_samplers_pruners_and_grid(compose_sweep):
     ]:
         sweep = check_sweep(compose_sweep(f"sweep.pruner.name={name}"))[0]
         assert type(build_pruner(sweep, 4)).__name__ == cls
+
+
+def test_trial_config_names_its_wandb_run_and_flattens_the_window(compose_sweep, tmp_path):
+    from sweeps.objective import TrialSpec, trial_config
+
+    sweep, base, _dims = check_sweep(compose_sweep())
+    spec = TrialSpec(number=3, params={"model.rpb.window_size": "5x5"}, run_dir=str(tmp_path / "t3"), wandb_id="abc")
+    cfg = trial_config(base, sweep, spec)
+    wb, extra = cfg.tracker.wandb, cfg.tracker.extra_config
+    assert list(cfg.model.rpb.window_size) == [5, 5]
+    assert (wb.group, wb.job_type, wb.name, wb.id) == (sweep.study_name, "trial", "trial-3", "abc")
+    assert "window-5x5" in wb.tags
+    # a flat "5x5" next to the nested list: W&B groups, filters and colours runs by it
+    assert extra["window_size"] == "5x5" and extra["trial_number"] == 3
+    assert extra["trial_params"] == {"model.rpb.window_size": "5x5"}

@@ -188,6 +188,9 @@ def train(cfg: DictConfig, on_epoch_end: EpochCallback | None = None) -> dict[st
             log(epoch_log, epoch)
             if is_main:
                 append_jsonl(run_dir / "metrics.jsonl", metrics | ({"status": status} if stopping else {}))
+                # kept current while the run goes on: a run killed mid-way still says how far it got
+                progress = _result(cfg, state, "running", f"epoch {epoch}/{tc.epochs}", tracker)
+                atomic_write_text(run_dir / "summary.json", json.dumps(progress, indent=2))
             accelerator.print(_summary_line(metrics, tc.epochs, train_m["images"]), flush=True)
             if stopping:
                 break

@@ -171,6 +171,19 @@ def test_on_epoch_end_string_stops_the_run_with_that_status(compose):
     assert result["status"] == "pruned" and result["epochs_run"] == 1 and "pruned" in result["reason"]
 
 
+def test_summary_json_follows_the_run_epoch_by_epoch(compose):
+    # What a killed run leaves behind says how far it got: summary.json is rewritten after every epoch.
+    cfg = compose(["trainer.epochs=3", "trainer.limit_train_batches=2", "model.depth=1"])
+    summaries = []
+
+    def read_summary(epoch, metrics):  # called before the epoch's own bookkeeping: shows the previous epoch
+        summaries.append(json.loads((Path(cfg.run_dir) / "summary.json").read_text()))
+
+    result = train(cfg, on_epoch_end=read_summary)
+    assert [(s["status"], s["epochs_run"]) for s in summaries] == [("running", 0), ("running", 1), ("running", 2)]
+    assert summaries[2]["reason"] == "epoch 2/3" and summaries[2]["val_accuracy"] is not None
+    assert result["status"] == "completed" and result["epochs_run"] == 3
+
 def test_the_guides_training_api(tmp_path):
     from experiments import SyntheticImageDataset, evaluate, save_checkpoint, train_epoch
     from rpb import VisionTransformer

@@ -239,7 +239,7 @@ def _log_bias(model: torch.nn.Module, tracker: Any, epoch: int) -> dict[str, flo
 
     The labelled matplotlib figures (offsets on the axes, colorbar) are written once, at the end of the run, to
     <run_dir>/bias/; per epoch the trackers get the same maps drawn with numpy in the same colours."""
-    from experiments.tracking import bias_heatmap_images  # numpy: ~ms per epoch (matplotlib: ~2% of an epoch)
+    from experiments.tracking import bias_heatmap_images  # numpy: ~2 ms per epoch (matplotlib: ~7% of an epoch)
     from rpb.inspect import bias_statistics
 
     images = bias_heatmap_images(model)

@@ -222,8 +222,7 @@ class VisionTransformer(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> normalised tokens (B, N, C) of the last block, class token first."""
-        x = self._embed(x)
-        return self.norm(self._blocks(x, class_token_only=False))
+        return self.norm(self._blocks(self._embed(x), class_token_only=False))
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)  # (B, N, C)
@@ -253,7 +252,5 @@ class VisionTransformer(nn.Module):
         """Logits; equal to `forward_head(forward_features(x))`. With class-token pooling the last block computes
         the class token's row only (`class_token_last_block`): the patch tokens' outputs of the last block are
         never read, so their queries, attention rows, projection and MLP are skipped (~1/depth of the work)."""
-        if self.global_pool == "token" and self.class_token_last_block:
-            x = self._embed(x)
-            return self.forward_head(self.norm(self._blocks(x, class_token_only=True)))
-        return self.forward_head(self.forward_features(x))
+        class_token_only = self.global_pool == "token" and self.class_token_last_block
+        return self.forward_head(self.norm(self._blocks(self._embed(x), class_token_only)))

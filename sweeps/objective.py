@@ -61,8 +61,8 @@ def trial_config(base: DictConfig, sweep: DictConfig, spec: TrialSpec) -> DictCo
     window = OmegaConf.select(cfg, "model.rpb.window_size")
     flat = {}
     if window is not None:
-        tags.append(f"window-{window_label(list(window))}")
         flat["window_size"] = window_label(list(window))  # "7x7": W&B groups and filters runs by it
+        tags.append(f"window-{flat['window_size']}")
     wb.tags = tags
     cfg.tracker.extra_config = {
         **OmegaConf.to_container(cfg.tracker.extra_config),

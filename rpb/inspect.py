@@ -43,7 +43,8 @@ def bias_offset_maps(model: nn.Module) -> dict[int, torch.Tensor]:
 def bias_matrices(model: nn.Module) -> dict[int, torch.Tensor]:
     """block -> the (num_heads, N, N) bias added to attention logits (N counts the class token)."""
     with torch.no_grad():
-        return {i: m().float().cpu() for i, m in relative_position_biases(model)}
+        # a copy: outside autograd m() returns the module's cached bias, which a caller must not be able to edit
+        return {i: m().to("cpu", torch.float32, copy=True) for i, m in relative_position_biases(model)}
 
 
 def bias_statistics(model: nn.Module) -> dict[str, float]:

@@ -1,8 +1,9 @@
 """Heatmaps of relative position biases (matplotlib, Agg canvas: headless, no pyplot state).
 
 One panel per head on a diverging colormap centred on zero (symmetric limits shared by the heads of a block),
-offsets (dx, dy) on the axes. `render_bias_heatmaps` returns RGB arrays for trackers and runs every epoch, so
-figures are small and never registered with pyplot (nothing to close, nothing leaks).
+offsets (dx, dy) on the axes. Figures are never registered with pyplot (nothing to close, nothing leaks).
+Training draws its per-epoch tracker images with numpy (`experiments.tracking.bias_heatmap_images`); these
+labelled figures are written at the end of a run.
 """
 
 from __future__ import annotations
@@ -72,17 +73,7 @@ def _heads_figure(
             ax.set_xlabel(xlabel, fontsize=7)
     fig.colorbar(image, cax=fig.add_axes((0.9, 0.2, 0.015, 0.6))).ax.tick_params(labelsize=6)
     fig.suptitle(title, fontsize=9)
-    fig.rpb_images = [ax.images[0] for ax in axes.flat if ax.images]  # for `_update_heads_figure`
     return fig
-
-
-def _update_heads_figure(fig: Figure, maps: np.ndarray, title: str) -> None:
-    """Put new maps (same shape) and a new title into a figure made by `_heads_figure`."""
-    limit = float(np.abs(maps).max()) or 1e-8
-    for image, values in zip(fig.rpb_images, maps):
-        image.set_data(values)
-        image.set_clim(-limit, limit)
-    fig._suptitle.set_text(title)
 
 
 def plot_bias_offset_map(
@@ -119,26 +110,12 @@ def figure_to_rgb(fig: Figure) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-_RENDER_FIGURES: dict[tuple, Figure] = {}  # one reusable figure per map shape: ticks and layout are built once
-
-
 def render_bias_heatmaps(model: nn.Module, dpi: int = 60) -> dict[int, np.ndarray]:
-    """block -> (H, W, 3) uint8 image with all heads of that block's bias (for W&B / TensorBoard).
-
-    Runs every epoch during training, so blocks of one shape share one cached figure whose images are swapped.
-    """
-    images = {}
-    for i, m in relative_position_biases(model):
-        maps = offset_map(m).float().cpu().numpy()
-        key = (maps.shape, m.window_size, dpi)
-        if key not in _RENDER_FIGURES:
-            if len(_RENDER_FIGURES) > 8:
-                _RENDER_FIGURES.clear()
-            _RENDER_FIGURES[key] = plot_bias_offset_map(maps, block=i, window_size=m.window_size, dpi=dpi)
-        fig = _RENDER_FIGURES[key]
-        _update_heads_figure(fig, maps, _offset_title(i, m.window_size))
-        images[i] = figure_to_rgb(fig)
-    return images
+    """block -> (H, W, 3) uint8 image of `plot_bias_offset_map` with all heads of that block's bias."""
+    return {
+        i: figure_to_rgb(plot_bias_offset_map(offset_map(m), block=i, window_size=m.window_size, dpi=dpi))
+        for i, m in relative_position_biases(model)
+    }
 
 
 def save_bias_heatmaps(model: nn.Module, out_dir: str | Path, dpi: int = 100) -> list[Path]:

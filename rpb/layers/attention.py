@@ -189,15 +189,17 @@ class Attention(nn.Module):
         if bias is not None:
             bias = bias.to(q.dtype)
         if impl == "sdpa":
-            if bias is not None and bias.shape[0] > 1:  # per-window masks: (B, nW, nh, n, hd) against (nW, ...)
+            if bias is not None and bias.shape[0] > 1:
+                # per-window masks (nW, nh, n, n): windows folded into the head axis keep SDPA's inputs 4-D (its
+                # fused kernels take no 5-D inputs) and the mask broadcast over the batch, never materialised
                 nw = bias.shape[0]
                 out = F.scaled_dot_product_attention(
-                    *(t.unflatten(0, (-1, nw)) for t in (q, k, v)),
-                    attn_mask=bias,
+                    *(t.reshape(-1, nw * t.shape[1], *t.shape[2:]) for t in (q, k, v)),
+                    attn_mask=bias.reshape(1, -1, *bias.shape[2:]),
                     dropout_p=dropout_p,
                     scale=self.scale,
                 )
-                return out.flatten(0, 1)
+                return out.view(q.shape)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=self.scale)
         attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, nh, N, N)
         if bias is not None:
@@ -221,7 +223,9 @@ class Attention(nn.Module):
         """(B, N, C) -> (B, N, C); with `num_queries=n` only the first n tokens attend (to all N) -> (B, n, C).
 
         The ViT uses n=1 in its last block when it pools the class token: the other tokens' outputs are never
-        read there, so their queries, attention rows, projection and MLP are skipped (the same logits).
+        read there, so their queries, attention rows, projection and MLP are skipped (the same logits). This
+        path applies `qkv.weight` and `qkv.bias` with `F.linear` (forward hooks on `qkv` do not run here; wrap
+        or hook the ViT with `class_token_last_block=False` if you need them).
         """
         if self.local:
             if num_queries is not None:

@@ -262,7 +262,7 @@ def resize_relative_position_bias_table(
     return torch.cat([resized, extra], dim=0)
 
 
-def _old_window_from_rows(rows: int, bias_type: str, new_window: tuple[int, int] | int) -> tuple[int, int] | int:
+def _old_window_from_rows(rows: int, bias_type: str) -> tuple[int, int] | int:
     """Guess the window a table was trained with from its offset rows (square windows for 2d)."""
     if bias_type == "1d":
         return (rows + 1) // 2
@@ -301,6 +301,6 @@ def resize_rel_pos_bias_in_state_dict(
                 f"{key} has {table.shape[1]} heads but the model has {target.shape[1]}; use num_heads={table.shape[1]}."
             )
         extra = NUM_CLASS_TOKEN_ENTRIES if module.class_token else 0
-        old = old_window_size or _old_window_from_rows(table.shape[0] - extra, module.bias_type, module.window_size)
+        old = old_window_size or _old_window_from_rows(table.shape[0] - extra, module.bias_type)
         out[key] = resize_relative_position_bias_table(table, old, module.window_size, extra, module.bias_type)
     return out

@@ -4,6 +4,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from rpb import Attention, RelativePositionBias
 from rpb.layers.attention import flex_unavailable_reason
@@ -158,13 +159,19 @@ def test_unknown_attn_impl_and_head_mismatch_raise():
         Attention(32, 4, rel_pos_bias=RelativePositionBias(2, (3, 3)))
 
 
-def test_auto_path_matches_reference_in_training_and_eval():
+def test_auto_path_matches_reference_in_training_and_eval(monkeypatch):
     attn = make_attention(impl="auto").float()
     x = torch.randn(2, 10, 32)
+    sdpa_calls = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: sdpa_calls.append(1) or sdpa(*a, **k))
     auto = run(attn, x, "auto")
+    # CPU training with a bias that needs a gradient takes the reference path (the fused kernel has no mask grad)
+    assert sdpa_calls == []
     ref = run(attn, x, "reference")
     for got, want in zip(auto, ref):
         assert rel_err(got, want) < 1e-5
     with torch.no_grad():
         attn.attn_impl = "auto"
         assert rel_err(attn(x), ref[0]) < 1e-5
+    assert sdpa_calls == [1]  # outside autograd: SDPA

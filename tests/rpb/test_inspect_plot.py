@@ -105,12 +105,12 @@ def test_rpb_import_does_not_load_matplotlib():
     assert out.strip() == "False"
 
 
-def test_render_reuses_figures_but_shows_each_blocks_own_bias():
+def test_render_shows_each_blocks_own_bias():
     from rpb.plot import render_bias_heatmaps
 
     model = tiny(depth=3, rpb_kwargs={"init_std": 0.5})
     first = render_bias_heatmaps(model)
-    assert not np.array_equal(first[0], first[1])  # same figure, different data and title
+    assert not np.array_equal(first[0], first[1])  # different data and title
     with torch.no_grad():
         model.blocks[2].attn.relative_position_bias.relative_position_bias_table.mul_(-1)
     second = render_bias_heatmaps(model)

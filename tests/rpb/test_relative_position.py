@@ -152,7 +152,8 @@ def test_resize_1d_keeps_centre_and_edges():
     table = torch.arange(7.0)[:, None].repeat(1, 2)  # linear in the offset
     up = resize_relative_position_bias_table(table, 4, 7, bias_type="1d")
     assert up.shape == (13, 2)
-    # offsets that exist in both tables keep their value; the rest lie between their neighbours
+    # align_corners stretches the offset axis (Swin's convention): old offset k lands on new offset 2k (window
+    # 4 -> 7: 7 rows -> 13), so the old values sit on every second new row; the rows between are interpolated
     assert torch.allclose(up[::2, 0], table[:, 0], atol=1e-5)
     assert (up[1:, 0] > up[:-1, 0]).all()
 

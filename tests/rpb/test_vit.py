@@ -275,10 +275,11 @@ def test_class_token_last_block_equals_the_full_last_block(kw):
 
 
 def test_class_token_last_block_skips_the_patch_tokens():
-    model = tiny(depth=1)
     seen = []
-    model.blocks[0].mlp.register_forward_hook(lambda m, inp, out: seen.append(out.shape))
-    model(torch.randn(2, 3, 16, 16))
+    for kw in ({}, {"class_token_last_block": False}, {"global_pool": "avg"}):
+        model = tiny(depth=1, **kw)
+        model.blocks[0].mlp.register_forward_hook(lambda m, inp, out: seen.append(tuple(out.shape)))
+        model(torch.randn(2, 3, 16, 16))
     model.forward_features(torch.randn(2, 3, 16, 16))
-    assert seen == [torch.Size([2, 1, 32]), torch.Size([2, 17, 32])]
-    assert not tiny(class_token=False, global_pool="avg").blocks[0].attn.local  # avg pooling runs every token
+    # class-token pooling: 1 token; switched off, average pooling and forward_features: all 17 tokens
+    assert seen == [(2, 1, 32), (2, 17, 32), (2, 17, 32), (2, 17, 32)]

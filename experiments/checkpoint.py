@@ -69,12 +69,21 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
 
 
 def truncate_jsonl(path: str | Path, max_epoch: int) -> None:
-    """Keep the records of epochs <= max_epoch (a resumed run rewrites what came after its checkpoint)."""
+    """Keep the records of epochs <= max_epoch (a resumed run rewrites what came after its checkpoint).
+
+    Lines that are not a JSON object are dropped: a run killed while appending leaves a torn last line.
+    """
     path = Path(path)
     if not path.exists():
         return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line).get("epoch", 0) <= max_epoch]
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("epoch", 0) <= max_epoch:
+            kept.append(line)
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
@@ -133,6 +142,7 @@ def save_last(accelerator: Any, run_dir: str | Path, state: TrainState, config_y
         shutil.rmtree(target)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(target))
+    accelerator.wait_for_everyone()  # every rank's files (its RNG state) are on disk before the state is published
     if accelerator.is_main_process:
         if config_yaml:
             atomic_write_text(target / "config.yaml", config_yaml)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import math
 import re
 import time
@@ -19,17 +20,21 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["evaluate", "grad_norms_by_group", "module_group", "train_epoch"]
+__all__ = ["evaluate", "grad_norms_by_group", "module_group", "train_epoch", "unclipped_grad_norms_by_group"]
 
 StepLogger = Callable[[int, dict[str, float]], None]
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 def module_group(param_name: str) -> str:
     """The module group a parameter's gradient norm is logged under (`grad_norm/<group>`).
 
-    relative_position_bias (all bias tables), blocks.<i>, patch_embed, head, or the first name component.
+    relative_position_bias (all bias tables), blocks.<i>, patch_embed, head, or the first name component. The
+    wrappers' prefixes (`module.` of DDP, `_orig_mod.` of torch.compile) are dropped in whichever order they nest.
     """
-    name = param_name.removeprefix("_orig_mod.").removeprefix("module.")
+    name = param_name
+    while name.startswith(_WRAPPER_PREFIXES):
+        name = name.split(".", 1)[1]
     if "relative_position_bias" in name:
         return "relative_position_bias"
     m = re.match(r"(blocks\.\d+)\.", name)
@@ -47,6 +52,18 @@ def grad_norms_by_group(model: nn.Module) -> dict[str, float]:
         return {}
     norms = torch.stack([torch.stack(v).sum() for v in squares.values()]).sqrt().tolist()
     return dict(zip(squares, norms))
+
+
+def unclipped_grad_norms_by_group(model: nn.Module, total_norm: float, max_norm: float) -> dict[str, float]:
+    """`grad_norms_by_group` as it was before clipping to `max_norm` scaled the gradients by the total norm.
+
+    {} when `total_norm` is inf/NaN (an fp16 step whose loss scale overflowed: the step is skipped and the clipped
+    gradients say nothing).
+    """
+    if not math.isfinite(total_norm):
+        return {}
+    coef = min(1.0, max_norm / (total_norm + 1e-6))
+    return {k: v / coef for k, v in grad_norms_by_group(model).items()}
 
 
 def train_epoch(
@@ -86,9 +103,8 @@ def train_epoch(
     grad_norms: dict[str, float] = {}
     diverged = False
     optimizer.zero_grad(set_to_none=True)
-    for batch_idx, (images, targets) in enumerate(train_loader):
-        if batch_idx >= num_batches:
-            break
+    # islice: a limited epoch stops after its last batch without fetching (and augmenting) one more
+    for batch_idx, (images, targets) in enumerate(itertools.islice(train_loader, num_batches)):
         if accelerator is None:
             images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         with accelerator.accumulate(model) if accelerator is not None else contextlib.nullcontext():
@@ -109,8 +125,7 @@ def train_epoch(
                     else torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
                 )
                 if last:  # per-group norms of the epoch's last step, before clipping
-                    coef = min(1.0, max_norm / (float(grad_norm) + 1e-6))
-                    grad_norms = {k: v / coef for k, v in grad_norms_by_group(model).items()}
+                    grad_norms = unclipped_grad_norms_by_group(model, float(grad_norm), max_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
@@ -188,9 +203,7 @@ def evaluate(
     per_sample = copy.copy(criterion)
     per_sample.reduction = "none"
     losses, hits = [], []
-    for batch_idx, (images, targets) in enumerate(val_loader):
-        if max_batches is not None and batch_idx >= max_batches:
-            break
+    for images, targets in itertools.islice(val_loader, max_batches):  # no batch fetched beyond max_batches
         if accelerator is None:
             images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         logits = model(images)  # (B, num_classes)

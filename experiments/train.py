@@ -55,7 +55,7 @@ def train(cfg: DictConfig, on_epoch_end: EpochCallback | None = None) -> dict[st
     from experiments.data import build_dataloaders
     from experiments.optimizers import build_optimizer, build_scheduler
     from experiments.precision import make_accelerator
-    from experiments.tracking import build_tracker
+    from experiments.tracking import NoOpTracker, build_tracker
 
     cfg = _resume_config(cfg) if cfg.get("resume") else validate_config(cfg)
     tc = cfg.trainer
@@ -101,7 +101,8 @@ def train(cfg: DictConfig, on_epoch_end: EpochCallback | None = None) -> dict[st
         truncate_jsonl(run_dir / "metrics.jsonl", state.epoch)
     tracker = build_tracker(cfg.tracker, is_main_process=is_main)
     tracker.start(plain_config, run_dir)
-    log_images = is_main and (cfg.tracker.wandb.enabled or cfg.tracker.tensorboard.enabled)
+    # Heatmaps and bias statistics only for a tracker that keeps them (not for tracker=none, W&B mode=disabled, ...)
+    log_images = is_main and not isinstance(tracker, NoOpTracker)
 
     def log(metrics: dict[str, float], step: int) -> None:  # the one place metrics leave the loop
         tracker.log(metrics, step=step)
@@ -179,6 +180,13 @@ def train(cfg: DictConfig, on_epoch_end: EpochCallback | None = None) -> dict[st
                 reason = f"on_epoch_end returned {decision[0]!r} after epoch {epoch}"
 
             state.epoch, state.last_metrics = epoch, metrics
+            # The epoch's record first, then its checkpoint: a kill in between leaves a record beyond the
+            # checkpoint, which resume drops (truncate_jsonl) and writes again, never an epoch without a record.
+            if is_main:
+                append_jsonl(run_dir / "metrics.jsonl", metrics | ({"status": status} if stopping else {}))
+                # kept current while the run goes on: a run killed mid-way still says how far it got
+                progress = _result(cfg, state, "running", f"epoch {epoch}/{tc.epochs}", tracker)
+                atomic_write_text(run_dir / "summary.json", json.dumps(progress, indent=2))
             if tc.save_checkpoints:
                 save_last(accelerator, run_dir, state, config_yaml)
             epoch_log = {k: v for k, v in metrics.items() if k != "epoch"}
@@ -186,11 +194,6 @@ def train(cfg: DictConfig, on_epoch_end: EpochCallback | None = None) -> dict[st
             if log_images and tc.heatmap_every_n_epochs and epoch % tc.heatmap_every_n_epochs == 0:
                 epoch_log |= _log_bias(accelerator.unwrap_model(model, keep_torch_compile=False), tracker, epoch)
             log(epoch_log, epoch)
-            if is_main:
-                append_jsonl(run_dir / "metrics.jsonl", metrics | ({"status": status} if stopping else {}))
-                # kept current while the run goes on: a run killed mid-way still says how far it got
-                progress = _result(cfg, state, "running", f"epoch {epoch}/{tc.epochs}", tracker)
-                atomic_write_text(run_dir / "summary.json", json.dumps(progress, indent=2))
             accelerator.print(_summary_line(metrics, tc.epochs, train_m["images"]), flush=True)
             if stopping:
                 break

@@ -8,7 +8,16 @@ import shutil
 import torch
 from accelerate import Accelerator
 
-from experiments.checkpoint import TrainState, last_checkpoint, load_best, load_last, save_checkpoint, save_last
+from experiments.checkpoint import (
+    TrainState,
+    append_jsonl,
+    last_checkpoint,
+    load_best,
+    load_last,
+    save_checkpoint,
+    save_last,
+    truncate_jsonl,
+)
 from experiments.precision import make_accelerator
 
 
@@ -57,3 +66,42 @@ def test_save_checkpoint_is_the_guides_and_loads_with_weights_only(tmp_path):
     assert saved["epoch"] == 3 and saved["metrics"] == {"accuracy": 0.75}
     assert torch.equal(saved["model"]["weight"], model.weight) and "optimizer" in saved
     assert not list(path.parent.glob(".*tmp"))
+
+
+def test_truncate_jsonl_keeps_the_checkpointed_epochs_and_drops_a_torn_last_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    for epoch in (1, 2, 3):
+        append_jsonl(path, {"epoch": epoch, "val_accuracy": epoch / 10})
+    with open(path, "a") as f:  # a run killed while appending epoch 4
+        f.write('{"epoch": 4, "val_accu')
+    truncate_jsonl(path, 2)
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [
+        {"epoch": 1, "val_accuracy": 0.1},
+        {"epoch": 2, "val_accuracy": 0.2},
+    ]
+    with open(path, "a") as f:
+        f.write('{"epoch": 3, "val_accu')
+    truncate_jsonl(path, 5)  # the torn line goes even when its epoch would be kept
+    assert [json.loads(line)["epoch"] for line in path.read_text().splitlines()] == [1, 2]
+
+
+class _RecordingAccelerator:
+    """Records save_state and the barriers, and what `last` held at each barrier (rank 0 of a group)."""
+
+    is_main_process = True
+
+    def __init__(self, run_dir):
+        self.run_dir, self.calls = run_dir, []
+
+    def save_state(self, output_dir):
+        self.calls.append("save_state")
+
+    def wait_for_everyone(self):
+        published = (self.run_dir / "checkpoints" / "last" / "train_state.json").is_file()
+        self.calls.append("published" if published else "wait")
+
+
+def test_save_last_waits_for_every_rank_before_publishing(tmp_path):
+    accelerator = _RecordingAccelerator(tmp_path)
+    save_last(accelerator, tmp_path, TrainState(epoch=1))
+    assert accelerator.calls == ["wait", "save_state", "wait", "published"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 from pathlib import Path
@@ -23,8 +24,33 @@ def test_rpb_train_runs_with_overrides_and_leaves_nothing_but_the_run_dir(tmp_pa
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
     assert "[rpb-train] completed" in capsys.readouterr().out
 
+    record = (run / "metrics.jsonl").read_text()
     main([f"resume={run}", "trainer.epochs=1"])  # nothing left to do: ends at once, completed
     assert json.loads((run / "summary.json").read_text())["epochs_run"] == 1
+    assert (run / "metrics.jsonl").read_text() == record  # not trained again (a new record has a new epoch_time)
+
+
+def test_rpb_train_resume_continues_where_the_run_stopped(tmp_path, monkeypatch, capsys):
+    import experiments.train
+
+    train = experiments.train.train
+    stop_after_one = functools.partial(train, on_epoch_end=lambda epoch, metrics: "stopped" if epoch == 1 else None)
+    monkeypatch.setattr(experiments.train, "train", stop_after_one)  # what `rpb-train` calls: stops after epoch 1
+    run = tmp_path / "run"
+    main([*TINY, "trainer.epochs=2", f"run_dir={run}"])
+    assert json.loads((run / "summary.json").read_text())["epochs_run"] == 1
+    (first,) = (run / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(first)["status"] == "stopped"
+
+    monkeypatch.setattr(experiments.train, "train", train)
+    capsys.readouterr()
+    main([f"resume={run}"])
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_run"] == 2
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert lines[0] == first and [json.loads(line)["epoch"] for line in lines] == [1, 2]  # epoch 1 kept, not rerun
+    out = capsys.readouterr().out
+    assert "[rpb-train] completed" in out and not any(line.startswith("epoch 1/2") for line in out.splitlines())
 
 
 def test_guide_config_option(tmp_path, monkeypatch, capsys):

@@ -81,7 +81,7 @@ def test_guide_yaml_runs_as_it_is(tmp_path):
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_mixed_precision_runs(compose, precision):
+def test_mixed_precision_runs(compose, precision, tmp_path):
     from experiments.precision import make_accelerator
 
     accelerator = make_accelerator(precision, cpu=True)
@@ -94,6 +94,11 @@ def test_mixed_precision_runs(compose, precision):
     overrides = ["model.depth=1", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2"]
     result = train(compose([f"trainer.mixed_precision={precision}", *overrides]))
     assert result["status"] == "completed" and math.isfinite(result["train_loss"])
+    # The accelerator train() built: accelerate saves a GradScaler's state with the checkpoint when it has one.
+    scaler = tmp_path / "run" / "checkpoints" / "last" / "scaler.pt"
+    assert scaler.is_file() == (precision == "fp16")
+    if precision == "fp16":
+        assert torch.load(scaler, weights_only=True)["scale"] > 0
 
 
 def test_resume_ends_with_the_same_metrics_as_an_uninterrupted_run(compose, tmp_path):
@@ -183,6 +188,16 @@ def test_summary_json_follows_the_run_epoch_by_epoch(compose):
     assert [(s["status"], s["epochs_run"]) for s in summaries] == [("running", 0), ("running", 1), ("running", 2)]
     assert summaries[2]["reason"] == "epoch 2/3" and summaries[2]["val_accuracy"] is not None
     assert result["status"] == "completed" and result["epochs_run"] == 3
+
+
+def test_no_heatmaps_or_bias_statistics_for_a_tracker_that_logs_nothing(compose, monkeypatch):
+    calls = []
+    monkeypatch.setattr(train_module, "_log_bias", lambda *args: calls.append(args) or {})
+    cfg = compose(["tracker=default", "tracker.wandb.mode=disabled", "tracker.tensorboard.enabled=false",
+                   "trainer.heatmap_every_n_epochs=1", "trainer.limit_train_batches=2", "model.depth=1"])  # fmt: skip
+    assert train(cfg)["status"] == "completed"
+    assert calls == [] and not (Path(cfg.run_dir) / "wandb").exists()
+
 
 def test_the_guides_training_api(tmp_path):
     from experiments import SyntheticImageDataset, evaluate, save_checkpoint, train_epoch
@@ -303,6 +318,8 @@ def test_a_crash_while_saving_leaves_the_last_good_checkpoint_and_resume_continu
         train(cfg)
     last = tmp_path / "run" / "checkpoints" / "last"
     assert json.loads((last / "train_state.json").read_text())["epoch"] == 1
+    # epoch 2's record was written before its checkpoint: a kill during the save does not lose it
+    assert [r["epoch"] for r in _lines(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
     assert set(load_file(last / "model.safetensors")) >= {"head.weight"}
 
     monkeypatch.setattr(Accelerator, "save_state", save_state)

@@ -34,6 +34,8 @@ def _hydra_main(cfg: DictConfig) -> None:
 
     try:
         cfg = validate_config(cfg)
+        if cfg.get("resume"):
+            _check_resume_overrides(cfg)
         result = train(cfg)
     except ConfigError as exc:  # also data.py's and resume's mistakes, raised before any training
         _fail(str(exc))
@@ -44,6 +46,31 @@ def _hydra_main(cfg: DictConfig) -> None:
         )
     if result["status"] == "diverged":
         _exit(EXIT_DIVERGED)
+
+
+def _check_resume_overrides(cfg: DictConfig) -> None:
+    """A resumed run keeps the config saved in its folder: refuse command-line overrides that would change it."""
+    from pathlib import Path
+
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    saved_path = Path(cfg.resume) / "config.yaml"
+    if not saved_path.is_file():
+        return  # train() names the problem
+    saved = OmegaConf.load(saved_path)
+    changed = []
+    for override in HydraConfig.get().overrides.task:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key == "resume" or key.startswith("hydra"):
+            continue
+        if OmegaConf.select(cfg, key, default=None) != OmegaConf.select(saved, key, default=None):
+            changed.append(key)
+    if changed:
+        raise ConfigError(
+            f"resume={cfg.resume} continues the run with the config saved in its folder, and {', '.join(changed)} "
+            "would change it; drop those overrides, or start a new run (without resume=) to change them."
+        )
 
 
 def _fail(sentence: str) -> None:

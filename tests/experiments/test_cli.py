@@ -29,6 +29,14 @@ def test_rpb_train_runs_with_overrides_and_leaves_nothing_but_the_run_dir(tmp_pa
     assert json.loads((run / "summary.json").read_text())["epochs_run"] == 1
     assert (run / "metrics.jsonl").read_text() == record  # not trained again (a new record has a new epoch_time)
 
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:  # an override that changes the saved config is refused, not ignored
+        main([f"resume={run}", "trainer.epochs=3", "optim.lr=0.01"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "trainer.epochs, optim.lr would change it; drop those overrides" in err
+    assert (run / "metrics.jsonl").read_text() == record
+
 
 def test_rpb_train_resume_continues_where_the_run_stopped(tmp_path, monkeypatch, capsys):
     import experiments.train

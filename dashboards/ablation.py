@@ -11,19 +11,27 @@ from dashboards.load import RunData
 
 @dataclass(frozen=True, order=True)
 class Setting:
-    """One cell of the ablation grid; ordered by bias type, mode, then window area."""
+    """One cell of the ablation grid; ordered by bias type, mode, then window area.
+
+    Runs without a bias are one setting whatever their config's window and mode: `NO_BIAS` (no window).
+    """
 
     bias_type: str  # "2d" | "1d" | "none"
     mode: str  # "clip" | "local"
-    window_size: tuple[int, int]
+    window_size: tuple[int, int] | None  # None: no bias table, so no window
 
     @property
     def window_label(self) -> str:
-        return f"{self.window_size[0]}x{self.window_size[1]}"
+        return "none" if self.window_size is None else f"{self.window_size[0]}x{self.window_size[1]}"
 
     @property
     def label(self) -> str:
+        if self.window_size is None:
+            return "no bias"
         return f"{self.window_label} {self.bias_type}" + (f" {self.mode}" if self.mode != "clip" else "")
+
+
+NO_BIAS = Setting(bias_type="none", mode="clip", window_size=None)
 
 
 @dataclass
@@ -52,12 +60,13 @@ def _get(config: dict[str, Any], dotted: str, default: Any = None) -> Any:
 
 
 def setting_of(run: RunData) -> Setting:
-    """The ablation factors of a run, read from its resolved config (``model.rpb.*``)."""
+    """The ablation factors of a run, read from its resolved config (``model.rpb.*``); `NO_BIAS` without a bias."""
     rpb = _get(run.config, "model.rpb", {}) or {}
+    if not rpb.get("enabled", True):
+        return NO_BIAS
     window = rpb.get("window_size", [0, 0])
     window = (int(window), int(window)) if isinstance(window, int) else (int(window[0]), int(window[-1]))
-    bias_type = str(rpb.get("bias_type", "2d")) if rpb.get("enabled", True) else "none"
-    return Setting(bias_type=bias_type, mode=str(rpb.get("mode", "clip")), window_size=window)
+    return Setting(bias_type=str(rpb.get("bias_type", "2d")), mode=str(rpb.get("mode", "clip")), window_size=window)
 
 
 def run_accuracy(run: RunData) -> float:

@@ -38,18 +38,14 @@ def _series(summaries: Sequence[SettingSummary]) -> dict[tuple[str, str], list[S
 def accuracy_vs_window(summaries: Sequence[SettingSummary]) -> Figure:
     """Best validation accuracy against window size: seeds as dots, mean with its 95% t-interval as error bars.
 
-    One line per (bias type, mode); runs without a bias ("none") are drawn as a horizontal baseline band.
+    One line per (bias type, mode); the setting without a window (no bias) is a horizontal baseline band.
     """
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    series = _series(summaries)
-    # Without a bias the window size changes nothing: that baseline is a horizontal band, not a point.
-    for (bias_type, _), group in list(series.items()):
-        if bias_type == "none":
-            del series[(bias_type, _)]
-            base = group[0]
-            ax.axhline(base.mean, color="grey", linestyle="--", label="no bias (mean, 95% CI)")
-            if math.isfinite(base.ci_low):
-                ax.axhspan(base.ci_low, base.ci_high, color="grey", alpha=0.15)
+    series = _series([s for s in summaries if s.setting.window_size is not None])
+    for base in (s for s in summaries if s.setting.window_size is None):
+        ax.axhline(base.mean, color="grey", linestyle="--", label=f"{base.setting.label} (mean, 95% CI)")
+        if math.isfinite(base.ci_low):
+            ax.axhspan(base.ci_low, base.ci_high, color="grey", alpha=0.15)
     labels = sorted({s.setting.window_size for g in series.values() for s in g}, key=lambda w: (w[0] * w[1], w))
     xpos = {w: i for i, w in enumerate(labels)}
     width = 0.5 / max(len(series), 1)

@@ -15,10 +15,11 @@ from typing import Any
 import optuna
 
 from dashboards.load import RunData
+from experiments.trackers.common import EPOCH_KEYS as TRACKED_EPOCH_KEYS
 
 log = logging.getLogger(__name__)
 # One epoch row of experiments.train: all of these are logged together, so a scan over them finds every epoch.
-EPOCH_KEYS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_time")
+EPOCH_KEYS = ("epoch", *TRACKED_EPOCH_KEYS)
 _HEATMAP = re.compile(r"^bias/block_(\d+)$")
 
 

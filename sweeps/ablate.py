@@ -115,10 +115,10 @@ def ablation_config(cfg: DictConfig) -> DictConfig:
 
 
 def run_factors(cfg: DictConfig) -> dict[str, Any]:
-    """The ablation factors of one trial's training config, as flat W&B config keys."""
+    """The ablation factors of one trial's training config, as flat W&B config keys (no bias: window "none")."""
     rpb = cfg.model.rpb
     return {
-        "window_size": window_label(list(rpb.window_size)),
+        "window_size": window_label(list(rpb.window_size)) if rpb.enabled else "none",
         "bias_type": rpb.bias_type if rpb.enabled else "none",
         "mode": rpb.mode,
         "seed": int(cfg.seed),
@@ -131,7 +131,7 @@ def train_trial(cfg: DictConfig, on_epoch_end: Callable | None = None, train_fn:
     factors = run_factors(cfg)
     wb = cfg.tracker.wandb
     tags = [*wb.tags, "ablation", f"bias-{factors['bias_type']}", f"mode-{factors['mode']}", f"seed-{factors['seed']}"]
-    if not any(t.startswith("window-") for t in tags):
+    if not any(t.startswith("window-") for t in tags):  # a config that did not come through trial_config
         tags.append(f"window-{factors['window_size']}")
     wb.tags = list(dict.fromkeys(tags))
     with open_dict(cfg.tracker):
@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     """`rpb-ablate [hydra overrides]`: compose conf/ablate.yaml, run the ablation, say how to look at it."""
     from experiments.config import compose_config
     from sweeps.storage import describe_storage
+    from sweeps.study import run_study
 
     overrides = sys.argv[1:] if argv is None else argv
     if {"-h", "--help"} & set(overrides):
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         cfg = ablation_config(compose_config(overrides, config_name="ablate"))
-        study = run_ablation(cfg)
+        study = run_study(cfg)  # run_ablation without converting the config a second time
     except ValueError as err:  # ConfigError and SweepConfigError are ValueErrors with one sentence
         print(f"rpb-ablate: {err}", file=sys.stderr)
         return 2

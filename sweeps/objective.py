@@ -12,7 +12,7 @@ import secrets
 import shutil
 import string
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,9 @@ def trial_config(base: DictConfig, sweep: DictConfig, spec: TrialSpec) -> DictCo
     window = OmegaConf.select(cfg, "model.rpb.window_size")
     flat = {}
     if window is not None:
-        flat["window_size"] = window_label(list(window))  # "7x7": W&B groups and filters runs by it
+        # "7x7": W&B groups and filters runs by it; "none" without a bias table (its config's window means nothing)
+        enabled = OmegaConf.select(cfg, "model.rpb.enabled", default=True)
+        flat["window_size"] = window_label(list(window)) if enabled else "none"
         tags.append(f"window-{flat['window_size']}")
     wb.tags = tags
     cfg.tracker.extra_config = {
@@ -153,6 +155,8 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.last_status = None
+        # First: a RUNNING trial without a worker is one recovery can never tell dead (journal storages).
+        trial.set_user_attr("worker", worker_identity())
         old_run_dir = _resume_dir(trial)  # read before run_dir is overwritten
         spec = self.spec(trial)
         if old_run_dir:
@@ -161,7 +165,6 @@ class Objective:
         for key, value in (
             ("run_dir", spec.run_dir),
             ("wandb_run_id", spec.wandb_id),
-            ("worker", worker_identity()),
             ("status", "running"),
             ("reason", ""),
         ):
@@ -203,10 +206,18 @@ class Objective:
         return self.value(history, result)
 
     def value(self, history: list[float], result: dict) -> float:
-        """The trial's objective value: best or last epoch value of the metric."""
+        """The trial's objective value: best or last epoch value of the metric.
+
+        A resumed trial reports only the epochs after its checkpoint; train() restores `best_<metric>` (where it
+        keeps one) from that checkpoint, so the best counts the epochs before the resume too.
+        """
         if history:
-            best = max(history) if self.maximize else min(history)
-            return best if self.sweep.value == "best" else history[-1]
+            if self.sweep.value != "best":
+                return history[-1]
+            restored = result.get(f"best_{self.sweep.metric}")
+            if isinstance(restored, (int, float)) and math.isfinite(restored):
+                history = [*history, float(restored)]
+            return max(history) if self.maximize else min(history)
         key = f"best_{self.sweep.metric}" if self.sweep.value == "best" else self.sweep.metric
         value = result.get(key, result.get(self.sweep.metric))
         if value is None or not math.isfinite(float(value)):
@@ -220,7 +231,3 @@ class Objective:
             trial.set_user_attr("reason", mask_secrets(reason))
         except Exception:  # the storage may be gone (Ctrl-C during a write); the trial's own state still tells
             pass
-
-
-def spec_to_dict(spec: TrialSpec) -> dict:
-    return asdict(spec)

@@ -1,9 +1,11 @@
-"""Trials of dead workers on storages without heartbeats (the journal file).
+"""Trials of dead workers on storages without heartbeats (the journal file), and trials stopped with Ctrl-C.
 
 Every trial records the worker that runs it (`user_attrs["worker"]`: host, pid, process start time). A RUNNING
-trial whose worker is on this host and no longer alive (or whose pid now belongs to another process) is stale:
-it is failed with its reason and its params are enqueued again, with the old run dir so the retry can resume
-from its last checkpoint. Failing goes through the storage, so of two workers reaping at once only one wins.
+trial whose worker is on this host and no longer alive (a zombie counts as dead, or whose pid now belongs to another
+process) is stale: it is failed with its reason and its params are enqueued again, with the old run dir and its
+reported values so the retry can resume from its last checkpoint. Failing goes through the storage, so of two
+workers reaping at once only one wins. A trial interrupted with Ctrl-C is enqueued again the same way when the
+study's command starts next.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import socket
 
 import optuna
+import psutil
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
@@ -21,8 +24,6 @@ log = logging.getLogger(__name__)
 
 def _process_start_time(pid: int) -> float | None:
     try:
-        import psutil  # accelerate depends on it
-
         return round(psutil.Process(pid).create_time(), 2)
     except Exception:
         return None
@@ -47,6 +48,13 @@ def worker_alive(worker: dict) -> bool | None:
         return False
     except PermissionError:
         return True
+    try:  # a killed child its parent has not joined yet is a zombie: kill(pid, 0) succeeds on it
+        if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+            return False
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:  # AccessDenied: alive as far as this host can tell
+        pass
     started = worker.get("start")
     now = _process_start_time(pid)
     # A recycled pid belongs to a younger process.
@@ -64,18 +72,32 @@ def retry_attrs(trial: FrozenTrial, reason: str) -> tuple[dict, dict]:
     return user_attrs, system_attrs
 
 
-def fail_dead_worker_trials(study: optuna.Study, max_retry: int | None = 2, all_running: bool = False) -> list[int]:
+def _enqueue_retry(study: optuna.Study, trial: FrozenTrial, reason: str) -> None:
+    """A WAITING copy of `trial`: same params (and grid cell), its run dir to resume from, its reported values."""
+    user_attrs, system_attrs = retry_attrs(trial, reason)
+    study.add_trial(
+        optuna.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs=user_attrs,
+            system_attrs=system_attrs,
+            intermediate_values=trial.intermediate_values,  # as RetryHeartbeatStaleTrialCallback on RDB storages
+        )
+    )
+
+
+def fail_dead_worker_trials(study: optuna.Study, max_retry: int | None = 2) -> list[int]:
     """Fail the RUNNING trials whose worker died, enqueue their params again; returns the failed trial numbers.
 
     Args:
         study: the study to clean.
         max_retry: how often one original trial is retried (None: always).
-        all_running: treat every RUNNING trial as stale (a command that knows no worker of the study is alive).
     """
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get("worker") or {}
-        alive = False if all_running else worker_alive(worker)
+        alive = worker_alive(worker)
         if alive is not False:
             continue
         reason = f"worker {worker.get('host', '?')}:{worker.get('pid', '?')} died while the trial was running"
@@ -93,14 +115,24 @@ def fail_dead_worker_trials(study: optuna.Study, max_retry: int | None = 2, all_
         if max_retry is not None and retries >= max_retry:
             log.warning("trial %d: retried %d times already; not enqueued again", trial.number, retries)
             continue
-        user_attrs, system_attrs = retry_attrs(trial, reason)
-        study.add_trial(
-            optuna.create_trial(
-                state=TrialState.WAITING,
-                params=trial.params,
-                distributions=trial.distributions,
-                user_attrs=user_attrs,
-                system_attrs=system_attrs,
-            )
-        )
+        _enqueue_retry(study, trial, reason)
     return failed
+
+
+def requeue_interrupted_trials(study: optuna.Study) -> list[int]:
+    """Enqueue again the trials stopped with Ctrl-C that have no retry yet; returns their numbers.
+
+    The interrupted trial stays FAIL (a grid counts it as visited): its WAITING copy keeps its grid cell or
+    enqueued params and resumes from its run dir. Interrupts are the user's, so `max_retry` does not limit them.
+    """
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    requeued = []
+    for trial in trials:
+        interrupted = trial.state == TrialState.FAIL and trial.user_attrs.get("status") == "interrupted"
+        if interrupted and trial.number not in retried:
+            _enqueue_retry(study, trial, "interrupted with Ctrl-C")
+            requeued.append(trial.number)
+    if requeued:
+        log.info("trial(s) %s were interrupted; enqueued again", requeued)
+    return requeued

@@ -177,9 +177,10 @@ def fixed_values(sweep_cfg: DictConfig | Mapping) -> dict[str, Any]:
     return _flatten(fixed)
 
 
-def to_config_value(path: str, value: Any, base: Any) -> Any:
-    """A param as the training config wants it: window sizes ("HxW" or int) become [H, W]."""
-    if path.endswith("window_size") or (isinstance(base, (list, ListConfig)) and len(base) == 2):
+def to_config_value(path: str, value: Any) -> Any:
+    """A param as the training config wants it: window sizes (keys ending in `window_size`; "HxW" or int) become
+    [H, W]; every other value (a pair such as optim.betas too) is set as it is."""
+    if path.endswith("window_size"):
         return parse_window(value, path)
     return value
 
@@ -190,7 +191,7 @@ def to_param_value(dim: Dimension, config_value: Any) -> Any:
         return config_value if dim.contains(config_value) else _MISSING
     for choice in dim.choices:
         try:
-            same = to_config_value(dim.path, choice, config_value) == to_config_value(dim.path, config_value, None)
+            same = to_config_value(dim.path, choice) == to_config_value(dim.path, config_value)
         except SweepConfigError:
             same = choice == config_value
         if same:
@@ -202,8 +203,7 @@ def apply_params(train_cfg: DictConfig, params: Mapping[str, Any], fixed: Mappin
     """A copy of `train_cfg` with `fixed` then `params` set at their config paths."""
     cfg = train_cfg.copy()
     for path, value in {**dict(fixed), **dict(params)}.items():
-        base = OmegaConf.select(cfg, path, default=None)
-        OmegaConf.update(cfg, path, to_config_value(path, value, base), merge=False, force_add=False)
+        OmegaConf.update(cfg, path, to_config_value(path, value), merge=False, force_add=False)
     return cfg
 
 

@@ -15,28 +15,17 @@ import optuna
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
+from experiments.tracking import mask_secrets as _mask_secrets
 from sweeps.space import SweepConfigError
 
 _URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+# experiments' masker stops a password at "/"; SQLAlchemy takes "/" in a password (everything up to the "@").
 _PASSWORD_RE = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<password>[^@\s]+)(?P<tail>@)")
-
-
-def _mask(text: str) -> str:
-    return _PASSWORD_RE.sub(r"\g<head>***\g<tail>", text)
-
-
-try:  # the data/tracking helper's masker, where it exists, so every part masks alike
-    from experiments.tracking import mask_secrets as _mask_secrets
-except ImportError:  # pragma: no cover - depends on the other part
-    _mask_secrets = None
 
 
 def mask_secrets(text: str) -> str:
     """`text` with the password of every URL in it replaced by ***."""
-    text = str(text)
-    if _mask_secrets is not None:
-        text = str(_mask_secrets(text))
-    return _mask(text)
+    return _PASSWORD_RE.sub(r"\g<head>***\g<tail>", str(_mask_secrets(str(text))))
 
 
 def is_url(storage: str) -> bool:

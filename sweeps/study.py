@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 from sweeps import distributed
 from sweeps.config import build_pruner, build_sampler, check_sweep, load_train_fn
 from sweeps.objective import COMPLETE_STATUSES, PRUNED_STATUSES, Objective, TrainFn
-from sweeps.recovery import fail_dead_worker_trials
+from sweeps.recovery import fail_dead_worker_trials, requeue_interrupted_trials
 from sweeps.space import SweepConfigError, config_params
 from sweeps.storage import build_storage, describe_storage, journal_path
 from sweeps.validate import check_trial_values
@@ -73,6 +73,7 @@ def prepare_study(cfg: DictConfig) -> optuna.Study:
             study.enqueue_trial(dict(params), user_attrs={"enqueued": "config"}, skip_if_exists=True)
     if journal_path(sweep.storage, sweep.output_dir, sweep.study_name) is not None:
         fail_dead_worker_trials(study, sweep.max_retry)
+    requeue_interrupted_trials(study)
     return study
 
 
@@ -122,7 +123,12 @@ def worker_loop(cfg: DictConfig, train_fn: TrainFn | None = None, *, worker_inde
                     optuna.storages.fail_stale_trials(study)
             if sweep.n_trials is not None and finished_count(study) >= sweep.n_trials:
                 break
-            if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
+            # A grid counts failed cells as visited: their queued retries still run once every cell was tried.
+            if (
+                isinstance(study.sampler, optuna.samplers.GridSampler)
+                and study.sampler.is_exhausted(study)
+                and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+            ):
                 break
             study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
             ran += 1
@@ -147,6 +153,21 @@ def _spawned_worker(container: dict, index: int, threads: int) -> None:
         raise SystemExit(130) from None
 
 
+def _importable_name(train_fn: TrainFn) -> str:
+    """`module:name` of `train_fn`, checked to import back to the same function (what spawned workers do)."""
+    spec = f"{getattr(train_fn, '__module__', None)}:{getattr(train_fn, '__qualname__', None)}"
+    try:
+        same = load_train_fn(spec) is train_fn
+    except SweepConfigError:
+        same = False
+    if not same:
+        raise SweepConfigError(
+            f"train_fn {spec!r} cannot be imported by the spawned workers of sweep.workers>1 (a lambda, closure "
+            "or nested function); pass a module-level function or set sweep.train_fn=module:function."
+        )
+    return spec
+
+
 def run_study(cfg: DictConfig, train_fn: TrainFn | None = None) -> optuna.Study | None:
     """Create (or resume) the study of `cfg.sweep` and run its trials; returns the study.
 
@@ -167,6 +188,8 @@ def run_study(cfg: DictConfig, train_fn: TrainFn | None = None) -> optuna.Study 
         raise SweepConfigError("sweep.workers>1 cannot be combined with a multi-process launch; use one of the two.")
     if train_fn is None:
         load_train_fn(sweep.train_fn)  # fail on a bad train_fn before the study exists
+    elif sweep.workers > 1:
+        train_fn_name = _importable_name(train_fn)  # the same, for the workers that will import it by name
     is_main = distributed.rank() == 0
     study = prepare_study(cfg) if is_main else None
     if sweep.workers == 1:
@@ -174,7 +197,7 @@ def run_study(cfg: DictConfig, train_fn: TrainFn | None = None) -> optuna.Study 
         return study
     container = OmegaConf.to_container(cfg, resolve=True)
     if train_fn is not None:
-        container["sweep"]["train_fn"] = f"{train_fn.__module__}:{train_fn.__qualname__}"
+        container["sweep"]["train_fn"] = train_fn_name
     threads = max(1, (os.cpu_count() or 1) // sweep.workers)
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_spawned_worker, args=(container, i, threads)) for i in range(sweep.workers)]

@@ -10,9 +10,10 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
+from experiments.config import to_yaml
 from sweeps.config import check_sweep
 from sweeps.objective import TrialSpec, trial_config
-from sweeps.storage import describe_storage, mask_secrets
+from sweeps.storage import describe_storage
 
 
 def state_counts(study: optuna.Study) -> dict[str, int]:
@@ -60,7 +61,7 @@ def write_best_config(cfg: DictConfig, study: optuna.Study) -> Path | None:
         f"# Run it: rpb-train --config-dir={path.parent} --config-name=best\n"
     )
     doc = {"defaults": ["train", "_self_"], **body}
-    path.write_text(header + mask_secrets(OmegaConf.to_yaml(OmegaConf.create(doc))))
+    path.write_text(header + to_yaml(OmegaConf.create(doc)))
     return path
 
 

@@ -91,6 +91,33 @@ def test_trial_carries_its_factors_into_wandb():
     assert dict(extra) == {"window_size": "5x5", "bias_type": "2d", "mode": "clip", "seed": 3, "ablation": "abl"}
 
 
+def test_no_bias_trial_has_no_window(tmp_path):
+    """A no-bias cell carries window "none" (not the first window of the grid), and every run one window tag."""
+    from sweeps.config import check_sweep
+    from sweeps.objective import TrialSpec, trial_config
+
+    cfg = ablation_config(
+        compose_config([f"sweep.output_dir={tmp_path}", "ablation.bias_types=[2d,none]"], config_name="ablate")
+    )
+    sweep, base, _ = check_sweep(cfg)
+    seen = {}
+
+    def fake(c, on_epoch_end=None):
+        seen[c.model.rpb.enabled] = c
+        return {"status": "completed"}
+
+    cells = OmegaConf.to_container(sweep.enqueue)
+    for n, enabled in enumerate((False, True)):  # a no-bias cell (config window 3x3), then a 2d one
+        params = next(p for p in cells if p["model.rpb.enabled"] is enabled)
+        spec = TrialSpec(n, params, run_dir=str(tmp_path / f"t{n}"), wandb_id=f"id{n}")
+        train_trial(trial_config(base, sweep, spec), train_fn=fake)
+    no_bias, biased = seen[False], seen[True]
+    assert no_bias.tracker.extra_config.window_size == "none" and "bias-none" in no_bias.tracker.wandb.tags
+    for run, window in ((no_bias, "none"), (biased, biased.tracker.extra_config.window_size)):
+        assert [t for t in run.tracker.wandb.tags if t.startswith("window-")] == [f"window-{window}"]
+    assert biased.tracker.extra_config.window_size != "none"
+
+
 def test_cli_names_a_bad_override(capsys):
     assert main(["--help"]) == 0 and "rpb-ablate" in capsys.readouterr().out
     assert main(["ablation.bias_types=[3d]"]) == 2
@@ -139,7 +166,10 @@ def test_ablation_end_to_end(ablation_run):
         node = config
         for part in key.split("."):
             node = node[part]
-    assert config["ablation"] == "abl" and {"ablation", "seed-0", "window-3x3"} & set(record["tags"])
+    seed, window = runs[0][1].config["seed"], runs[0][1].config["model"]["rpb"]["window_size"]
+    assert config["ablation"] == "abl" and {"ablation", f"seed-{seed}", f"window-{window[0]}x{window[1]}"} <= set(
+        record["tags"]
+    )
 
     text = (root / "report" / "index.html").read_text()
     assert all(f"{w}x{w} 2d" in text for w in (3, 5, 7)) and "heatmap_7x7_2d.png" in text

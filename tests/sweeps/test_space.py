@@ -37,10 +37,20 @@ def test_command_line_edits_space(compose_sweep):
     paths = [d.path for d in dims]
     assert "model.rpb.init_std" not in paths and "optim.weight_decay" not in paths
     assert "model.depth" in paths
-    trial_cfg = apply_params(base, {"model.depth": 2, "model.rpb.window_size": "3x5"}, {"optim.weight_decay": 0.01})
-    assert trial_cfg.model.depth == 2 and list(trial_cfg.model.rpb.window_size) == [3, 5]
+    trial_cfg = apply_params(base, {"model.depth": 3, "model.rpb.window_size": "3x5"}, {"optim.weight_decay": 0.01})
+    assert trial_cfg.model.depth == 3 and list(trial_cfg.model.rpb.window_size) == [3, 5]
     assert trial_cfg.optim.weight_decay == 0.01
-    assert base.model.depth == 2  # the base is not modified
+    # the base is not modified
+    assert base.model.depth == 2 and list(base.model.rpb.window_size) == [7, 7] and base.optim.weight_decay == 0.05
+
+
+def test_only_window_size_keys_are_windows(compose_sweep):
+    """A fixed pair that is no window (optim.betas) is set as it is; window_size keys still take "HxW"."""
+    cfg = compose_sweep("+sweep.fixed.optim.betas=[0.9,0.95]", "+sweep.fixed.model.rpb.window_size=3x5")
+    sweep, base, dims = check_sweep(cfg)
+    check_trial_values(base, sweep, dims)  # refused before: "[0.9, 0.95] is not a window size"
+    trial_cfg = apply_params(base, {}, {"optim.betas": [0.9, 0.95], "model.rpb.window_size": "3x5"})
+    assert list(trial_cfg.optim.betas) == [0.9, 0.95] and list(trial_cfg.model.rpb.window_size) == [3, 5]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,131 @@
+"""Recovery in-process and in milliseconds: Ctrl-C'd grid cells, zombie workers, early worker attrs, resumed values."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import optuna
+import psutil
+import pytest
+from omegaconf import OmegaConf
+from optuna.trial import TrialState
+
+from sweeps.config import check_sweep
+from sweeps.objective import Objective
+from sweeps.recovery import fail_dead_worker_trials, worker_alive, worker_identity
+from sweeps.space import SweepConfigError
+from sweeps.storage import build_storage
+from sweeps.study import run_study
+from tests.sweeps import fake_train
+
+GRID = (
+    "sweep.study_name=grid",
+    "sweep.sampler.name=grid",
+    "sweep.pruner.name=none",
+    "sweep.n_trials=null",
+    "sweep.enqueue_defaults=false",
+    "trainer.epochs=3",
+    "~sweep.space.optim",
+    "~sweep.space.model.drop_rate",
+    "~sweep.space.model.rpb.init_std",
+    "sweep.space.model.rpb.window_size={type: categorical, choices: [3, 7]}",
+    "+sweep.space.seed={type: categorical, choices: [0, 1]}",
+)
+
+
+def _interrupt_trial(number: int):
+    """The fake trainer, but Ctrl-C after the first epoch of trial `number` (its checkpoint is written by then)."""
+
+    def train(cfg, on_epoch_end=None):
+        if not cfg.run_dir.endswith(f"trial-{number}"):
+            return fake_train.train(cfg, on_epoch_end=on_epoch_end)
+
+        def stop(epoch, metrics):
+            on_epoch_end(epoch, metrics)
+            raise KeyboardInterrupt
+
+        return fake_train.train(cfg, on_epoch_end=stop)
+
+    return train
+
+
+def test_an_interrupted_last_grid_cell_runs_on_the_next_start(compose_sweep):
+    cfg = compose_sweep(*GRID)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(cfg, _interrupt_trial(3))  # the grid's last cell: every cell is visited (FAIL counts)
+    study = run_study(cfg, fake_train.train)
+    trials = study.get_trials()
+    interrupted = trials[3]
+    assert interrupted.state == TrialState.FAIL and interrupted.user_attrs["status"] == "interrupted"
+    retry = trials[4]
+    assert retry.state == TrialState.COMPLETE and retry.params == interrupted.params
+    assert retry.user_attrs["resumed_from"] == interrupted.user_attrs["run_dir"]
+    assert set(retry.intermediate_values) == {1, 2, 3}  # epoch 1 from the interrupted trial, 2-3 from the retry
+    points = sorted((t.params["model.rpb.window_size"], t.params["seed"]) for t in trials if t.state.is_finished())
+    assert len(trials) == 5 and sorted(set(points)) == [(3, 0), (3, 1), (7, 0), (7, 1)]
+    assert len(run_study(cfg, fake_train.train).get_trials()) == 5  # requeued once: the next start runs nothing
+
+
+def test_a_zombie_worker_is_dead():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])  # exits, and stays a zombie until waited for
+    try:
+        deadline = time.monotonic() + 30
+        while psutil.Process(proc.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert worker_alive({"host": socket.gethostname(), "pid": proc.pid, "start": None}) is False
+    finally:
+        proc.wait()
+    assert worker_alive(worker_identity()) is True
+
+
+def test_a_dead_workers_journal_retry_keeps_its_reported_values(compose_sweep):
+    cfg = compose_sweep()
+    sweep = check_sweep(cfg)[0]
+    study = optuna.create_study(study_name="s", storage=build_storage(sweep), direction="maximize")
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    trial.report(0.5, 1)
+    trial.report(0.6, 2)
+    trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": 2**22 + 1, "start": None})  # no such pid
+    assert fail_dead_worker_trials(study) == [trial.number]
+    retry = study.get_trials(states=(TrialState.WAITING,))[0]
+    assert retry.intermediate_values == {1: 0.5, 2: 0.6} and retry.params == trial.params
+
+
+def test_the_worker_is_recorded_before_sampling(compose_sweep, monkeypatch):
+    cfg = compose_sweep("sweep.n_trials=1")
+    sweep, base, dims = check_sweep(cfg)
+    study = optuna.create_study(storage=build_storage(sweep), direction="maximize")
+
+    def broken_spec(self, trial):
+        raise RuntimeError("killed while sampling")
+
+    monkeypatch.setattr(Objective, "spec", broken_spec)
+    study.optimize(Objective(base, sweep, dims, fake_train.train), n_trials=1, catch=(RuntimeError,))
+    assert study.trials[0].user_attrs["worker"]["pid"] == os.getpid()
+
+
+@pytest.mark.parametrize(
+    ("direction", "metric", "history", "result", "value"),
+    [
+        ("maximize", "val_accuracy", [0.5, 0.6], {"best_val_accuracy": 0.8}, 0.8),  # resumed: best from before
+        ("maximize", "val_accuracy", [0.5, 0.9], {"best_val_accuracy": 0.8}, 0.9),
+        ("minimize", "val_loss", [0.5, 0.4], {"best_val_accuracy": 0.8}, 0.4),  # train() keeps no best_val_loss
+    ],
+)
+def test_best_value_counts_the_epochs_before_a_resume(compose_sweep, direction, metric, history, result, value):
+    sweep, base, dims = check_sweep(compose_sweep(f"sweep.direction={direction}", f"sweep.metric={metric}"))
+    assert Objective(base, sweep, dims, fake_train.train).value(history, result) == value
+    last = OmegaConf.merge(sweep, {"value": "last"})
+    assert Objective(base, last, dims, fake_train.train).value(history, result) == history[-1]
+
+
+def test_a_lambda_train_fn_with_workers_is_refused_before_the_study_exists(compose_sweep, tmp_path):
+    cfg = compose_sweep("sweep.workers=2")
+    with pytest.raises(SweepConfigError, match=r"cannot be imported by the spawned workers") as err:
+        run_study(cfg, lambda c, on_epoch_end=None: {"status": "completed"})
+    assert len(str(err.value).splitlines()) == 1
+    assert not list(tmp_path.rglob("*.journal"))

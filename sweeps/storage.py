@@ -15,17 +15,10 @@ import optuna
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
-from experiments.tracking import mask_secrets as _mask_secrets
+from experiments.tracking import mask_secrets
 from sweeps.space import SweepConfigError
 
 _URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
-# experiments' masker stops a password at "/"; SQLAlchemy takes "/" in a password (everything up to the "@").
-_PASSWORD_RE = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<password>[^@\s]+)(?P<tail>@)")
-
-
-def mask_secrets(text: str) -> str:
-    """`text` with the password of every URL in it replaced by ***."""
-    return _PASSWORD_RE.sub(r"\g<head>***\g<tail>", str(_mask_secrets(str(text))))
 
 
 def is_url(storage: str) -> bool:

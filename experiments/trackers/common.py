@@ -13,7 +13,9 @@ STEP_PREFIX = "train/"  # keys logged per optimizer step, against `global_step`;
 EPOCH_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_time")
 EPOCH_GLOBS = ("grad_norm/*", "bias/*", "bias_stats/*")
 
-_URL_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*):(?P<secret>[^/\s]*)@")
+# The password runs to the last "@" of the URL: it may hold "/" (SQLAlchemy accepts that) and "@"; masking too
+# much of an odd URL is the safe side.
+_URL_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*):(?P<secret>\S*)@")
 # Whole key names (or their last `_` part) only: `db_password` and `api_key` are masked, `num_tokens` is not.
 _SECRET_KEY = re.compile(r"^(?:.*_)?(?:password|passwd|secret|token|api_?key)$", re.IGNORECASE)
 

@@ -253,6 +253,7 @@ def test_mask_secrets():
     assert masked["sqlite_url"] == "sqlite:///runs/study.db"
     assert masked["journal"] == "postgresql://user@host/db"
     assert mask_secrets("see redis://:hunter2@cache:6379/0 and x") == "see redis://:***@cache:6379/0 and x"
+    assert mask_secrets("postgresql://u:pa/ss@db:5432/rpb") == "postgresql://u:***@db:5432/rpb"  # "/" in a password
     assert config.storage == "postgresql://user:secret@host/db"  # the input is left alone
 
 

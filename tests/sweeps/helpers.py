@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -31,4 +32,13 @@ def run_cli(tmp_path: Path, *overrides: str, env: dict | None = None, timeout: f
 def popen_cli(tmp_path: Path, *overrides: str, env: dict | None = None, fake: bool = True) -> subprocess.Popen:
     """The same command started in the background (stdout and stderr merged)."""
     cmd, full_env = _cmd_env(tmp_path, overrides, env, fake)
-    return subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=_default_sigint,
+    )  # fmt: skip
+
+
+def _default_sigint() -> None:
+    """SIGINT as a terminal gives it: a suite started in the background (`cmd &`, nohup) inherits SIGINT ignored,
+    and Python then never raises KeyboardInterrupt, so the Ctrl-C tests would see the sweep run to its end."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

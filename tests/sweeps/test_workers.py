@@ -111,9 +111,7 @@ def test_sigkill_mid_trial_then_retry_resumes(compose_sweep, tmp_path, monkeypat
 
 
 def test_ctrl_c_records_the_trial_and_the_command_resumes(compose_sweep, tmp_path):
-    # 10 epochs of 1 s: the interrupt lands mid-trial 0 even when polling the journal is slow on a loaded machine
-    # (with 3 epochs a loaded CI machine once saw both trials finish first); the resume below runs without sleeps
-    extra = ["sweep.n_trials=2", "trainer.epochs=10"]
+    extra = ["sweep.n_trials=2", "trainer.epochs=3"]
     cfg = compose_sweep(*extra)
     proc = popen_cli(tmp_path, *extra, env={"FAKE_TRAIN_SLEEP": "1.0"})
     _wait_first_report("rpb-sweep", cfg, proc)

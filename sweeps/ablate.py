@@ -1,8 +1,8 @@
 """rpb-ablate: the window-size ablation, run through the sweep machinery (`sweeps.study.run_study`).
 
 The grid window_sizes x bias_types x modes x seeds (conf/ablation/window_size.yaml) becomes an Optuna study of
-kind "ablation": a GridSampler over categorical dimensions when the grid is a full product, enqueued trials when
-it is not (bias type "none" trains once per seed; mode "local" needs a 2d bias). So it resumes, runs with many
+kind "ablation": every (setting, seed) is one cell of a cell study (`sweeps.samplers`), the full product
+of the factors or the cells that make sense (bias type "none" trains once per seed; mode "local" needs a 2d bias). So it resumes, runs with many
 workers (`ablation.workers=N`) and lands in W&B like any study: one group per ablation, the factors in every run's
 config (flat keys window_size, bias_type, mode, seed, ablation) and tags. Pruning is off unless `ablation.prune=true`.
 
@@ -103,12 +103,14 @@ def ablation_config(cfg: DictConfig) -> DictConfig:
         sweep.kind = "ablation"
         sweep.workers = int(ab.get("workers", 1))
         sweep.space = {p: {"type": "categorical", "choices": v} for p, v in dims.items()}
-        sweep.sampler = {"name": "grid" if full else "random", "seed": 0}
+        # A cell study: every (setting, seed) is one enqueued cell, run once by whichever worker pops it.
+        sweep.sampler = {"name": "grid", "seed": 0}
         if not ab.get("prune", False):
             sweep.pruner = {"name": "none"}
         sweep.enqueue_defaults = False
-        sweep.enqueue = [] if full else trials
-        sweep.n_trials = len(trials)
+        sweep.enqueue = []
+        sweep.cells = [] if full else trials
+        sweep.n_trials = None
         sweep.train_fn = TRAIN_FN
         cfg.sweep = sweep
     return cfg
@@ -152,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     """`rpb-ablate [hydra overrides]`: compose conf/ablate.yaml, run the ablation, say how to look at it."""
     from experiments.config import compose_config
     from sweeps.storage import describe_storage
-    from sweeps.study import run_study
+    from sweeps.study import StudyAlreadyDone, run_study
 
     overrides = sys.argv[1:] if argv is None else argv
     if {"-h", "--help"} & set(overrides):
@@ -164,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # ConfigError and SweepConfigError are ValueErrors with one sentence
         print(f"rpb-ablate: {err}", file=sys.stderr)
         return 2
+    except StudyAlreadyDone as done:
+        print(f"rpb-ablate: {done}")
+        study = done.study
     if study is None:  # a non-main rank of a multi-process launch
         return 0
     storage = describe_storage(cfg.sweep)

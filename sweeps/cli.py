@@ -25,37 +25,42 @@ from sweeps.space import SweepConfigError
 log = logging.getLogger("rpb-sweep")
 
 
-def _summary(cfg: DictConfig) -> None:
+def _summary(checked) -> None:
     import optuna
 
-    from sweeps.config import check_sweep
     from sweeps.storage import build_storage
     from sweeps.summary import print_summary
 
-    sweep = check_sweep(cfg)[0]
+    sweep = checked.sweep
     study = optuna.load_study(study_name=sweep.study_name, storage=build_storage(sweep, heartbeat=False))
-    print_summary(cfg, study)
+    print_summary(checked, study)
 
 
 def sweep_main(cfg: DictConfig) -> int:
     """Run the study of `cfg` and print its summary; returns the exit status."""
     import optuna
 
-    from sweeps.study import run_study
+    from sweeps.config import check_sweep
+    from sweeps.study import StudyAlreadyDone, run_study
 
     optuna.logging.set_verbosity(optuna.logging.INFO)
     is_main = distributed.rank() == 0
     code = 0
     try:
-        run_study(cfg)
+        checked = check_sweep(cfg)  # once per command: the workers, the summary and best.yaml get this one
+        run_study(checked)
     except (SweepConfigError, ConfigError) as e:
         print(f"rpb-sweep: error: {e}", file=sys.stderr)
         return 2
+    except StudyAlreadyDone as e:
+        if is_main:
+            print(f"rpb-sweep: {e}")
+        return 0
     except KeyboardInterrupt:
         print("rpb-sweep: interrupted; the running trial is recorded, run the same command to resume.", file=sys.stderr)
         code = 130
     if is_main:
-        _summary(cfg)
+        _summary(checked)
     return code
 
 
@@ -73,6 +78,17 @@ def _app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    # Compose once before Hydra does: a config mistake (a misspelt key) is one sentence and exit 2, not Hydra's
+    # multi-line report and exit 1. Flags (--help, --cfg job, -m ...) are Hydra's own business.
+    args = sys.argv[1:]
+    if not any(a.startswith("-") for a in args):
+        from experiments.config import compose_unvalidated
+
+        try:
+            compose_unvalidated(args, config_name="sweep")
+        except ConfigError as e:
+            print(f"rpb-sweep: error: {e}", file=sys.stderr)
+            sys.exit(2)
     _app()
 
 

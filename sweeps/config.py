@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import optuna
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sweeps.space import SweepConfigError, grid_search_space, parse_space
+from sweeps.samplers import CellStudy, TrialSeededSampler
+from sweeps.space import Dimension, SweepConfigError, grid_search_space, parse_space
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp")
 PRUNERS = ("median", "successive_halving", "hyperband", "none")
@@ -49,11 +51,12 @@ class SweepConfig:
     n_trials: int | None = 12
     timeout: float | None = None
     workers: int = 1
-    worker_index: int = 0
     storage: str | None = None
     output_dir: str = "runs/sweeps"
     enqueue_defaults: bool = True
     enqueue: list[Any] = field(default_factory=list)
+    cells: list[Any] = field(default_factory=list)
+    allow_space_change: bool = False
     max_failures: int = 3
     max_retry: int | None = 2
     heartbeat_interval: int | None = 20
@@ -120,20 +123,62 @@ def load_train_fn(spec: str) -> Callable:
         raise SweepConfigError(f"sweep.train_fn={spec!r} cannot be imported ({e}); use module:function.") from e
 
 
-def build_sampler(sweep: DictConfig, dims, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+def sampler_factory(sweep: DictConfig) -> Callable[[int | None], optuna.samplers.BaseSampler]:
+    """`factory(seed) -> sampler` of `sweep.sampler.name` (TPE, random, GP or CMA-ES), one per trial."""
     s = sweep.sampler
-    seed = None if s.seed is None else int(s.seed) + seed_offset
     if s.name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials)
-    if s.name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if s.name == "grid":
-        return optuna.samplers.GridSampler(grid_search_space(dims), seed=seed)
+        return lambda seed: optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials)
     if s.name == "cmaes":
-        return optuna.samplers.CmaEsSampler(
+        return lambda seed: optuna.samplers.CmaEsSampler(
             seed=seed, n_startup_trials=s.n_startup_trials, warn_independent_sampling=False
         )
-    return optuna.samplers.GPSampler(seed=seed, n_startup_trials=s.n_startup_trials)
+    if s.name == "gp":
+        return lambda seed: optuna.samplers.GPSampler(seed=seed, n_startup_trials=s.n_startup_trials)
+    return lambda seed: optuna.samplers.RandomSampler(seed=seed)
+
+
+def build_sampler(sweep: DictConfig, dims: list[Dimension]) -> optuna.samplers.BaseSampler:
+    """The study's sampler: per-trial seeded and repeat-free (`sweeps.samplers`). A grid's cells are enqueued
+    trials, so its sampler is never asked for a value (a seeded random sampler stands in)."""
+    seed = sweep.sampler.seed
+    if is_cell_study(sweep):
+        return optuna.samplers.RandomSampler(seed=seed)
+    return TrialSeededSampler(sampler_factory(sweep), dims, seed)
+
+
+def is_cell_study(sweep: DictConfig) -> bool:
+    """A grid (or an explicit list of cells): every trial is an enqueued cell (`sweeps.samplers`)."""
+    return sweep.sampler.name == "grid"
+
+
+def study_class(sweep: DictConfig) -> type[optuna.Study]:
+    """`CellStudy` for cell studies (workers only pop enqueued cells), `optuna.Study` otherwise."""
+    return CellStudy if is_cell_study(sweep) else optuna.Study
+
+
+def grid_cells(sweep: DictConfig, dims: list[Dimension]) -> list[dict[str, Any]]:
+    """The cells of a grid study: `sweep.cells` when given (rpb-ablate's partial grids), else the full product of
+    the space, in a fixed order.
+
+    Raises:
+        SweepConfigError: a cell that misses a dimension, has an unknown key, or a value outside its dimension.
+    """
+    if not sweep.cells:
+        space = grid_search_space(dims)
+        names = list(space)
+        return [dict(zip(names, values)) for values in itertools.product(*space.values())]
+    by_path = {d.path: d for d in dims}
+    cells = []
+    for i, cell in enumerate(OmegaConf.to_container(sweep.cells, resolve=True)):
+        if not isinstance(cell, dict) or set(cell) != set(by_path):
+            raise SweepConfigError(
+                f"sweep.cells[{i}] must set exactly the space's keys {sorted(by_path)}, got {cell!r}."
+            )
+        for path, value in cell.items():
+            if not by_path[path].contains(value):
+                raise SweepConfigError(f"sweep.cells[{i}].{path}={value!r} is not one of the space's values.")
+        cells.append(cell)
+    return cells
 
 
 def build_pruner(sweep: DictConfig, epochs: int) -> optuna.pruners.BasePruner:
@@ -151,13 +196,32 @@ def build_pruner(sweep: DictConfig, epochs: int) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def check_sweep(cfg: DictConfig) -> tuple[DictConfig, DictConfig, list]:
-    """Everything that can be checked before a trial starts: (sweep node, base training config, dimensions)."""
+class CheckedSweep(NamedTuple):
+    """A sweep checked once per command (`check_sweep`) and passed along: to the workers, the summary, best.yaml.
+
+    Unpacks as `sweep, base, dims = checked`.
+    """
+
+    sweep: DictConfig  # the `sweep` node on the schema's defaults
+    base: DictConfig  # the training config every trial starts from (no sweep/ablation nodes)
+    dims: list[Dimension]  # the searched dimensions (sweep.space minus sweep.fixed)
+
+
+def check_sweep(cfg: DictConfig | CheckedSweep) -> CheckedSweep:
+    """Everything that can be checked before a trial starts, checked once (a `CheckedSweep` is returned as is).
+
+    Raises:
+        SweepConfigError: one sentence naming the key to change.
+    """
+    if isinstance(cfg, CheckedSweep):
+        return cfg
     sweep = sweep_config(cfg)
     base = train_base(cfg)
     dims = parse_space(sweep, base)
     if not dims:
         raise SweepConfigError("sweep.space has no dimension left to search; add one or remove keys from sweep.fixed.")
-    if sweep.sampler.name == "grid":
-        grid_search_space(dims)
-    return sweep, base, dims
+    if is_cell_study(sweep):
+        grid_cells(sweep, dims)
+    elif sweep.cells:
+        raise SweepConfigError("sweep.cells lists grid cells; set sweep.sampler.name=grid or remove sweep.cells.")
+    return CheckedSweep(sweep, base, dims)

@@ -20,6 +20,7 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 
 from sweeps.recovery import worker_identity
+from sweeps.samplers import params_key
 from sweeps.space import Dimension, SweepConfigError, apply_params, fixed_values, window_label
 from sweeps.storage import mask_secrets
 
@@ -125,6 +126,18 @@ def _reason(e: BaseException) -> str:
     return mask_secrets(f"{type(e).__name__}: {text}" if text else type(e).__name__)
 
 
+class DuplicateTrial(RuntimeError):
+    """A sampled trial that repeats an earlier trial's parameters (failed before it trains)."""
+
+
+def trial_origin(system_attrs: dict[str, Any]) -> str:
+    """Where a trial's parameters come from: "retry" (of a killed or interrupted trial), "enqueued" (a grid
+    cell, the defaults, sweep.enqueue) or "sampled"."""
+    if "retry_history" in system_attrs or "failed_trial" in system_attrs:
+        return "retry"
+    return "enqueued" if "fixed_params" in system_attrs else "sampled"
+
+
 class Objective:
     """`objective(trial)` for `study.optimize`: suggests, trains through `train_fn`, reports every epoch.
 
@@ -157,8 +170,12 @@ class Objective:
         self.last_status = None
         # First: a RUNNING trial without a worker is one recovery can never tell dead (journal storages).
         trial.set_user_attr("worker", worker_identity())
+        origin = trial_origin(trial.study._storage.get_trial_system_attrs(trial._trial_id))
+        trial.set_user_attr("origin", origin)
         old_run_dir = _resume_dir(trial)  # read before run_dir is overwritten
         spec = self.spec(trial)
+        if origin == "sampled":
+            self._refuse_duplicate(trial, spec.params)
         if old_run_dir:
             spec.resume = seed_resume(old_run_dir, trial_config(self.base, self.sweep, spec))
             trial.set_user_attr("resumed_from", old_run_dir)
@@ -204,6 +221,24 @@ class Objective:
         if status not in COMPLETE_STATUSES:
             raise RuntimeError(f"train() ended with status {status!r} ({reason})")
         return self.value(history, result)
+
+    def _refuse_duplicate(self, trial: optuna.Trial, params: dict[str, Any]) -> None:
+        """Fail a sampled trial, before it trains, whose parameters an earlier trial already holds.
+
+        The sampler draws only new sets (`TrialSeededSampler`); two workers drawing from a small finite space at
+        the same instant can still pick the same one, and then the later trial gives way.
+        """
+        names = [d.path for d in self.dims]
+        earlier = {
+            params_key({**t.params, **t.system_attrs.get("fixed_params", {})}, names): t.number
+            for t in reversed(trial.study.get_trials(deepcopy=False))
+            if t.number < trial.number and t.user_attrs.get("status") != "duplicate"
+        }
+        number = earlier.get(params_key(params, names))
+        if number is not None:
+            reason = f"trial {number} holds the same parameters; not trained again"
+            self._record(trial, "duplicate", reason)
+            raise DuplicateTrial(reason)
 
     def value(self, history: list[float], result: dict) -> float:
         """The trial's objective value: best or last epoch value of the metric.

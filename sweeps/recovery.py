@@ -87,6 +87,27 @@ def _enqueue_retry(study: optuna.Study, trial: FrozenTrial, reason: str) -> None
     )
 
 
+class RetryStaleTrial:
+    """`heartbeat_stale_trial_callback` of RDB storages: the stale trial's retry, enqueued as on journal files.
+
+    Optuna's `RetryHeartbeatStaleTrialCallback` copies every user attr (the dead worker, its W&B run, status
+    "running"); this one makes the same retry as `fail_dead_worker_trials`, so both storages keep one record shape.
+    """
+
+    def __init__(self, max_retry: int | None = 2):
+        self.max_retry = max_retry
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        worker = trial.user_attrs.get("worker") or {}
+        reason = f"worker {worker.get('host', '?')}:{worker.get('pid', '?')} sent no heartbeat for the grace period"
+        log.warning("trial %d: %s; failed it", trial.number, reason)
+        retries = len(trial.system_attrs.get("retry_history", []))
+        if self.max_retry is not None and retries >= self.max_retry:
+            log.warning("trial %d: retried %d times already; not enqueued again", trial.number, retries)
+            return
+        _enqueue_retry(study, trial, reason)
+
+
 def fail_dead_worker_trials(study: optuna.Study, max_retry: int | None = 2) -> list[int]:
     """Fail the RUNNING trials whose worker died, enqueue their params again; returns the failed trial numbers.
 

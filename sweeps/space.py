@@ -54,6 +54,34 @@ class Dimension:
             return trial.suggest_int(self.path, int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
         return trial.suggest_categorical(self.path, list(self.choices))
 
+    def distribution(self) -> optuna.distributions.BaseDistribution:
+        """The Optuna distribution `suggest` draws from (what samplers are asked to sample)."""
+        if self.type == "float":
+            return optuna.distributions.FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+        if self.type == "int":
+            return optuna.distributions.IntDistribution(
+                int(self.low), int(self.high), log=self.log, step=int(self.step or 1)
+            )
+        return optuna.distributions.CategoricalDistribution(list(self.choices))
+
+    def values(self) -> list[Any]:
+        """Every value of a finite dimension (categorical, int, stepped float); raises ValueError otherwise."""
+        if self.type == "categorical":
+            return list(self.choices)
+        if self.type == "int":
+            return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
+        if self.type == "float" and self.step is not None:
+            n = int(round((self.high - self.low) / self.step)) + 1
+            return [self.low + i * self.step for i in range(n) if self.low + i * self.step <= self.high + 1e-12]
+        raise ValueError(f"{_key(self.path)} is a continuous {self.type} range: it has no list of values.")
+
+    def size(self) -> int | None:
+        """How many values a finite dimension has; None for a continuous one."""
+        try:
+            return len(self.values())
+        except ValueError:
+            return None
+
     def contains(self, value: Any) -> bool:
         if self.type == "categorical":
             return value in self.choices

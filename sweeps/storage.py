@@ -1,7 +1,7 @@
 """Study storage: an embedded Optuna journal file by default, any SQLAlchemy URL (PostgreSQL above all) otherwise.
 
 Only RDB storages have heartbeats: there a killed worker's trial turns stale after `grace_period` seconds and
-`RetryHeartbeatStaleTrialCallback` enqueues it again. Journal files rely on `sweeps.recovery` instead.
+`sweeps.recovery.RetryStaleTrial` enqueues it again. Journal files rely on `sweeps.recovery` instead.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import warnings
 from pathlib import Path
 
 import optuna
-from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
 from experiments.tracking import mask_secrets
+from sweeps.recovery import RetryStaleTrial
 from sweeps.space import SweepConfigError
 
 _URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
@@ -65,9 +66,7 @@ def build_storage(sweep_cfg, *, heartbeat: bool = True) -> optuna.storages.BaseS
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
     kwargs = {}
     if heartbeat and sweep_cfg.heartbeat_interval:
-        with warnings.catch_warnings():  # "experimental since 2.8": stable in practice, and noise in every worker
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            retry = RetryHeartbeatStaleTrialCallback(max_retry=sweep_cfg.max_retry, inherit_intermediate_values=True)
+        retry = RetryStaleTrial(max_retry=sweep_cfg.max_retry)
         kwargs = {
             "heartbeat_interval": int(sweep_cfg.heartbeat_interval),
             "grace_period": int(sweep_cfg.grace_period),

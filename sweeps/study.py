@@ -3,8 +3,15 @@
 Layouts (all run the same command against the same storage):
 - one worker: the loop below in this process;
 - `sweep.workers=N`: the study is created here once, then N spawned worker processes run the loop;
-- several machines: each runs the command against one SQLAlchemy URL (PostgreSQL) and joins the study;
+- several machines: each runs the command against one SQLAlchemy URL (PostgreSQL) and joins the study, at any
+  time, also while it runs;
 - K processes per trial (`accelerate launch` / `torchrun`): rank 0 runs the loop, the others follow it.
+
+The record stays true under all of them (see `sweeps.samplers`): exactly one process creates the study and
+enqueues its first trials (a grid's cells); each trial is popped by one worker; a trial whose worker died is failed
+and retried as a copy of itself (same cell, resumed from its checkpoint); a worker that has nothing left to start
+waits while trials it could retry are still running; the sweep is checked once per command (`check_sweep`) and the
+study's identity on every start (`sweeps.identity`).
 """
 
 from __future__ import annotations
@@ -14,126 +21,237 @@ import multiprocessing as mp
 import os
 import time
 import warnings
-import zlib
 
 import optuna
-from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from sweeps import distributed
-from sweeps.config import build_pruner, build_sampler, check_sweep, load_train_fn
+from sweeps.config import (
+    CheckedSweep,
+    build_pruner,
+    build_sampler,
+    check_sweep,
+    grid_cells,
+    is_cell_study,
+    load_train_fn,
+    study_class,
+)
+from sweeps.identity import check_identity
 from sweeps.objective import COMPLETE_STATUSES, PRUNED_STATUSES, Objective, TrainFn
-from sweeps.recovery import fail_dead_worker_trials, requeue_interrupted_trials
+from sweeps.recovery import fail_dead_worker_trials, requeue_interrupted_trials, worker_alive, worker_identity
+from sweeps.samplers import NothingQueued, cell_order, exhausted
 from sweeps.space import SweepConfigError, config_params
 from sweeps.storage import build_storage, describe_storage, journal_path
 from sweeps.validate import check_trial_values
 
 log = logging.getLogger(__name__)
 FINISHED_STATUSES = (*COMPLETE_STATUSES, *PRUNED_STATUSES)
+QUEUED_ATTR = "queued"  # study user attr: the creator enqueued the first trials (their count)
+_QUEUE_WAIT_S = 120.0  # how long a joining worker waits for the creator to enqueue a grid's cells
+_POLL_S = 1.0
 
 
-def _load(sweep: DictConfig, base: DictConfig, dims, *, seed_offset: int = 0) -> optuna.Study:
-    return optuna.load_study(
+class StudyAlreadyDone(Exception):
+    """The study of this command has nothing left to run (the message says what it holds and what to change)."""
+
+    def __init__(self, message: str, study: optuna.Study):
+        super().__init__(message)
+        self.study = study
+
+
+def open_study(checked: CheckedSweep, storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
+    """The existing study of `checked`, with this sweep's sampler and pruner (a `CellStudy` for grids)."""
+    sweep, base, dims = checked
+    return study_class(sweep)(
         study_name=sweep.study_name,
-        storage=build_storage(sweep),
-        sampler=build_sampler(sweep, dims, seed_offset),
-        pruner=build_pruner(sweep, base.trainer.epochs),
-    )
-
-
-def prepare_study(cfg: DictConfig) -> optuna.Study:
-    """Check everything, create the study once (or load it) and enqueue a new study's first trials.
-
-    Raises:
-        SweepConfigError / ConfigError: one sentence, before any trial starts.
-    """
-    sweep, base, dims = check_sweep(cfg)
-    storage = build_storage(sweep)  # before the slower model checks: an unreachable database is said at once
-    check_trial_values(base, sweep, dims)
-    study = optuna.create_study(
-        study_name=sweep.study_name,
-        storage=storage,
+        storage=storage or build_storage(sweep),
         sampler=build_sampler(sweep, dims),
         pruner=build_pruner(sweep, base.trainer.epochs),
-        direction=sweep.direction,
-        load_if_exists=True,
     )
-    if study.direction.name.lower() != sweep.direction:
-        raise SweepConfigError(
-            f"sweep.direction={sweep.direction} but study {sweep.study_name!r} in {describe_storage(sweep)} was "
-            f"created to {study.direction.name.lower()}; use that direction or another sweep.study_name."
-        )
-    if not study.trials:  # a new study (skip_if_exists guards two machines creating it at once)
-        for key, value in (("kind", sweep.kind), ("metric", sweep.metric), ("output_dir", sweep.output_dir)):
-            study.set_user_attr(key, value)
-        study.set_user_attr("space", OmegaConf.to_container(sweep.space))
-        if sweep.enqueue_defaults:
-            study.enqueue_trial(config_params(dims, base), user_attrs={"enqueued": "defaults"}, skip_if_exists=True)
-        for params in OmegaConf.to_container(sweep.enqueue):
-            study.enqueue_trial(dict(params), user_attrs={"enqueued": "config"}, skip_if_exists=True)
+
+
+def _first_trials(checked: CheckedSweep) -> list[tuple[dict, dict]]:
+    """(params, user attrs) of a new study's enqueued trials: a grid's cells, else defaults and `sweep.enqueue`."""
+    sweep, base, dims = checked
+    if is_cell_study(sweep):
+        cells = grid_cells(sweep, dims)
+        return [(cells[i], {"cell": i}) for i in cell_order(cells, sweep.sampler.seed)]
+    first = []
+    if sweep.enqueue_defaults:
+        first.append((config_params(dims, base), {"enqueued": "defaults"}))
+    first += [(dict(p), {"enqueued": "config"}) for p in sweep.enqueue]
+    return first
+
+
+def _enqueue_first_trials(study: optuna.Study, checked: CheckedSweep, *, missing_only: bool) -> None:
+    """Enqueue the first trials; `missing_only` (repairing a creator that died half-way): cells with no trial yet."""
+    held = {t.user_attrs.get("cell") for t in study.get_trials(deepcopy=False)} if missing_only else set()
+    trials = _first_trials(checked)
+    for params, attrs in trials:
+        if "cell" in attrs and attrs["cell"] in held:
+            continue
+        study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=missing_only and "cell" not in attrs)
+    study.set_user_attr(QUEUED_ATTR, len(trials))
+
+
+def _wait_for_creator(study: optuna.Study, checked: CheckedSweep) -> None:
+    """A worker joining a study another process has just created waits until its first trials are enqueued."""
+    deadline = time.monotonic() + _QUEUE_WAIT_S
+    while QUEUED_ATTR not in study.user_attrs:
+        creator = study.user_attrs.get("creator") or {}
+        if worker_alive(creator) is False or time.monotonic() > deadline:
+            log.warning("study %s: its creator stopped before enqueuing its first trials; enqueuing them here",
+                        study.study_name)  # fmt: skip
+            _enqueue_first_trials(study, checked, missing_only=True)
+            return
+        time.sleep(_POLL_S)
+
+
+def _create(checked: CheckedSweep, storage: optuna.storages.BaseStorage) -> bool:
+    """Create the study unless it exists; True for the one process (of any number racing) that created it."""
+    sweep = checked.sweep
+    try:
+        optuna.create_study(study_name=sweep.study_name, storage=storage, direction=sweep.direction)
+    except optuna.exceptions.DuplicatedStudyError:
+        return False
+    return True
+
+
+def recover(study: optuna.Study, sweep) -> None:
+    """Fail the trials of dead workers and enqueue their retries (journal: by pid; RDB: by heartbeat)."""
     if journal_path(sweep.storage, sweep.output_dir, sweep.study_name) is not None:
         fail_dead_worker_trials(study, sweep.max_retry)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+
+
+def prepare_study(cfg) -> optuna.Study:
+    """Check everything, create the study once (or join it), check its identity, recover dead workers' trials.
+
+    Raises:
+        SweepConfigError / ConfigError: one sentence, before any trial starts (a bad sweep, an unreachable
+            storage, a sweep that differs from the study it names).
+    """
+    checked = check_sweep(cfg)
+    sweep, base, dims = checked
+    storage = build_storage(sweep)  # before the slower model checks: an unreachable database is said at once
+    check_trial_values(base, sweep, dims)
+    created = _create(checked, storage)
+    study = open_study(checked, storage)
+    if created:
+        study.set_user_attr("creator", worker_identity())
+        for key, value in (("kind", sweep.kind), ("metric", sweep.metric), ("output_dir", sweep.output_dir)):
+            study.set_user_attr(key, value)
+    check_identity(study, checked)
+    if created:
+        _enqueue_first_trials(study, checked, missing_only=False)
+    elif QUEUED_ATTR not in study.user_attrs and ("creator" in study.user_attrs or not study.trials):
+        _wait_for_creator(study, checked)  # (a study from before this rule has trials and no creator: as it is)
+    recover(study, sweep)
     requeue_interrupted_trials(study)
     return study
 
 
-def finished_count(study: optuna.Study) -> int:
-    """Trials that count towards n_trials: finished ones plus those other workers are running now."""
-    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+def _count(study: optuna.Study, *states: TrialState) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
-def _seed_offset(sweep: DictConfig, study: optuna.Study) -> int:
-    """Distinct sampler seeds per worker: the worker index, or (joining a live study unnamed) this process."""
-    if sweep.worker_index or not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        return int(sweep.worker_index)
-    return zlib.crc32(f"{os.uname().nodename}:{os.getpid()}".encode()) % 100_000
+def finished_count(study: optuna.Study) -> int:
+    """Trials that count towards n_trials: finished ones plus those other workers are running now."""
+    return _count(study, TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
 
-def worker_loop(cfg: DictConfig, train_fn: TrainFn | None = None, *, worker_index: int | None = None) -> int:
+def _watched_running(study: optuna.Study, journal: bool) -> int:
+    """RUNNING trials this worker may have to retry: all on RDB (heartbeats), live ones of this host on a journal
+    (a journal cannot tell whether another host's worker is alive, so those are not waited for)."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not journal:
+        return len(running)
+    return sum(worker_alive(t.user_attrs.get("worker") or {}) is True for t in running)
+
+
+def done_message(study: optuna.Study, checked: CheckedSweep) -> str | None:
+    """Why the study has nothing left to run, in one sentence naming what to change; None while it has."""
+    sweep, _, dims = checked
+    if _count(study, TrialState.WAITING, TrialState.RUNNING):
+        return None
+    done = _count(study, TrialState.COMPLETE, TrialState.PRUNED)
+    name = sweep.study_name
+    if is_cell_study(sweep):
+        cells = len(grid_cells(sweep, dims))
+        return (
+            f"study {name!r} already holds all {cells} grid cells ({done} finished): choose another "
+            "sweep.study_name to run the grid again."
+        )
+    if sweep.n_trials is not None and done >= sweep.n_trials:
+        return (
+            f"study {name!r} already holds {done} of {sweep.n_trials} finished trials: raise sweep.n_trials or "
+            "choose another sweep.study_name."
+        )
+    if exhausted(study, dims):
+        return f"study {name!r} already holds every point of its finite search space: widen sweep.space or choose another sweep.study_name."
+    return None
+
+
+def _next_step(study: optuna.Study, checked: CheckedSweep, journal: bool) -> str:
+    """"run" a trial, "wait" for running trials that may need a retry, or "stop"."""
+    sweep, _, dims = checked
+    waiting = _count(study, TrialState.WAITING)
+    if is_cell_study(sweep) or sweep.n_trials is not None:
+        limit_reached = sweep.n_trials is not None and finished_count(study) >= sweep.n_trials
+        if (waiting or not is_cell_study(sweep)) and not limit_reached:
+            if waiting or not exhausted(study, dims):
+                return "run"
+        return "wait" if _watched_running(study, journal) else "stop"
+    return "run" if waiting or not exhausted(study, dims) else "stop"
+
+
+def worker_loop(cfg, train_fn: TrainFn | None = None, *, worker_index: int = 0) -> int:
     """Run trials until n_trials are finished, the timeout passes, the grid is done or trials keep crashing.
 
-    Returns the number of trials this worker ran. Under a multi-process launch, call it on every rank.
+    A worker with nothing left to start waits while trials it could have to retry are running (their worker may
+    die), so a command returns when the study it ran is whole. Returns the number of trials this worker ran.
+    Under a multi-process launch, call it on every rank.
     """
-    sweep, base, dims = check_sweep(cfg)
-    if worker_index is not None:
-        sweep.worker_index = worker_index
+    checked = check_sweep(cfg)
+    sweep, base, dims = checked
     train_fn = train_fn or load_train_fn(sweep.train_fn)
     multi = distributed.world_size() > 1
     if multi:
         distributed.init_process_group(base)
         if distributed.rank() != 0:
             return distributed.follow(base, sweep, train_fn)
-    study = optuna.load_study(study_name=sweep.study_name, storage=build_storage(sweep))
-    study = _load(sweep, base, dims, seed_offset=_seed_offset(sweep, study))
+    study = open_study(checked)
     objective = Objective(base, sweep, dims, train_fn, broadcast=distributed.broadcast_spec if multi else None)
     journal = journal_path(sweep.storage, sweep.output_dir, sweep.study_name) is not None
     deadline = time.monotonic() + sweep.timeout if sweep.timeout else None
-    ran, crashes = 0, 0
+    ran, crashes, said_wait = 0, 0, False
     try:
         while True:
             if deadline is not None and time.monotonic() >= deadline:
                 log.info("timeout reached; no new trial")
                 break
-            if journal:
-                fail_dead_worker_trials(study, sweep.max_retry)
-            else:  # RDB: trials without a heartbeat for grace_period are failed and retried (before counting)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    optuna.storages.fail_stale_trials(study)
-            if sweep.n_trials is not None and finished_count(study) >= sweep.n_trials:
+            recover(study, sweep)
+            step = _next_step(study, checked, journal)
+            if step == "stop":
                 break
-            # A grid counts failed cells as visited: their queued retries still run once every cell was tried.
-            if (
-                isinstance(study.sampler, optuna.samplers.GridSampler)
-                and study.sampler.is_exhausted(study)
-                and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-            ):
-                break
-            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+            if step == "wait":
+                if not said_wait:
+                    log.info("worker %d: waiting for the running trials (a retry may be needed)", worker_index)
+                    said_wait = True
+                time.sleep(_POLL_S)
+                continue
+            try:
+                study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+            except NothingQueued:  # another worker popped the last queued cell first
+                continue
             ran += 1
-            # None: the trial failed before train() returned a status
-            crashes = 0 if objective.last_status in FINISHED_STATUSES else crashes + 1
+            if objective.last_status in (*FINISHED_STATUSES, "duplicate"):
+                crashes = 0
+            else:  # None: the trial failed before train() returned a status
+                crashes += 1
             if crashes >= sweep.max_failures:
                 log.error("%d trials in a row crashed; this worker stops (see the trials' `reason`)", crashes)
                 break
@@ -143,12 +261,12 @@ def worker_loop(cfg: DictConfig, train_fn: TrainFn | None = None, *, worker_inde
     return ran
 
 
-def _spawned_worker(container: dict, index: int, threads: int) -> None:
+def _spawned_worker(checked: CheckedSweep, index: int, threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
     try:
-        worker_loop(OmegaConf.create(container), worker_index=index)
+        worker_loop(checked, worker_index=index)
     except KeyboardInterrupt:  # the trial is recorded as interrupted; the parent prints the summary
         raise SystemExit(130) from None
 
@@ -168,39 +286,45 @@ def _importable_name(train_fn: TrainFn) -> str:
     return spec
 
 
-def run_study(cfg: DictConfig, train_fn: TrainFn | None = None) -> optuna.Study | None:
+def run_study(cfg, train_fn: TrainFn | None = None) -> optuna.Study | None:
     """Create (or resume) the study of `cfg.sweep` and run its trials; returns the study.
 
     Args:
         cfg: a training config with a `sweep` node (`conf/sweep.yaml` composed, or prepared by another tool:
-            space, sampler incl. grid, pruner none, enqueued trials).
+            space, grid cells, pruner none, enqueued trials), or the `CheckedSweep` of one.
         train_fn: `train(cfg, on_epoch_end=...)`; default `sweep.train_fn` (experiments.train:train).
 
     Raises:
-        SweepConfigError / ConfigError: a bad sweep or training config, or an unreachable storage, before any
-            trial starts.
+        SweepConfigError / ConfigError: a bad sweep or training config, an unreachable storage, or a sweep that
+            differs from the existing study it names, before any trial starts.
+        StudyAlreadyDone: the study exists and has nothing left to run (its message says what to change).
 
     Returns:
         The study (None on the non-main ranks of a multi-process launch, which never touch the storage).
     """
-    sweep = check_sweep(cfg)[0]
+    checked = check_sweep(cfg)
+    sweep = checked.sweep
     if sweep.workers > 1 and distributed.world_size() > 1:
         raise SweepConfigError("sweep.workers>1 cannot be combined with a multi-process launch; use one of the two.")
     if train_fn is None:
         load_train_fn(sweep.train_fn)  # fail on a bad train_fn before the study exists
     elif sweep.workers > 1:
-        train_fn_name = _importable_name(train_fn)  # the same, for the workers that will import it by name
+        sweep = sweep.copy()
+        sweep.train_fn = _importable_name(train_fn)  # the same, for the workers that will import it by name
+        checked = checked._replace(sweep=sweep)
     is_main = distributed.rank() == 0
-    study = prepare_study(cfg) if is_main else None
+    study = prepare_study(checked) if is_main else None
+    if study is not None and (message := done_message(study, checked)) is not None:
+        if distributed.world_size() > 1:
+            distributed.init_process_group(checked.base)
+            distributed.broadcast_spec(None)  # the other ranks have nothing to follow
+        raise StudyAlreadyDone(message, study)
     if sweep.workers == 1:
-        worker_loop(cfg, train_fn)
+        worker_loop(checked, train_fn)
         return study
-    container = OmegaConf.to_container(cfg, resolve=True)
-    if train_fn is not None:
-        container["sweep"]["train_fn"] = train_fn_name
     threads = max(1, (os.cpu_count() or 1) // sweep.workers)
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_spawned_worker, args=(container, i, threads)) for i in range(sweep.workers)]
+    procs = [ctx.Process(target=_spawned_worker, args=(checked, i, threads)) for i in range(sweep.workers)]
     for p in procs:
         p.start()
     try:

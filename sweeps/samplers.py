@@ -1,0 +1,204 @@
+"""Samplers of a study that must stay true under many workers and restarts: no cell lost, no point repeated.
+
+Two kinds of study, chosen by `sweep.sampler.name`:
+
+- **Cell studies** (`grid`, and rpb-ablate's explicit cell lists): the cells are enqueued once, as WAITING trials,
+  when the study is created. Every worker on every machine pops them from the storage, one process per cell (the
+  WAITING -> RUNNING transition is atomic in Optuna's storages), and a killed cell's retry is a WAITING copy of the
+  same cell. Workers never create a trial of their own (`CellStudy`), so a cell can neither be lost nor run twice.
+  Optuna's own `GridSampler` is not used: it maps a trial to a grid cell through a shuffle seeded per process, so
+  workers with different seeds (and, in Optuna's words, "duplicated suggestions" under parallel workers) disagree
+  on which cell a `grid_id` is, and it counts failed cells as visited.
+- **Searched studies** (`tpe`, `random`, `gp`, `cmaes`): `TrialSeededSampler` gives every trial a sampler of its
+  own, seeded from (`sweep.sampler.seed`, trial number), that draws the whole parameter set at once and draws again
+  (a new seed) while the set is one the study already holds.
+
+Reproducibility, as far as Optuna allows it:
+- The same seed, the same space and one worker give the same sequence of parameter sets, whether the study runs in
+  one command or is stopped and continued (trial n's sampler depends only on the seed, n and the trials before n;
+  no sampler keeps state in memory between trials). This holds for TPE, random, GP and CMA-ES (CMA-ES keeps its
+  state in the trials' system attrs, as Optuna stores it).
+- A grid runs its cells in an order fixed by the seed (unshuffled without one).
+- With several workers the set of trials each one sees depends on timing, so the sequence is not reproducible
+  (Optuna's FAQ says the same of parallel optimisation); no point is repeated all the same, except that two
+  workers sampling a small finite space at the same instant may draw the same set: the later trial is then failed
+  as a duplicate before it trains (`sweeps.objective`), never trained twice.
+- Pruning decisions depend on what finished first, so pruned trials differ between parallel runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler
+from optuna.study import Study
+from optuna.trial import FrozenTrial, TrialState
+
+from sweeps.space import Dimension
+
+log = logging.getLogger(__name__)
+SamplerFactory = Callable[[int | None], BaseSampler]
+# Above this many points a finite space is not enumerated to find the points it has left.
+_MAX_ENUMERATED = 100_000
+
+
+class NothingQueued(Exception):
+    """A cell study has no WAITING trial left for this worker (raised instead of creating a stray trial)."""
+
+
+class CellStudy(optuna.Study):
+    """A study whose workers only run enqueued trials: `ask()` pops a WAITING trial or raises `NothingQueued`.
+
+    `Study.optimize` asks for a trial, and `Study.ask` creates a new one when the queue is empty; with several
+    workers popping the last cells at once, the loser would create a trial outside the grid. Here it gets
+    `NothingQueued` instead, before any trial exists.
+    """
+
+    def _pop_waiting_trial_id(self) -> int | None:
+        trial_id = super()._pop_waiting_trial_id()
+        if trial_id is None:
+            raise NothingQueued(self.study_name)
+        return trial_id
+
+
+def params_key(params: dict[str, Any], names: Iterable[str]) -> tuple:
+    """A hashable key of a parameter set over `names` (repr keeps 3 and 3.0, "3x3" and [3, 3] apart)."""
+    return tuple((name, repr(params.get(name))) for name in names)
+
+
+def trial_seed(seed: int | None, number: int, attempt: int = 0) -> int | None:
+    """The seed of trial `number`'s sampler (None: not reproducible), independent of which worker runs it.
+
+    numpy's SeedSequence mixes (seed, number, attempt) into well-separated streams.
+    """
+    if seed is None:
+        return None
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, number, attempt]).generate_state(1)[0])
+
+
+def space_size(dims: Sequence[Dimension]) -> int | None:
+    """Points in a finite space (categoricals, ints, stepped floats); None when a dimension is continuous."""
+    size = 1
+    for dim in dims:
+        n = dim.size()
+        if n is None:
+            return None
+        size *= n
+    return size
+
+
+def space_points(dims: Sequence[Dimension]) -> Iterable[dict[str, Any]]:
+    """Every point of a finite space, in a fixed order."""
+    return (dict(zip([d.path for d in dims], values)) for values in itertools.product(*(d.values() for d in dims)))
+
+
+def held_keys(study: Study, names: Sequence[str], exclude: int | None = None) -> set[tuple]:
+    """Keys of the parameter sets the study holds: every trial with all of `names` set or fixed, any state."""
+    held = set()
+    for t in study.get_trials(deepcopy=False):
+        if t.number == exclude:
+            continue
+        params = {**t.params, **t.system_attrs.get("fixed_params", {})}
+        if all(name in params for name in names):
+            held.add(params_key(params, names))
+    return held
+
+
+def exhausted(study: Study, dims: Sequence[Dimension]) -> bool:
+    """True when a finite space has no point the study does not already hold."""
+    size = space_size(dims)
+    return size is not None and len(held_keys(study, [d.path for d in dims])) >= size
+
+
+class TrialSeededSampler(BaseSampler):
+    """A sampler per trial, seeded from (seed, trial number), that never proposes a parameter set already held.
+
+    Args:
+        factory: `factory(seed) -> sampler`: TPE, random, GP or CMA-ES as configured (`sweeps.config`).
+        dims: the search space; the whole set is drawn in `sample_relative` (one draw, then checked).
+        seed: `sweep.sampler.seed` (None: fresh randomness in every trial).
+        max_attempts: draws before falling back to the points the study does not hold (finite spaces) or to
+            random sampling (continuous ones, where a repeat is then all but impossible).
+
+    Trials that already carry parameters (enqueued trials, retries of killed ones) are left as they are: their
+    repeats are asked for.
+    """
+
+    def __init__(self, factory: SamplerFactory, dims: Sequence[Dimension], seed: int | None, max_attempts: int = 16):
+        self._factory, self._seed, self._max_attempts = factory, seed, max_attempts
+        self._dims = list(dims)
+        self._names = [d.path for d in self._dims]
+        self._space: dict[str, BaseDistribution] = {d.path: d.distribution() for d in self._dims}
+        self._inner: dict[int, BaseSampler] = {}
+
+    def reseed_rng(self) -> None:  # the seeds come from the trial numbers
+        pass
+
+    @staticmethod
+    def _preset(trial: FrozenTrial) -> bool:
+        return bool(trial.params) or "fixed_params" in trial.system_attrs
+
+    def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return {} if self._preset(trial) else dict(self._space)
+
+    def sample_relative(self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]):
+        if not search_space:
+            return {}
+        held = held_keys(study, self._names, exclude=trial.number)
+        for attempt in range(self._max_attempts):
+            inner = self._factory(trial_seed(self._seed, trial.number, attempt))
+            params = self._draw(inner, study, trial)
+            if params_key(params, self._names) not in held:
+                self._inner[trial.number] = inner
+                return params
+        return self._fallback(study, trial, held)
+
+    def _draw(self, inner: BaseSampler, study: Study, trial: FrozenTrial) -> dict[str, Any]:
+        """The inner sampler's full parameter set: its relative params, then each remaining one independently."""
+        inner.before_trial(study, trial)
+        relative_space = {k: v for k, v in inner.infer_relative_search_space(study, trial).items() if k in self._space}
+        params = dict(inner.sample_relative(study, trial, relative_space)) if relative_space else {}
+        for name, dist in self._space.items():
+            if name not in params:
+                params[name] = inner.sample_independent(study, trial, name, dist)
+        return params
+
+    def _fallback(self, study: Study, trial: FrozenTrial, held: set[tuple]) -> dict[str, Any]:
+        size = space_size(self._dims)
+        rng = np.random.default_rng(trial_seed(self._seed, trial.number, self._max_attempts))
+        if size is not None and size <= _MAX_ENUMERATED:
+            free = [p for p in space_points(self._dims) if params_key(p, self._names) not in held]
+            if free:
+                return free[int(rng.integers(len(free)))]
+            log.warning("trial %d: every point of the search space is in the study already", trial.number)
+        random = optuna.samplers.RandomSampler(seed=int(rng.integers(2**31)))
+        for _ in range(self._max_attempts):
+            params = self._draw(random, study, trial)
+            if params_key(params, self._names) not in held:
+                break
+        self._inner[trial.number] = random
+        return params
+
+    def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str, param_distribution):
+        # Only for parameters outside the configured space (none in rpb-sweep): one seeded random draw.
+        seed = trial_seed(self._seed, trial.number, self._max_attempts + 1)
+        return optuna.samplers.RandomSampler(seed=seed).sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None):
+        inner = self._inner.pop(trial.number, None)
+        if inner is not None:
+            inner.after_trial(study, trial, state, values)
+
+
+def cell_order(cells: list[dict[str, Any]], seed: int | None) -> list[int]:
+    """The order in which a cell study runs its cells: shuffled by `seed` (as GridSampler does), else as listed."""
+    order = list(range(len(cells)))
+    if seed is not None:
+        np.random.default_rng(int(seed) & 0xFFFFFFFF).shuffle(order)
+    return order

@@ -95,6 +95,23 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "train") ->
 
 def compose_unvalidated(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
     """The composed config before `validate_config` (schema types and keys are already enforced by Hydra)."""
+    overrides = list(overrides)
+
+    def compose_without(key: str) -> DictConfig | None:  # the keys really there, for the error's sentence
+        kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
+        try:
+            return _compose(kept, config_name) if len(kept) < len(overrides) else None
+        except Exception:
+            return None
+
+    try:
+        return _compose(overrides, config_name)
+    except Exception as exc:  # Hydra and OmegaConf errors become one sentence
+        raise rephrase(exc, CONF_DIR, compose_without) from None
+
+
+def _compose(overrides: list[str], config_name: str) -> DictConfig:
+    """Hydra's compose over conf/, with the global state of a running Hydra app set aside and restored."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -102,9 +119,7 @@ def compose_unvalidated(overrides: Sequence[str] = (), config_name: str = "train
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name=config_name, overrides=list(overrides))
-    except Exception as exc:  # Hydra and OmegaConf errors become one sentence
-        raise rephrase(exc, CONF_DIR) from None
+            return compose(config_name=config_name, overrides=overrides)
     finally:
         GlobalHydra.instance().clear()
         if outer is not None:

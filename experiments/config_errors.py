@@ -12,7 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, Node, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-__all__ = ["ConfigError", "closest", "known_keys_sentence", "rephrase"]
+__all__ = ["ConfigError", "SweepConfigError", "closest", "known_keys_sentence", "rephrase"]
 
 # `compose_without(override_key)`: the config composed without the overrides of that key (None when it cannot be).
 ComposeWithout = Callable[[str], "DictConfig | None"]
@@ -20,6 +20,10 @@ ComposeWithout = Callable[[str], "DictConfig | None"]
 
 class ConfigError(ValueError):
     """A config the training cannot run: the message is one sentence naming the key and what is allowed."""
+
+
+class SweepConfigError(ConfigError):
+    """A mistake in the sweep (`sweep.*`, `ablation.*`) config, in one sentence that names the key to change."""
 
 
 TYPE_WORDS = {

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import itertools
 from collections.abc import Callable
@@ -15,7 +14,9 @@ from typing import Any, NamedTuple
 
 import optuna
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+from experiments.config_errors import closest, known_keys_sentence
 
 from sweeps.samplers import CellStudy, TrialSeededSampler
 from sweeps.space import Dimension, SweepConfigError, grid_search_space, parse_space
@@ -70,9 +71,7 @@ class SweepConfig:
 
 def _choice(key: str, value: Any, options: tuple[str, ...]) -> None:
     if value not in options:
-        near = difflib.get_close_matches(str(value), options, n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
-        raise SweepConfigError(f"{key}={value!r} is not known{hint}; use one of {', '.join(options)}.")
+        raise SweepConfigError(f"{key}={value!r} is not known{closest(str(value), options)}; use one of {', '.join(options)}.")
 
 
 def sweep_config(cfg: DictConfig) -> DictConfig:
@@ -85,6 +84,13 @@ def sweep_config(cfg: DictConfig) -> DictConfig:
         OmegaConf.resolve(sweep)
     except OmegaConfBaseException as e:
         key = f"sweep.{e.full_key}" if getattr(e, "full_key", None) else "sweep"
+        if isinstance(e, ConfigKeyError | ConfigAttributeError):  # a misspelt key (added with + past the schema)
+            parent = OmegaConf.select(OmegaConf.structured(SweepConfig), key.split(".", 1)[1].rpartition(".")[0])
+            known = list(parent.keys()) if isinstance(parent, DictConfig) else []
+            name = key.rpartition(".")[2]
+            raise SweepConfigError(
+                f"Unknown config key {key!r}{closest(name, known)}{known_keys_sentence(known)}."
+            ) from None
         msg = str(e).splitlines()[0]
         raise SweepConfigError(f"{key}: {msg}; check the key's spelling and type in conf/sweep/default.yaml.") from None
     _choice("sweep.sampler.name", sweep.sampler.name, SAMPLERS)

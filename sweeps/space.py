@@ -21,6 +21,8 @@ from typing import Any
 import optuna
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from experiments.config_errors import SweepConfigError
+
 DIMENSION_TYPES = ("float", "int", "categorical")
 _ALLOWED_KEYS = {
     "float": {"type", "low", "high", "log", "step"},
@@ -29,10 +31,6 @@ _ALLOWED_KEYS = {
 }
 _MISSING = object()
 _WINDOW_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
-
-
-class SweepConfigError(ValueError):
-    """A mistake in the sweep config, in one sentence that names the key to change."""
 
 
 @dataclass(frozen=True)

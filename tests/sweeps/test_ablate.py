@@ -75,7 +75,10 @@ def test_grid_mistakes_are_one_sentence(ab, message):
 def test_ablation_becomes_a_sweep_without_pruning(tmp_path):
     cfg = ablation_config(compose_config([f"sweep.output_dir={tmp_path}"], config_name="ablate"))
     sweep = cfg.sweep
-    assert (sweep.kind, sweep.sampler.name, sweep.pruner.name, sweep.n_trials) == ("ablation", "grid", "none", 9)
+    assert (sweep.kind, sweep.sampler.name, sweep.pruner.name, sweep.n_trials) == ("ablation", "grid", "none", None)
+    from sweeps.config import check_sweep, grid_cells
+
+    assert len(grid_cells(sweep, check_sweep(cfg).dims)) == 9  # 3 windows x 3 seeds, each one cell
     assert sweep.train_fn == "sweeps.ablate:train_trial" and not sweep.enqueue_defaults
     assert set(sweep.space) == {"model.rpb.window_size", "model.rpb.bias_type", "model.rpb.mode", "seed"}
     pruned = ablation_config(compose_config(["ablation.prune=true"], config_name="ablate"))
@@ -106,7 +109,7 @@ def test_no_bias_trial_has_no_window(tmp_path):
         seen[c.model.rpb.enabled] = c
         return {"status": "completed"}
 
-    cells = OmegaConf.to_container(sweep.enqueue)
+    cells = OmegaConf.to_container(sweep.cells)
     for n, enabled in enumerate((False, True)):  # a no-bias cell (config window 3x3), then a 2d one
         params = next(p for p in cells if p["model.rpb.enabled"] is enabled)
         spec = TrialSpec(n, params, run_dir=str(tmp_path / f"t{n}"), wandb_id=f"id{n}")

@@ -19,7 +19,7 @@ from sweeps.objective import Objective
 from sweeps.recovery import fail_dead_worker_trials, worker_alive, worker_identity
 from sweeps.space import SweepConfigError
 from sweeps.storage import build_storage
-from sweeps.study import run_study
+from sweeps.study import StudyAlreadyDone, run_study
 from tests.sweeps import fake_train
 
 GRID = (
@@ -67,7 +67,10 @@ def test_an_interrupted_last_grid_cell_runs_on_the_next_start(compose_sweep):
     assert set(retry.intermediate_values) == {1, 2, 3}  # epoch 1 from the interrupted trial, 2-3 from the retry
     points = sorted((t.params["model.rpb.window_size"], t.params["seed"]) for t in trials if t.state.is_finished())
     assert len(trials) == 5 and sorted(set(points)) == [(3, 0), (3, 1), (7, 0), (7, 1)]
-    assert len(run_study(cfg, fake_train.train).get_trials()) == 5  # requeued once: the next start runs nothing
+    # Requeued once: the next start runs nothing and says so.
+    with pytest.raises(StudyAlreadyDone, match="already holds all 4 grid cells") as done:
+        run_study(cfg, fake_train.train)
+    assert len(done.value.study.get_trials()) == 5
 
 
 def test_a_zombie_worker_is_dead():

@@ -5,7 +5,8 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from sweeps.config import build_pruner, build_sampler, check_sweep
+from sweeps.config import build_pruner, build_sampler, check_sweep, grid_cells, sampler_factory, study_class
+from sweeps.samplers import CellStudy, TrialSeededSampler
 from sweeps.space import SweepConfigError, apply_params, config_params, grid_search_space, parse_window
 from sweeps.validate import check_trial_values
 
@@ -113,7 +114,13 @@ def test_samplers_pruners_and_grid(compose_sweep):
     )
     sweep, _base, dims = check_sweep(cfg)
     assert grid_search_space(dims) == {"model.rpb.window_size": ["3x3", "5x5", "7x7"], "seed": [0, 1]}
-    assert isinstance(build_sampler(sweep, dims), optuna.samplers.GridSampler)
+    # A grid's cells are enqueued trials (sweeps.samplers), run by a CellStudy; the study's sampler is never asked.
+    assert study_class(sweep) is CellStudy
+    assert grid_cells(sweep, dims)[:2] == [
+        {"model.rpb.window_size": "3x3", "seed": 0},
+        {"model.rpb.window_size": "3x3", "seed": 1},
+    ]
+    assert len(grid_cells(sweep, dims)) == 6
     assert isinstance(build_pruner(sweep, 4), optuna.pruners.NopPruner)
     with pytest.raises(SweepConfigError, match="grid cannot enumerate"):
         check_sweep(compose_sweep("sweep.sampler.name=grid"))
@@ -124,7 +131,9 @@ def test_samplers_pruners_and_grid(compose_sweep):
         ("tpe", "TPESampler"),
     ]:
         sweep, _, dims = check_sweep(compose_sweep(f"sweep.sampler.name={name}"))
-        assert type(build_sampler(sweep, dims)).__name__ == cls
+        sampler = build_sampler(sweep, dims)
+        assert isinstance(sampler, TrialSeededSampler) and study_class(sweep) is optuna.Study
+        assert type(sampler_factory(sweep)(0)).__name__ == cls
     for name, cls in [
         ("median", "MedianPruner"),
         ("successive_halving", "SuccessiveHalvingPruner"),

@@ -17,7 +17,6 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from experiments.config_errors import closest, known_keys_sentence
-
 from sweeps.samplers import CellStudy, TrialSeededSampler
 from sweeps.space import Dimension, SweepConfigError, grid_search_space, parse_space
 
@@ -71,7 +70,9 @@ class SweepConfig:
 
 def _choice(key: str, value: Any, options: tuple[str, ...]) -> None:
     if value not in options:
-        raise SweepConfigError(f"{key}={value!r} is not known{closest(str(value), options)}; use one of {', '.join(options)}.")
+        raise SweepConfigError(
+            f"{key}={value!r} is not known{closest(str(value), options)}; use one of {', '.join(options)}."
+        )
 
 
 def sweep_config(cfg: DictConfig) -> DictConfig:

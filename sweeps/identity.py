@@ -144,7 +144,9 @@ def check_identity(study: optuna.Study, checked: CheckedSweep) -> None:
     changes = identity_changes(old, new)
     if not changes:
         return
-    named = ", ".join(changes[:_MAX_NAMED]) + (f" and {len(changes) - _MAX_NAMED} more" if len(changes) > _MAX_NAMED else "")
+    named = ", ".join(changes[:_MAX_NAMED]) + (
+        f" and {len(changes) - _MAX_NAMED} more" if len(changes) > _MAX_NAMED else ""
+    )
     if not sweep.allow_space_change:
         raise SweepConfigError(
             f"study {sweep.study_name!r} in {describe_storage(sweep)} was run with another config ({named}); run it "

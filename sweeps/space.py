@@ -69,7 +69,7 @@ class Dimension:
         if self.type == "int":
             return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
         if self.type == "float" and self.step is not None:
-            n = int(round((self.high - self.low) / self.step)) + 1
+            n = round((self.high - self.low) / self.step) + 1
             return [self.low + i * self.step for i in range(n) if self.low + i * self.step <= self.high + 1e-12]
         raise ValueError(f"{_key(self.path)} is a continuous {self.type} range: it has no list of values.")
 

@@ -41,7 +41,7 @@ from sweeps.objective import COMPLETE_STATUSES, PRUNED_STATUSES, Objective, Trai
 from sweeps.recovery import fail_dead_worker_trials, requeue_interrupted_trials, worker_alive, worker_identity
 from sweeps.samplers import NothingQueued, cell_order, exhausted
 from sweeps.space import SweepConfigError, config_params
-from sweeps.storage import build_storage, describe_storage, journal_path
+from sweeps.storage import build_storage, journal_path
 from sweeps.validate import check_trial_values
 
 log = logging.getLogger(__name__)
@@ -196,16 +196,14 @@ def done_message(study: optuna.Study, checked: CheckedSweep) -> str | None:
 
 
 def _next_step(study: optuna.Study, checked: CheckedSweep, journal: bool) -> str:
-    """"run" a trial, "wait" for running trials that may need a retry, or "stop"."""
+    """ "run" a trial, "wait" for running trials that may need a retry, or "stop"."""
     sweep, _, dims = checked
-    waiting = _count(study, TrialState.WAITING)
-    if is_cell_study(sweep) or sweep.n_trials is not None:
-        limit_reached = sweep.n_trials is not None and finished_count(study) >= sweep.n_trials
-        if (waiting or not is_cell_study(sweep)) and not limit_reached:
-            if waiting or not exhausted(study, dims):
-                return "run"
-        return "wait" if _watched_running(study, journal) else "stop"
-    return "run" if waiting or not exhausted(study, dims) else "stop"
+    limit_reached = sweep.n_trials is not None and finished_count(study) >= sweep.n_trials
+    # A cell study runs its queued cells only; a searched one also draws new points while its space has any.
+    can_start = _count(study, TrialState.WAITING) > 0 or (not is_cell_study(sweep) and not exhausted(study, dims))
+    if can_start and not limit_reached:
+        return "run"
+    return "wait" if _watched_running(study, journal) else "stop"
 
 
 def worker_loop(cfg, train_fn: TrainFn | None = None, *, worker_index: int = 0) -> int:

@@ -88,7 +88,9 @@ def ranked_trials(study: optuna.Study, direction: str) -> tuple[list[FrozenTrial
     and duplicate attempts are no results at all (a killed trial's result is its retry's).
     """
     reverse = direction == "maximize"
-    complete = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.value, reverse=reverse)
+    complete = sorted(
+        study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.value, reverse=reverse
+    )
     pruned = [t for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)) if t.intermediate_values]
     pruned.sort(key=lambda t: _last_value(t), reverse=reverse)
     return complete, pruned

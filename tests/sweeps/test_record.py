@@ -1,0 +1,222 @@
+"""A study's record stays true: no parameter set repeated, grids run cell by cell, a study's identity is checked,
+a finished study says so, pruned trials are ranked apart (issue: studies you can trust)."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from experiments.config_errors import ConfigError
+from sweeps.config import check_sweep, sampler_factory
+from sweeps.objective import DuplicateTrial, Objective
+from sweeps.samplers import TrialSeededSampler, trial_seed
+from sweeps.space import SweepConfigError
+from sweeps.study import QUEUED_ATTR, StudyAlreadyDone, open_study, prepare_study, run_study
+from sweeps.summary import print_summary, ranked_trials
+from tests.sweeps import fake_train
+from tests.sweeps.helpers import run_cli
+
+SMALL_GRID = (
+    "sweep.study_name=grid",
+    "sweep.sampler.name=grid",
+    "sweep.pruner.name=none",
+    "sweep.n_trials=null",
+    "sweep.enqueue_defaults=false",
+    "trainer.epochs=2",
+    "~sweep.space.optim",
+    "~sweep.space.model.drop_rate",
+    "~sweep.space.model.rpb.init_std",
+    "sweep.space.model.rpb.window_size={type: categorical, choices: [3, 5, 7]}",
+    "+sweep.space.seed={type: categorical, choices: [0, 1]}",
+)
+
+
+def _keys(study):
+    return [tuple(sorted((k, repr(v)) for k, v in t.params.items())) for t in study.get_trials()]
+
+
+def test_adding_trials_to_a_study_repeats_no_parameter_set(compose_sweep):
+    """The same command with a larger n_trials: new trials draw new sets (the old seeding restarted the random
+    sequence, so the first new trial repeated trial 1)."""
+    run_study(compose_sweep("sweep.n_trials=3", "sweep.pruner.name=none"))
+    study = run_study(compose_sweep("sweep.n_trials=8", "sweep.pruner.name=none"))
+    keys = _keys(study)
+    assert len(keys) == 8 and len(set(keys)) == 8
+
+
+def test_same_seed_same_trials_whether_run_at_once_or_continued(compose_sweep, tmp_path):
+    once = run_study(compose_sweep("sweep.n_trials=7", "sweep.pruner.name=none", "sweep.study_name=once"))
+    run_study(compose_sweep("sweep.n_trials=3", "sweep.pruner.name=none", "sweep.study_name=twice"))
+    twice = run_study(compose_sweep("sweep.n_trials=7", "sweep.pruner.name=none", "sweep.study_name=twice"))
+    assert [t.params for t in once.get_trials()] == [t.params for t in twice.get_trials()]
+    other = run_study(compose_sweep("sweep.n_trials=7", "sweep.pruner.name=none", "sweep.study_name=other",
+                                    "sweep.sampler.seed=1"))  # fmt: skip
+    assert [t.params for t in other.get_trials()][1:] != [t.params for t in once.get_trials()][1:]
+
+
+@pytest.mark.parametrize("name", ["tpe", "random", "gp", "cmaes"])
+def test_every_sampler_draws_only_new_points_of_a_small_space(compose_sweep, name):
+    """A 3-point space and n_trials=5: each point runs once, then the study is whole (nothing is drawn twice)."""
+    cfg = compose_sweep(
+        f"sweep.sampler.name={name}",
+        "sweep.sampler.n_startup_trials=1",
+        "sweep.pruner.name=none",
+        "sweep.n_trials=5",
+        "sweep.enqueue_defaults=false",
+        "~sweep.space.optim",
+        "~sweep.space.model.drop_rate",
+        "~sweep.space.model.rpb.init_std",
+    )
+    study = run_study(cfg)
+    points = sorted(t.params["model.rpb.window_size"] for t in study.get_trials())
+    assert points == ["3x3", "5x5", "7x7"]
+    assert all(t.state == TrialState.COMPLETE for t in study.get_trials())
+    with pytest.raises(StudyAlreadyDone, match="every point of its finite search space"):
+        run_study(cfg)
+
+
+def test_trial_seeds_depend_on_seed_number_and_attempt_only():
+    assert trial_seed(0, 5) == trial_seed(0, 5)
+    assert len({trial_seed(0, n, a) for n in range(20) for a in range(3)}) == 60
+    assert trial_seed(0, 5) != trial_seed(1, 5)
+    assert trial_seed(None, 5) is None
+
+
+def test_sampler_redraws_a_held_set(compose_sweep):
+    """Trial 1's first draw is made to equal trial 0's params: the sampler draws again with another seed."""
+    sweep, _base, dims = check_sweep(compose_sweep("sweep.sampler.name=random"))
+    # what trial 1 draws at its first attempt (random sampling does not depend on the history)
+    probe = optuna.create_study(sampler=TrialSeededSampler(sampler_factory(sweep), dims, seed=0))
+    probe.enqueue_trial({})  # trial 0 (params drawn at attempt 0 of trial 0)
+    probe.ask()
+    t1 = probe.ask()  # trial 1, attempt 0
+    drawn = {d.path: d.suggest(t1) for d in dims}
+    # a study whose trial 0 holds exactly that set
+    held = optuna.create_study(sampler=TrialSeededSampler(sampler_factory(sweep), dims, seed=0))
+    held.add_trial(optuna.create_trial(params=drawn, distributions={d.path: d.distribution() for d in dims}, value=0))
+    again = held.ask()  # trial 1 again; its attempt-0 draw is held, so it must differ
+    assert again.number == 1
+    params = {d.path: d.suggest(again) for d in dims}
+    assert params != drawn
+
+
+def test_a_racing_duplicate_fails_before_it_trains(compose_sweep):
+    sweep, base, dims = check_sweep(compose_sweep())
+    params = {"optim.lr": 1e-3, "optim.weight_decay": 0.05, "model.drop_rate": 0.1,
+              "model.rpb.window_size": "7x7", "model.rpb.init_std": 0.02}  # fmt: skip
+
+    class Same(optuna.samplers.RandomSampler):  # a sampler that lost a race: it proposes a held set
+        def sample_independent(self, study, trial, name, dist):
+            return params[name]
+
+    study = optuna.create_study(sampler=Same())
+    study.add_trial(
+        optuna.create_trial(params=params, distributions={d.path: d.distribution() for d in dims}, value=0.5)
+    )
+    trained = []
+    objective = Objective(base, sweep, dims, lambda cfg, on_epoch_end=None: trained.append(cfg) or {})
+    study.optimize(objective, n_trials=1, catch=(DuplicateTrial,))
+    dup = study.trials[1]
+    assert dup.state == TrialState.FAIL and dup.user_attrs["status"] == "duplicate"
+    assert dup.user_attrs["reason"] == "trial 0 holds the same parameters; not trained again"
+    assert trained == []
+
+
+def test_grid_cells_are_enqueued_once_and_run_once(compose_sweep):
+    study = run_study(compose_sweep(*SMALL_GRID))
+    cells = sorted((t.params["model.rpb.window_size"], t.params["seed"]) for t in study.get_trials())
+    assert cells == [(w, s) for w in (3, 5, 7) for s in (0, 1)]
+    assert sorted(t.user_attrs["cell"] for t in study.get_trials()) == list(range(6))
+    assert study.user_attrs[QUEUED_ATTR] == 6
+    # the order is the seed's, not the listing's, and the same for the same seed
+    again = run_study(compose_sweep(*SMALL_GRID, "sweep.study_name=grid2"))
+    assert [t.params for t in again.get_trials()] == [t.params for t in study.get_trials()]
+
+
+def test_a_joining_worker_repairs_a_grid_whose_creator_died(compose_sweep):
+    """The creator enqueued 2 of 6 cells and died: the next command enqueues the 4 missing ones, not all 6."""
+    cfg = compose_sweep(*SMALL_GRID)
+    checked = check_sweep(cfg)
+    from sweeps.storage import build_storage
+
+    storage = build_storage(checked.sweep)
+    optuna.create_study(study_name="grid", storage=storage, direction="maximize")
+    study = open_study(checked, storage)
+    study.set_user_attr("creator", {"host": __import__("socket").gethostname(), "pid": 2**22 + 7, "start": None})
+    study.enqueue_trial({"model.rpb.window_size": 3, "seed": 0}, user_attrs={"cell": 0})
+    study.enqueue_trial({"model.rpb.window_size": 3, "seed": 1}, user_attrs={"cell": 1})
+    study = prepare_study(cfg)
+    assert sorted(t.user_attrs["cell"] for t in study.get_trials()) == list(range(6))
+
+
+def test_a_changed_sweep_is_refused_naming_what_changed(compose_sweep):
+    run_study(compose_sweep("sweep.n_trials=2"))
+    cases = {
+        "+sweep.space.model.drop_path_rate={type: float, low: 0.0, high: 0.2}": "sweep.space.model.drop_path_rate added",
+        "+sweep.fixed.optim.lr=0.003": "sweep.space.optim.lr removed, sweep.fixed.optim.lr added",
+        "sweep.metric=val_loss": "sweep.metric val_accuracy -> val_loss",
+        "trainer.epochs=7": "trainer.epochs 5 -> 7",
+        "sweep.value=last": "sweep.value best -> last",
+    }
+    for override, named in cases.items():
+        with pytest.raises(SweepConfigError, match="was run with another config") as err:
+            run_study(compose_sweep("sweep.n_trials=3", override))
+        assert named in str(err.value), str(err.value)
+        assert "sweep.allow_space_change=true" in str(err.value)
+    with pytest.raises(SweepConfigError, match="created to maximize"):
+        run_study(compose_sweep("sweep.n_trials=3", "sweep.direction=minimize"))
+    # keys that change how a trial runs, not what it computes, are not part of the identity
+    study = run_study(compose_sweep("sweep.n_trials=3", "trainer.progress_bar=true", "tracker.wandb.mode=disabled"))
+    assert len(study.trials) == 3
+
+
+def test_allow_space_change_is_recorded_on_the_study(compose_sweep):
+    run_study(compose_sweep("sweep.n_trials=2"))
+    study = run_study(compose_sweep("sweep.n_trials=3", "trainer.epochs=7", "sweep.allow_space_change=true"))
+    assert study.user_attrs["identity_changes"] == [{"from_trial": 2, "changes": ["trainer.epochs 5 -> 7"]}]
+    assert study.user_attrs["identity"]["base"]["trainer.epochs"] == 7
+    assert len(study.trials) == 3
+    with pytest.raises(ConfigError, match=r"trainer\.epochs 7 -> 5"):  # the new config is the study's now
+        run_study(compose_sweep("sweep.n_trials=4"))
+
+
+def test_pruned_trials_are_not_ranked_among_complete_ones(compose_sweep, capsys):
+    cfg = compose_sweep("sweep.n_trials=8", "sweep.sampler.n_startup_trials=2")
+    study = run_study(cfg)
+    complete, pruned = ranked_trials(study, "maximize")
+    assert pruned and complete, "the fixture needs both complete and pruned trials"
+    assert all(t.state == TrialState.COMPLETE for t in complete)
+    assert [t.value for t in complete] == sorted((t.value for t in complete), reverse=True)
+    print_summary(check_sweep(cfg), study)
+    out = capsys.readouterr().out
+    ranked, _, apart = out.partition("Pruned trials (stopped early, not ranked)")
+    assert apart, out
+    top = ranked.split("complete trials, ranked by")[1]
+    assert "pruned" not in top.split("\n", 2)[2]  # no pruned row in the ranked table
+
+
+@pytest.mark.slow
+def test_rerunning_a_finished_study_says_so_in_one_sentence(tmp_path):
+    first = run_cli(tmp_path, "sweep.n_trials=2", "sweep.study_name=done")
+    assert first.returncode == 0, first.stderr
+    again = run_cli(tmp_path, "sweep.n_trials=2", "sweep.study_name=done", "sweep.workers=2")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == (
+        "rpb-sweep: study 'done' already holds 2 of 2 finished trials: raise sweep.n_trials or choose another "
+        "sweep.study_name."
+    )
+    changed = run_cli(tmp_path, "sweep.n_trials=3", "sweep.study_name=done", "trainer.epochs=9")
+    assert changed.returncode == 2 and len(changed.stderr.strip().splitlines()) == 1
+    assert "trainer.epochs 5 -> 9" in changed.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_grid_with_two_workers_runs_each_cell_once(compose_sweep, monkeypatch):
+    monkeypatch.setenv("FAKE_TRAIN_SLEEP", "0.05")
+    study = run_study(compose_sweep(*SMALL_GRID, "sweep.workers=2"), fake_train.train)
+    cells = sorted((t.params["model.rpb.window_size"], t.params["seed"]) for t in study.get_trials())
+    assert cells == [(w, s) for w in (3, 5, 7) for s in (0, 1)]
+    assert all(t.state == TrialState.COMPLETE for t in study.get_trials())
+    assert len({t.user_attrs["worker"]["pid"] for t in study.get_trials()}) == 2

@@ -74,10 +74,11 @@ def study_identity(checked: CheckedSweep) -> dict[str, Any]:
     """The identity of the study `checked` describes (JSON-ready).
 
     Keys: metric, direction, value, space ({param: dimension}), fixed ({path: value}), cells (grid cells, or None),
-    base ({path: value} of the base training config, `NOT_IDENTITY` left out).
+    base ({path: value} of the base training config, `NOT_IDENTITY` and the keys every trial sets left out).
     """
     sweep, base, dims = checked
     base_flat = _flat(OmegaConf.to_container(base, resolve=True))
+    set_per_trial = {d.path for d in dims} | set(fixed_values(sweep))
     space = {
         d.path: {k: v for k, v in (("type", d.type), ("low", d.low), ("high", d.high), ("log", d.log),
                                    ("step", d.step), ("choices", list(d.choices))) if v not in (None, [], False)}
@@ -91,7 +92,8 @@ def study_identity(checked: CheckedSweep) -> dict[str, Any]:
             "space": space,
             "fixed": fixed_values(sweep),
             "cells": grid_cells(sweep, dims) if is_cell_study(sweep) else None,
-            "base": {k: v for k, v in sorted(base_flat.items()) if not _excluded(k)},
+            # every trial overwrites its dimensions and fixed values: their base values mean nothing
+            "base": {k: v for k, v in sorted(base_flat.items()) if not _excluded(k) and k not in set_per_trial},
         }
     )
 

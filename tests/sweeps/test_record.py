@@ -220,3 +220,16 @@ def test_grid_with_two_workers_runs_each_cell_once(compose_sweep, monkeypatch):
     assert cells == [(w, s) for w in (3, 5, 7) for s in (0, 1)]
     assert all(t.state == TrialState.COMPLETE for t in study.get_trials())
     assert len({t.user_attrs["worker"]["pid"] for t in study.get_trials()}) == 2
+
+
+def test_the_sweep_is_checked_once_per_command(compose_sweep, monkeypatch, capsys):
+    """rpb-sweep checks its sweep once and passes the result to the worker, the summary and best.yaml."""
+    import sweeps.cli
+    import sweeps.config
+
+    calls = []
+    real = sweeps.config.parse_space
+    monkeypatch.setattr(sweeps.config, "parse_space", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert sweeps.cli.sweep_main(compose_sweep("sweep.n_trials=2")) == 0
+    assert len(calls) == 1
+    assert "Best config:" in capsys.readouterr().out

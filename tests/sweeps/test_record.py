@@ -233,3 +233,43 @@ def test_the_sweep_is_checked_once_per_command(compose_sweep, monkeypatch, capsy
     assert sweeps.cli.sweep_main(compose_sweep("sweep.n_trials=2")) == 0
     assert len(calls) == 1
     assert "Best config:" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_a_worker_joining_a_running_grid_takes_the_cells_left(tmp_path):
+    """A second command started while the first runs the grid: no cell enqueued again, each cell run once."""
+    import time
+
+    from sweeps.storage import build_storage
+    from tests.sweeps.helpers import popen_cli
+
+    grid = [o for o in SMALL_GRID if not o.startswith("+sweep.space.seed")]
+    grid.append("+sweep.space.seed={type: categorical, choices: [0, 1, 2]}")
+    first = popen_cli(tmp_path, *grid, env={"FAKE_TRAIN_SLEEP": "0.4"})
+    journal = tmp_path / "sweeps" / "grid.journal"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:  # until the first command has finished a cell
+        assert first.poll() is None, first.stdout.read()
+        if journal.exists():
+            storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+            try:
+                if optuna.load_study(study_name="grid", storage=storage).get_trials(states=(TrialState.COMPLETE,)):
+                    break
+            except KeyError:
+                pass
+        time.sleep(0.2)
+    second = run_cli(tmp_path, *grid, env={"FAKE_TRAIN_SLEEP": "0.4"})
+    out = first.communicate(timeout=120)[0]
+    assert first.returncode == 0 and second.returncode == 0, out + second.stderr
+    from experiments.config import compose_config
+    from sweeps.config import check_sweep as _check
+    from tests.sweeps.helpers import sweep_overrides
+
+    cfg = compose_config(sweep_overrides(tmp_path, *grid), config_name="sweep")
+    study = optuna.load_study(study_name="grid", storage=build_storage(_check(cfg).sweep, heartbeat=False))
+    cells = sorted((t.params["model.rpb.window_size"], t.params["seed"]) for t in study.get_trials())
+    assert cells == [(w, s) for w in (3, 5, 7) for s in (0, 1, 2)], cells
+    assert all(t.state == TrialState.COMPLETE for t in study.get_trials())
+    workers = {t.user_attrs["worker"]["pid"] for t in study.get_trials()}
+    assert len(workers) == 2, "the second command ran no cell"

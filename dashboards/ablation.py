@@ -6,7 +6,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from dashboards.load import RunData
+import optuna
+
+from dashboards.load import RunData, params_cell
 
 
 @dataclass(frozen=True, order=True)
@@ -69,6 +71,14 @@ def setting_of(run: RunData) -> Setting:
     return Setting(bias_type=str(rpb.get("bias_type", "2d")), mode=str(rpb.get("mode", "clip")), window_size=window)
 
 
+def ablation_cell(trial: optuna.trial.FrozenTrial, run: RunData | None) -> object:
+    """The cell of an ablation trial for `dashboards.load.results`: its setting and seed, read from its run's
+    config (its params when the run could not be read), so one (setting, seed) is one result."""
+    if run is None or not run.config or "seed" not in run.config:
+        return params_cell(trial, run)
+    return ("ablation", setting_of(run), int(run.config["seed"]))
+
+
 def run_accuracy(run: RunData) -> float:
     """Best validation accuracy of a run: the summary's, else the best epoch's (a run cut off before its summary)."""
     best = run.summary.get("best_val_accuracy")
@@ -117,7 +127,11 @@ def bias_table_params(config: dict[str, Any]) -> int:
 
 
 def summarise(runs: list[RunData]) -> list[SettingSummary]:
-    """Group runs by setting (in grid order) and compute accuracy statistics and cost per setting."""
+    """Group runs by setting (in grid order) and compute accuracy statistics and cost per setting.
+
+    `runs` are results of complete trials, one per (setting, seed): `dashboards.load.trial_runs` (the rule is in
+    `dashboards.load.results`). Runs of pruned or failed trials must not be passed in: they would enter the mean.
+    """
     groups: dict[Setting, SettingSummary] = {}
     for run in runs:
         setting = setting_of(run)

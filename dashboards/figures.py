@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 import optuna
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+from optuna.trial import TrialState
 
 from dashboards.ablation import SettingSummary
 from dashboards.load import RunData
@@ -112,15 +113,19 @@ def heatmap_figure(run: RunData, block: int, window_size: tuple[int, int] | None
 
 
 def intermediate_values(study: optuna.Study) -> Figure:
-    """Each trial's reported values per epoch; pruned trials in red, ending in a cross where they were stopped."""
+    """Each result's reported values per epoch; pruned trials in red, ending in a cross where they were stopped.
+
+    Draws every COMPLETE and PRUNED trial of `study`; failed attempts (killed, interrupted) and running or waiting
+    trials are never drawn (a waiting retry carries the values its killed attempt reported).
+    """
     fig, ax = plt.subplots(figsize=(6.5, 4))
     shown = {"pruned": False, "complete": False}
-    for trial in study.get_trials(deepcopy=False):
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         if not trial.intermediate_values:
             continue
         steps = sorted(trial.intermediate_values)
         values = [trial.intermediate_values[s] for s in steps]
-        pruned = trial.state == optuna.trial.TrialState.PRUNED
+        pruned = trial.state == TrialState.PRUNED
         kind = "pruned" if pruned else "complete"
         color = "tab:red" if pruned else "tab:blue"
         ax.plot(steps, values, color=color, alpha=0.6, label=None if shown[kind] else kind)
@@ -145,7 +150,10 @@ def _optuna_figure(ax_or_axes) -> Figure:
 
 
 def sweep_figures(study: optuna.Study, slice_params: Sequence[str]) -> dict[str, Figure | str]:
-    """Optuna's matplotlib plots of a study; a figure that cannot be drawn becomes the one-sentence reason why."""
+    """Optuna's matplotlib plots of a study; a figure that cannot be drawn becomes the one-sentence reason why.
+
+    Optuna's plots read the COMPLETE trials only (pruned and failed ones are skipped).
+    """
     from optuna.visualization import matplotlib as ovm
 
     plots = {

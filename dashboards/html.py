@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; background: #fff; }
@@ -17,6 +18,7 @@ figcaption { font-size: 0.85em; color: #555; text-align: center; }
 .row { display: flex; flex-wrap: wrap; gap: 0.5em; align-items: flex-start; }
 .row figure { flex: 1 1 520px; }
 .note { color: #a60; font-style: italic; }
+caption { text-align: left; font-weight: bold; padding: 2px 0; }
 pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 0.8em; }
 """
 
@@ -43,6 +45,19 @@ def table(header: Sequence[str] | None, rows: Sequence[Sequence[object]], left: 
     head = "<thead><tr>" + "".join(cell("th", i, h) for i, h in enumerate(header)) + "</tr></thead>" if header else ""
     body = "".join("<tr>" + "".join(cell("td", i, v) for i, v in enumerate(r)) + "</tr>" for r in rows)
     return f"<table>{head}<tbody>{body}</tbody></table>"
+
+
+def counts(caption: str, values: Mapping[str, int], labels: Mapping[str, str] | None = None) -> str:
+    """A one-row table of counts that a program can read back: the whole mapping as JSON in the table's
+    ``data-counts`` attribute, and each number in a cell ``data-count="<key>"``."""
+    labels = labels or {}
+    head = "".join(f"<th>{esc(labels.get(k, k))}</th>" for k in values)
+    body = "".join(f'<td data-count="{esc(k)}">{int(v)}</td>' for k, v in values.items())
+    data = esc(json.dumps({k: int(v) for k, v in values.items()}))
+    return (
+        f'<table class="counts" data-counts="{data}"><caption>{esc(caption)}</caption>'
+        f"<thead><tr>{head}</tr></thead><tbody><tr>{body}</tr></tbody></table>"
+    )
 
 
 def page(title: str, sections: Sequence[str]) -> str:

@@ -10,8 +10,10 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import contextlib
+import html as html_lib
+import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -20,7 +22,16 @@ import yaml
 
 from dashboards import figures, html
 from dashboards.ablation import SettingSummary, summarise
-from dashboards.load import LocalRunReader, RunData, RunReader, load_study, trial_runs
+from dashboards.load import (
+    LocalRunReader,
+    Results,
+    RunData,
+    RunReader,
+    load_study,
+    results,
+    retried_from,
+    trial_counts,
+)
 
 FIG_DIR = "figures"
 
@@ -60,44 +71,170 @@ class _Figures:
         return None
 
 
-def overview_section(study: optuna.Study, runs: list[tuple[optuna.trial.FrozenTrial, RunData]]) -> str:
-    trials = study.get_trials(deepcopy=False)
-    counts: dict[str, int] = {}
-    for t in trials:
-        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+STATE_LABELS = {
+    "complete": "complete",
+    "pruned": "pruned",
+    "fail": "failed",
+    "running": "running",
+    "waiting": "waiting",
+}
+ATTEMPT_WORDS = {  # user_attrs["status"] of a FAIL trial -> how the page says what happened to it
+    "stale": "killed (its worker died)",
+    "interrupted": "interrupted (Ctrl-C)",
+    "failed": "failed",
+    "duplicate": "duplicate",
+}
+COUNTS_RE = re.compile(r'<table class="counts" data-counts="([^"]*)"><caption>trials by state</caption>')
+
+
+def report_counts(study: optuna.Study) -> dict[str, int]:
+    """The trial counts the page shows, by state (complete, pruned, fail, running, waiting): the study's own."""
+    return trial_counts(study)
+
+
+def read_counts(index: Path | str) -> dict[str, int]:
+    """The trial counts a written page shows (its ``data-counts`` attribute), e.g. to check them in a test."""
+    match = COUNTS_RE.search(Path(index).read_text())
+    if match is None:
+        raise ValueError(f"{index} has no table of trial counts")
+    return json.loads(html_lib.unescape(match.group(1)))
+
+
+def _ranked(study: optuna.Study, complete: list[tuple[optuna.trial.FrozenTrial, RunData | None]]):
+    """Complete results, best first (single objective); trial order for a multi-objective study."""
+    if len(study.directions) != 1:
+        return list(complete)
+    sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
+    return sorted(complete, key=lambda tr: (sign * tr[0].value, tr[0].number))
+
+
+def _retries(study: optuna.Study, res: Results) -> dict[int, optuna.trial.FrozenTrial]:
+    """Attempt number -> the trial that retried it: the one that became its cell's result, else the latest retry."""
+    kept = {t.number for t in res.trials()}
+    out: dict[int, optuna.trial.FrozenTrial] = {}
+    for trial in study.get_trials(deepcopy=False):
+        for earlier in retried_from(trial):
+            if earlier not in out or out[earlier].number not in kept:
+                out[earlier] = trial
+    return out
+
+
+def _attempt_notes(study: optuna.Study, res: Results) -> tuple[list[str], list[list[object]]]:
+    """Sentences about the FAIL trials (grouped by what happened to them) and one table row each."""
+    retried = _retries(study, res)
+    groups: dict[str, list[str]] = {}
+    rows = []
+    for trial in res.attempts:
+        status = str(trial.user_attrs.get("status") or "failed")
+        then = retried.get(trial.number)
+        after = f"retried as trial {then.number} ({STATE_LABELS[then.state.name.lower()]})" if then else "not retried"
+        groups.setdefault(status, []).append(f"trial {trial.number} {after}")
+        rows.append([trial.number, status, trial.user_attrs.get("reason", ""), after])
+    notes = []
+    for status, items in groups.items():
+        what = ATTEMPT_WORDS.get(status, f"failed (status {status!r})")
+        n = len(items)
+        notes.append(f"{n} attempt{'s' * (n != 1)} {what}: " + "; ".join(items) + ".")
+    if notes:
+        notes.append("Failed attempts are never results: they are counted here, never plotted, ranked or averaged.")
+    return notes, rows
+
+
+def overview_section(study: optuna.Study, res: Results) -> str:
+    """The study's trial counts (as stored, by state), its results and what was left out of them and why."""
     kind = study.user_attrs.get("kind", "sweep")
     direction = ", ".join(d.name.lower() for d in study.directions)
+    counts = res.counts
+    read = len(res.runs("complete")) + len(res.runs("pruned"))
     facts = [
         ("study", study.study_name),
         ("kind", kind),
         ("direction", direction),
-        ("trials", ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none"),
-        ("runs read", len(runs)),
+        ("trials", ", ".join(f"{counts[s]} {label}" for s, label in STATE_LABELS.items())),
+        ("results", f"{len(res.complete)} complete (ranked), {len(res.pruned)} pruned (stopped early, listed apart)"),
+        ("runs read", read),
     ]
-    params = _param_names(study)
+    parts = [
+        "<h2>Overview</h2>",
+        html.table(None, facts, left=2),
+        html.counts("trials by state", {s: counts[s] for s in STATE_LABELS}, STATE_LABELS),
+        html.note(
+            "One trial, one result: only complete trials are ranked and averaged; pruned trials were stopped early "
+            "and are listed apart; failed, running and waiting trials are not results."
+        ),
+    ]
+    notes, attempt_rows = _attempt_notes(study, res)
+    parts += [html.note(n) for n in notes]
+    if res.duplicates:
+        dup = "; ".join(
+            f"trial {t.number} ({t.state.name.lower()}) repeats trial {k.number}" for t, k in res.duplicates
+        )
+        parts.append(
+            html.note(
+                f"{len(res.duplicates)} trial(s) hold a cell that already has a result, so each cell "
+                f"is counted once: {dup}."
+            )
+        )
+    params = _param_names(res.trials())
+    ranked = _ranked(study, res.complete)
     rows = [
-        [t.number, t.state.name.lower(), "" if t.value is None else _fmt(t.value), r.summary.get("status", "")]
+        [i + 1, t.number, "" if t.value is None else _fmt(t.value), _run_status(r)]
         + [str(t.params.get(p, "")) for p in params]
-        for t, r in runs
+        for i, (t, r) in enumerate(ranked)
     ]
-    return (
-        "<h2>Overview</h2>"
-        + html.table(None, facts, left=2)
-        + html.table(["trial", "state", "value", "run status", *params], rows, left=2)
-    )
+    parts.append(f"<h3>Complete trials ({len(ranked)}, best first)</h3>")
+    parts.append(html.table(["rank", "trial", "value", "run status", *params], rows, left=0))
+    if res.pruned:
+        pruned_rows = []
+        for t, r in res.pruned:
+            step = max(t.intermediate_values) if t.intermediate_values else None
+            last = "" if step is None else _fmt(t.intermediate_values[step])
+            pruned_rows.append(
+                [t.number, "" if step is None else step, last, _run_status(r)]
+                + [str(t.params.get(p, "")) for p in params]
+            )
+        parts.append(f"<h3>Pruned trials ({len(res.pruned)}): stopped early, not ranked, in no mean</h3>")
+        parts.append(html.table(["trial", "stopped at step", "last value", "run status", *params], pruned_rows, left=0))
+    if attempt_rows:
+        parts.append(f"<h3>Failed attempts ({len(attempt_rows)}): not results</h3>")
+        parts.append(html.table(["trial", "status", "reason", "what followed"], attempt_rows, left=0))
+    return "\n".join(parts)
 
 
-def _param_names(study: optuna.Study) -> list[str]:
+def _run_status(run: RunData | None) -> str:
+    return "run not readable" if run is None else str(run.summary.get("status", ""))
+
+
+def _param_names(trials: list[optuna.trial.FrozenTrial]) -> list[str]:
     names: list[str] = []
-    for t in study.get_trials(deepcopy=False):
+    for t in trials:
         names += [p for p in t.params if p not in names]
     return names
 
 
-def ablation_section(summaries: list[SettingSummary], figs: _Figures, block: int) -> str:
+def ablation_section(summaries: list[SettingSummary], figs: _Figures, block: int, res: Results | None = None) -> str:
+    pruned = [t.number for t, _ in res.pruned] if res is not None else []
+    which = f"trial{'s' * (len(pruned) != 1)} {', '.join(map(str, pruned))}"
+    apart = (
+        [
+            html.note(
+                f"{len(pruned)} pruned run{'s' * (len(pruned) != 1)} ({which}) stopped early: in no setting's "
+                "seeds, mean or interval (see the pruned trials above)."
+            )
+        ]
+        if pruned
+        else []
+    )
     if not summaries:
-        return "<h2>Ablation</h2>" + html.note("no finished runs with a readable run folder yet")
+        return "\n".join(["<h2>Ablation</h2>", html.note("no complete runs with a readable run folder yet"), *apart])
     parts = ["<h2>Ablation: window size</h2>"]
+    parts.append(
+        html.note(
+            "Each setting holds one complete run per seed (n): a killed attempt counts through its "
+            "retry only, and pruned runs are left out."
+        )
+    )
+    parts += apart
     parts.append(figs.add(figures.accuracy_vs_window(summaries), "ablation_accuracy", "accuracy vs window size"))
     header = [
         "setting",
@@ -139,24 +276,43 @@ def ablation_section(summaries: list[SettingSummary], figs: _Figures, block: int
     return "\n".join(parts)
 
 
-def sweep_section(study: optuna.Study, best: RunData | None, figs: _Figures) -> str:
-    params = _param_names(study)
+def best_result(study: optuna.Study, res: Results) -> tuple[optuna.trial.FrozenTrial, RunData | None] | None:
+    """The best kept complete result (ties: the earlier trial); None without one."""
+    if not res.complete or study._is_multi_objective():
+        return None
+    sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
+    return max(res.complete, key=lambda tr: (sign * tr[0].value, -tr[0].number))
+
+
+def sweep_section(study: optuna.Study, res: Results, figs: _Figures) -> str:
+    """Optuna's plots (they read the study's COMPLETE trials; failed attempts never) and the best result."""
+    params = _param_names(study.get_trials(deepcopy=False))
     slice_params = [p for p in params if "window" in p or p.split(".")[-1] in ("lr", "learning_rate")]
     drawn = figures.sweep_figures(study, slice_params)
+    n_complete = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    n_pruned = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)))
+    of = f" ({n_complete} complete trials)"
     captions = {
-        "optimization_history": "optimisation history",
-        "param_importances": "parameter importances (Optuna's default evaluator; rough with few trials)",
-        "intermediate_values": "intermediate values",
-        "parallel_coordinate": "parallel coordinates",
-        "slice": "slices: " + (", ".join(slice_params) or "all parameters"),
+        "optimization_history": "optimisation history" + of,
+        "param_importances": "parameter importances (Optuna's default evaluator; rough with few trials)" + of,
+        "intermediate_values": f"intermediate values ({n_complete} complete, {n_pruned} pruned in red)",
+        "parallel_coordinate": "parallel coordinates" + of,
+        "slice": "slices: " + (", ".join(slice_params) or "all parameters") + of,
     }
-    parts = ["<h2>Study</h2>", '<div class="row">']
+    parts = [
+        "<h2>Study</h2>",
+        html.note(
+            f"Drawn from the study's {n_complete} complete trials; Optuna's plots leave pruned trials out, "
+            "the intermediate values show them apart in red; failed attempts are never drawn."
+        ),
+        '<div class="row">',
+    ]
     parts += [figs.add(drawn[name], f"sweep_{name}", captions[name]) for name in captions]
     parts.append("</div>")
-    try:
-        trial = study.best_trial
-    except ValueError:
+    found = best_result(study, res)
+    if found is None:
         return "\n".join([*parts, html.note("no completed trial yet, so no best trial")])
+    trial, best = found
     parts.append(f"<h3>Best trial: #{trial.number}, value {_fmt(trial.value)}</h3>")
     parts.append(html.table(["parameter", "value"], sorted((k, v) for k, v in trial.params.items()), left=2))
     if best is None:
@@ -170,19 +326,20 @@ def sweep_section(study: optuna.Study, best: RunData | None, figs: _Figures) -> 
 
 
 def build_report(study: optuna.Study, reader: RunReader, out_dir: Path | str, block: int = 0) -> Path:
-    """Write <out_dir>/index.html and <out_dir>/figures/*.png; returns the page's path."""
+    """Write <out_dir>/index.html and <out_dir>/figures/*.png; returns the page's path.
+
+    Everything on the page reads `dashboards.load.results` (one trial, one result); the trial counts are the
+    study's own (`report_counts`, readable back with `read_counts`).
+    """
     out_dir = Path(out_dir)
     if (out_dir / FIG_DIR).is_dir():
         shutil.rmtree(out_dir / FIG_DIR)  # no stale figures from an earlier report
     figs = _Figures(out_dir)
-    runs = trial_runs(study, reader)
-    sections = [overview_section(study, runs)]
+    res = results(study, reader)
+    sections = [overview_section(study, res)]
     if study.user_attrs.get("kind") == "ablation":
-        sections.append(ablation_section(summarise([r for _, r in runs]), figs, block))
-    best = None
-    with contextlib.suppress(ValueError):  # no completed trial: no best trial
-        best = next((r for t, r in runs if t.number == study.best_trial.number), None)
-    sections.append(sweep_section(study, best, figs))
+        sections.append(ablation_section(summarise([r for _, r in res.runs("complete")]), figs, block, res))
+    sections.append(sweep_section(study, res, figs))
     out_dir.mkdir(parents=True, exist_ok=True)
     index = out_dir / "index.html"
     index.write_text(html.page(f"rpb-lab report: {study.study_name}", sections))

@@ -10,6 +10,11 @@ The keys below are the ones training logs (experiments.train, experiments.tracki
 ``global_step``, per-epoch metrics against ``epoch``, images ``bias/block_{i}``, summary ``best_val_accuracy``.
 Sweep and ablation runs carry the full resolved config (``model.rpb.window_size``, ``optim.lr``, ...); ablation
 runs also carry the flat keys ``window_size``, ``bias_type``, ``mode``, ``seed`` and ``ablation`` (sweeps.ablate).
+
+One trial, one result (as `dashboards.load.results`): the run sets hold only runs whose summary ``status`` (written
+by the tracker when training ends, ``experiments.train``) is a completed one. A killed attempt never wrote it (its
+retry is a new run of the same trial), an interrupted or failed run wrote ``interrupted``/``failed``: all left out.
+Pruned (and diverged) runs are not mixed into the means and rankings either; the ablation report shows them apart.
 """
 
 from __future__ import annotations
@@ -22,11 +27,30 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from sweeps.objective import COMPLETE_STATUSES, PRUNED_STATUSES
+
 EPOCH_X, STEP_X = "epoch", "global_step"
 TARGET = "best_val_accuracy"  # W&B summary key kept by the tracker (max of val_accuracy)
 SWEEP_PARAMS = ("optim.lr", "optim.weight_decay", "model.drop_rate", "model.rpb.init_std")  # conf/sweep/default.yaml
 WINDOW = "model.rpb.window_size"  # the searched config path (a list in the run config)
 WINDOW_LABEL = "window_size"  # the flat "7x7" every trial and ablation run also carries: what panels group by
+# train()'s final status, kept in the W&B summary by the tracker's finish() (also as "state"; "status" is used here
+# because wandb-workspaces prints a summary key "state" as W&B's own run State when it shows a filter).
+STATUS = "status"
+
+
+def status_filter(statuses: Sequence[str]) -> str:
+    """A run-set filter expression: the runs whose summary status is one of `statuses` (wandb-workspaces syntax)."""
+    return f"SummaryMetric('{STATUS}') in [{', '.join(repr(str(s)) for s in statuses)}]"
+
+
+COMPLETED = status_filter(COMPLETE_STATUSES)  # one run per trial: the attempt that completed
+STOPPED_EARLY = status_filter(PRUNED_STATUSES)
+
+
+def runs_filter(group: str | None, statuses: str = COMPLETED) -> str:
+    """The filter of a run set: the study's W&B group (None: any) and a status filter."""
+    return " and ".join(f for f in (f"Metric('group') = '{group}'" if group else "", statuses) if f)
 
 
 def _modules():
@@ -59,6 +83,8 @@ def sweep_workspace(
     entity: str, project: str, study_name: str | None = None, params: Sequence[str] = SWEEP_PARAMS, depth: int = 3
 ):
     """The workspace of a sweep: parallel coordinates, importances, accuracy by window size, heatmaps, losses.
+
+    Its run set holds the completed runs only (`COMPLETED`): one per trial, no killed attempt, no pruned run.
 
     Args:
         study_name: restrict the runs to one study (its W&B group); None shows every run of the project.
@@ -93,13 +119,16 @@ def sweep_workspace(
         ),
         ws.Section(name="Training", panels=_curves(wr, None)),
     ]
-    runsets = ws.RunsetSettings(filters=f"Metric('group') = '{study_name}'" if study_name else "")
+    runsets = ws.RunsetSettings(filters=runs_filter(study_name))
     name = f"sweep {study_name}" if study_name else "rpb-lab sweeps"
     return ws.Workspace(entity=entity, project=project, name=name, sections=sections, runset_settings=runsets)
 
 
 def ablation_report(entity: str, project: str, group: str, depth: int = 3, *, runset_project: bool = True):
     """The report of one ablation: runs of the group, grouped by window size and bias type (mean over seeds).
+
+    The means are over the completed runs only (`COMPLETED`: one per trial); the runs stopped early (pruned or
+    diverged) are in a run set and panel grid of their own below, never in the means.
 
     Args:
         runset_project: point the run set at entity/project (W&B looks the project up, so only when online).
@@ -108,10 +137,11 @@ def ablation_report(entity: str, project: str, group: str, depth: int = 3, *, ru
     where = dict(entity=entity, project=project) if runset_project else {}
     runset = wr.Runset(
         name=f"ablation {group}",
-        filters=f"Metric('group') = '{group}'",
+        filters=runs_filter(group),
         groupby=["config.window_size", "config.bias_type", "config.mode"],
         **where,
     )
+    stopped = wr.Runset(name=f"ablation {group}: stopped early", filters=runs_filter(group, STOPPED_EARLY), **where)
     panels = [
         wr.BarPlot(
             title="best validation accuracy (mean ± stderr over seeds)",
@@ -130,8 +160,20 @@ def ablation_report(entity: str, project: str, group: str, depth: int = 3, *, ru
         description="Validation accuracy, learning curves and learned relative position bias per window size.",
         blocks=[
             wr.H1(f"Window-size ablation {group}"),
-            wr.P("Runs are grouped by window size, bias type and mode; curves are the mean over seeds."),
+            wr.P(
+                "Runs are grouped by window size, bias type and mode; curves are the mean over seeds. Only completed "
+                "runs are shown, one per trial: a killed attempt's run and runs stopped early are left out."
+            ),
             wr.PanelGrid(runsets=[runset], panels=panels),
+            wr.H2("Stopped early"),
+            wr.P("Runs that were pruned or diverged: shown apart, in no mean above."),
+            wr.PanelGrid(
+                runsets=[stopped],
+                panels=[
+                    wr.LinePlot(title="validation accuracy (runs stopped early)", x=EPOCH_X, y=["val_accuracy"]),
+                    wr.RunComparer(diff_only="split"),
+                ],
+            ),
             wr.H2("Local report"),
             wr.MarkdownBlock(
                 text=f"`rpb-report --storage runs/sweeps/{group}.journal` writes the same comparison with 95% "
@@ -155,7 +197,8 @@ def _name(metric: Any) -> tuple[str, str]:
 
 
 def plotted_keys(*definitions: Any) -> dict[str, set[str]]:
-    """Every key the definitions read, by kind: "history" (logged series and media), "config", "summary"."""
+    """Every key the definitions read, by kind: "history" (logged series and media), "config", "summary" (the keys
+    the run sets' filters compare included)."""
     out: dict[str, set[str]] = {"history": set(), "config": set(), "summary": set()}
     for panel in (p for d in definitions for p in _panels(d)):
         metrics: list[Any] = []
@@ -175,7 +218,32 @@ def plotted_keys(*definitions: Any) -> dict[str, set[str]]:
         for group in runset.groupby:  # "config.window_size" -> a config key
             section, _, key = group.partition(".")
             out[section].add(key)
+    for section, key in filter_keys(*definitions):
+        if section in ("config", "summary"):  # "run" keys (group, state) are W&B's own
+            out[section].add(key)
     return out
+
+
+def run_filters(*definitions: Any) -> list[str]:
+    """The filter expression of every run set of the definitions (workspace run set, report run sets)."""
+    out = [d.runset_settings.filters for d in definitions if getattr(d, "runset_settings", None) is not None]
+    out += [r.filters for d in definitions for b in getattr(d, "blocks", []) for r in getattr(b, "runsets", [])]
+    return out
+
+
+def filter_keys(*definitions: Any) -> set[tuple[str, str]]:
+    """(section, key) of every key the run sets' filters compare, e.g. ("summary", "status")."""
+    from wandb_workspaces import expr
+
+    def leaves(node) -> Iterable[Any]:
+        if node.key is not None:
+            yield node
+        for child in node.filters or []:
+            yield from leaves(child)
+
+    return {
+        (f.key.section, f.key.name) for text in run_filters(*definitions) for f in leaves(expr.expr_to_filters(text))
+    }
 
 
 def definitions(

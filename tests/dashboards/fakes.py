@@ -151,3 +151,74 @@ def make_sweep(root: Path, n: int = 8, name: str = "swp") -> Path:
             )
         )
     return path
+
+
+ABLATION_DISTS = {"window_size": CategoricalDistribution([3, 5, 7]), "seed": CategoricalDistribution([0, 1])}
+
+
+def add_ablation_trial(
+    study: optuna.Study,
+    root: Path,
+    window: int,
+    seed: int,
+    accuracies: list[float] | None,
+    state: optuna.trial.TrialState = optuna.trial.TrialState.COMPLETE,
+    status: str = "completed",
+    retry_of: int | None = None,
+) -> optuna.trial.FrozenTrial:
+    """One trial of an ablation study with its run folder (none when `accuracies` is None), as rpb-ablate and
+    sweeps.recovery leave it: a retry names the attempt it replaces (user_attrs retry_of, system_attrs retry_history)."""
+    number = len(study.get_trials(deepcopy=False))
+    user_attrs: dict = {"status": status, "reason": ""}
+    system_attrs: dict = {}
+    if accuracies is not None:
+        run_dir = root / f"trial-{number}"
+        run_status = {"stale": "running"}.get(status, status)  # a killed run never wrote its final status
+        write_run(run_dir, run_config(window, seed), accuracies, status=run_status)
+        user_attrs |= {"run_dir": str(run_dir), "wandb_run_id": f"w{number}"}
+    if retry_of is not None:
+        old = study.get_trials(deepcopy=False)[retry_of]
+        user_attrs["retry_of"] = retry_of
+        system_attrs = {
+            "failed_trial": retry_of,
+            "retry_history": [*old.system_attrs.get("retry_history", []), retry_of],
+        }
+    finished = state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=state,
+            params={"window_size": window, "seed": seed},
+            distributions=ABLATION_DISTS,
+            value=max(accuracies) if state == optuna.trial.TrialState.COMPLETE else None,
+            intermediate_values=dict(enumerate(accuracies)) if accuracies and finished else {},
+            user_attrs=user_attrs,
+            system_attrs=system_attrs,
+        )
+    )
+    return study.get_trials(deepcopy=False)[-1]
+
+
+def retried_ablation(root: Path) -> optuna.Study:
+    """An in-memory ablation (windows 3, 5, 7 x seeds 0, 1) with every kind of trial a real one can hold:
+
+    0  (3, 0) FAIL stale       killed after 1 epoch (0.20), retried as trial 6
+    1  (3, 1) COMPLETE 0.70    2  (5, 0) COMPLETE 0.80    3  (5, 1) COMPLETE 0.82
+    4  (7, 0) PRUNED           stopped after 1 epoch (0.30)
+    5  (7, 1) FAIL failed      raised after 1 epoch (0.25), retried as trial 8 (still waiting)
+    6  (3, 0) COMPLETE 0.75    the retry of trial 0 (resumed: its first epoch is trial 0's)
+    7  (5, 0) RUNNING          a second worker's trial, not finished
+    8  (7, 1) WAITING          the retry of trial 5
+    """
+    state = optuna.trial.TrialState
+    study = optuna.create_study(study_name="retried", direction="maximize")
+    study.set_user_attr("kind", "ablation")
+    add_ablation_trial(study, root, 3, 0, [0.20], state.FAIL, "stale")
+    add_ablation_trial(study, root, 3, 1, [0.50, 0.60, 0.70])
+    add_ablation_trial(study, root, 5, 0, [0.60, 0.70, 0.80])
+    add_ablation_trial(study, root, 5, 1, [0.62, 0.72, 0.82])
+    add_ablation_trial(study, root, 7, 0, [0.30], state.PRUNED, "pruned")
+    add_ablation_trial(study, root, 7, 1, [0.25], state.FAIL, "failed")
+    add_ablation_trial(study, root, 3, 0, [0.20, 0.60, 0.75], retry_of=0)
+    add_ablation_trial(study, root, 5, 0, None, state.RUNNING, "running")
+    add_ablation_trial(study, root, 7, 1, None, state.WAITING, "", retry_of=5)
+    return study

@@ -5,13 +5,13 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from dashboards.wandb_workspace import ablation_report, main, plotted_keys, sweep_workspace, to_json
+from dashboards.wandb_workspace import ablation_report, main, plotted_keys, run_filters, sweep_workspace, to_json
 from experiments.config import compose_config
 
 # The contract's logged keys (rpb_contract.md, "Training"), written out here independently of the module.
 STEP_KEYS = {"train/loss", "train/lr", "train/grad_norm", "train/images_per_sec", "global_step"}
 EPOCH_KEYS = {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate"}
-SUMMARY_KEYS = {"best_val_accuracy", "state", "reason"}
+SUMMARY_KEYS = {"best_val_accuracy", "state", "status", "reason"}  # the tracker's finish(): train()'s final status
 ABLATION_CONFIG_KEYS = {"window_size", "bias_type", "mode", "seed", "ablation"}  # sweeps.ablate.run_factors
 
 
@@ -30,14 +30,18 @@ def test_sweep_workspace_has_the_panels_the_issue_asks_for():
     assert all(p.groupby.name == "window_size" and p.groupby_aggfunc == "mean" for p in grouped)
     media = next(p for p in panels if type(p).__name__ == "MediaBrowser")
     assert media.media_keys == [f"bias/block_{i}" for i in range(4)]
-    assert workspace.runset_settings.filters == "Metric('group') = 'my-sweep'"
+    assert workspace.runset_settings.filters == (
+        "Metric('group') = 'my-sweep' and SummaryMetric('status') in ['completed', 'early_stopped']"
+    )
 
 
 def test_ablation_report_groups_runs_by_the_ablation_factors():
     report = ablation_report("me", "rpb-lab", "abl", runset_project=False)
     grid = next(b for b in report.blocks if type(b).__name__ == "PanelGrid")
     assert grid.runsets[0].groupby == ["config.window_size", "config.bias_type", "config.mode"]
-    assert grid.runsets[0].filters == "Metric('group') = 'abl'"
+    assert grid.runsets[0].filters == (
+        "Metric('group') = 'abl' and SummaryMetric('status') in ['completed', 'early_stopped']"
+    )
     assert {"BarPlot", "LinePlot", "MediaBrowser", "RunComparer"} <= set(_kinds(grid.panels))
 
 
@@ -94,3 +98,83 @@ def test_to_json_needs_no_login(monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", "")
     spec = to_json(sweep_workspace("me", "p"), ablation_report("me", "p", "g", runset_project=False))
     assert spec["report"]["displayName"] == "Window-size ablation: g"
+
+
+# --- One trial, one result: the run sets hold one run per trial, the completed one --------------------------------
+
+
+def _matches(tree, run: dict) -> bool:
+    """Evaluate a wandb-workspaces filter tree on a run given as {"run": {...}, "summary": {...}, "config": {...}}
+    (a missing key matches no comparison, as on W&B)."""
+    if tree.key is None:
+        parts = [_matches(f, run) for f in tree.filters or []]
+        return all(parts) if tree.op == "AND" else any(parts)
+    section = run.get(tree.key.section, {})
+    if tree.key.name not in section:
+        return False
+    value = section[tree.key.name]
+    return {"=": value == tree.value, "!=": value != tree.value, "IN": value in tree.value}[tree.op]
+
+
+def _wandb_run(tracker_state: str | None, group: str = "abl") -> dict:
+    """A W&B run of a trial as `WandbTracker` leaves it: finish(state, summary=train()'s result) writes the summary's
+    status (and state); a run whose worker was SIGKILLed never reached finish()."""
+    from experiments.trackers.wandb_tracker import WandbTracker
+
+    class FakeRun:
+        def __init__(self):
+            self.summary, self.tags = {"best_val_accuracy": 0.5}, ()
+
+        def finish(self, exit_code=0):
+            self.exit_code = exit_code
+
+    tracker = WandbTracker()
+    run = tracker.run = FakeRun()
+    tracker._history_keys = {"val_accuracy", "val_loss", "train_loss"}
+    if tracker_state is not None:
+        result = {"status": tracker_state, "reason": "", "best_val_accuracy": 0.5, "epochs_run": 2, "val_loss": 1.0}
+        tracker.finish(tracker_state, summary=result)
+    return {"run": {"group": group}, "summary": dict(run.summary), "config": {}}
+
+
+@pytest.mark.parametrize(
+    "state, shown, stopped_early",
+    [
+        ("completed", True, False),
+        ("early_stopped", True, False),
+        (None, False, False),  # the killed attempt: its retry is another run of the same trial
+        ("interrupted", False, False),
+        ("failed", False, False),
+        ("pruned", False, True),
+        ("diverged", False, True),
+    ],
+)
+def test_run_sets_hold_the_completed_run_of_each_trial(state, shown, stopped_early):
+    from wandb_workspaces import expr
+
+    workspace = sweep_workspace("me", "rpb-lab", "abl")
+    report = ablation_report("me", "rpb-lab", "abl", runset_project=False)
+    main_sets, (stopped,) = run_filters(workspace, report)[:2], run_filters(report)[1:]
+    run = _wandb_run(state)
+    for text in main_sets:
+        assert _matches(expr.expr_to_filters(text), run) is shown, text
+    assert _matches(expr.expr_to_filters(stopped), run) is stopped_early
+    assert not _matches(expr.expr_to_filters(main_sets[0]), _wandb_run("completed", group="other"))
+
+
+def test_run_set_filters_survive_serialisation():
+    spec = to_json(sweep_workspace("me", "p", "abl"), ablation_report("me", "p", "abl", runset_project=False))
+    leaves = spec["workspace"]["spec"]["section"]["runSets"][0]["filters"]["filters"]
+    assert {"key": {"section": "summary", "name": "status"}, "op": "IN", "value": ["completed", "early_stopped"]} in [
+        {k: leaf[k] for k in ("key", "op", "value")} for leaf in leaves
+    ]
+    assert "status" in spec["plotted_keys"]["summary"]  # a key the definitions read, so end-to-end tests check it
+
+
+def test_status_values_are_the_sweeps_own():
+    from dashboards.wandb_workspace import COMPLETED, STOPPED_EARLY
+    from sweeps.objective import COMPLETE_STATUSES, PRUNED_STATUSES
+
+    assert all(repr(s) in COMPLETED for s in COMPLETE_STATUSES) and all(
+        repr(s) in STOPPED_EARLY for s in PRUNED_STATUSES
+    )

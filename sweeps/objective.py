@@ -93,11 +93,14 @@ def run_trial(
 def _resume_dir(trial: optuna.Trial) -> str | None:
     """The run dir of the trial this one retries, when it left a checkpoint to continue from.
 
-    A fresh trial has no `run_dir` yet; a retry (Optuna's heartbeat callback or `sweeps.recovery`) carries the
-    user attrs of the trial it replaces.
+    A fresh trial has no `run_dir` yet; a retry (`sweeps.recovery`) carries the user attrs of the trial it
+    replaces. A checkpoint counts only when it is complete (`experiments.checkpoint.last_checkpoint`): a trial
+    killed before its first save starts from scratch.
     """
+    from experiments.checkpoint import last_checkpoint
+
     old = trial.user_attrs.get("run_dir")
-    return old if old and (Path(old) / "checkpoints" / "last").exists() else None
+    return old if old and last_checkpoint(old) is not None else None
 
 
 def seed_resume(old_run_dir: str, cfg: DictConfig) -> str:
@@ -176,6 +179,8 @@ class Objective:
         spec = self.spec(trial)
         if origin == "sampled":
             self._refuse_duplicate(trial, spec.params)
+        else:
+            self._refuse_second_claim(trial)
         if old_run_dir:
             spec.resume = seed_resume(old_run_dir, trial_config(self.base, self.sweep, spec))
             trial.set_user_attr("resumed_from", old_run_dir)
@@ -239,6 +244,28 @@ class Objective:
             reason = f"trial {number} holds the same parameters; not trained again"
             self._record(trial, "duplicate", reason)
             raise DuplicateTrial(reason)
+
+    def _refuse_second_claim(self, trial: optuna.Trial) -> None:
+        """Fail, before it trains, a queued trial whose grid cell or retried trial an earlier live trial claims.
+
+        Cells are enqueued once and a retry once per failed trial, so this guards against the rare repair races
+        (a creator that died half-way, two starts repairing the same stale trial): the lowest-numbered trial that
+        is not failed holds the claim.
+        """
+        me = trial.study._storage.get_trial(trial._trial_id)
+        claims = [
+            ("cell", me.user_attrs.get("cell")),
+            ("retry_of", (me.system_attrs.get("retry_history") or [None])[-1]),
+        ]
+        for t in trial.study.get_trials(deepcopy=False):
+            if t.number >= trial.number or t.state == optuna.trial.TrialState.FAIL:
+                continue
+            theirs = {"cell": t.user_attrs.get("cell"), "retry_of": (t.system_attrs.get("retry_history") or [None])[-1]}
+            for key, value in claims:
+                if value is not None and theirs[key] == value:
+                    reason = f"trial {t.number} already holds {key} {value}; not trained again"
+                    self._record(trial, "duplicate", reason)
+                    raise DuplicateTrial(reason)
 
     def value(self, history: list[float], result: dict) -> float:
         """The trial's objective value: best or last epoch value of the metric.

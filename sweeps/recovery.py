@@ -10,6 +10,7 @@ study's command starts next.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import socket
@@ -98,8 +99,7 @@ class RetryStaleTrial:
         self.max_retry = max_retry
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        worker = trial.user_attrs.get("worker") or {}
-        reason = f"worker {worker.get('host', '?')}:{worker.get('pid', '?')} sent no heartbeat for the grace period"
+        reason = trial.user_attrs.get("reason") or "no heartbeat for the grace period"
         log.warning("trial %d: %s; failed it", trial.number, reason)
         retries = len(trial.system_attrs.get("retry_history", []))
         if self.max_retry is not None and retries >= self.max_retry:
@@ -108,52 +108,113 @@ class RetryStaleTrial:
         _enqueue_retry(study, trial, reason)
 
 
-def fail_dead_worker_trials(study: optuna.Study, max_retry: int | None = 2) -> list[int]:
+def _orphaned(trial: FrozenTrial, grace_period: float) -> bool:
+    """A RUNNING trial no worker recorded itself on for `grace_period` s: its worker died between taking it from
+    the queue and its first write (no pid to check, no heartbeat row to go stale)."""
+    start = trial.datetime_start
+    return (
+        not trial.user_attrs.get("worker")
+        and start is not None
+        and (datetime.datetime.now() - start).total_seconds() > grace_period
+    )
+
+
+def fail_and_retry(study: optuna.Study, trial: FrozenTrial, reason: str, max_retry: int | None) -> bool:
+    """Mark `trial` stale with `reason`, fail it and enqueue its retry; False when another process failed it first.
+
+    Failing goes through the storage (RUNNING -> FAIL happens once), so of several processes reaping the same
+    trial only one enqueues its retry.
+    """
+    storage, trial_id = study._storage, trial._trial_id
+    try:
+        storage.set_trial_user_attr(trial_id, "status", "stale")
+        storage.set_trial_user_attr(trial_id, "reason", reason)
+        if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
+            return False
+    except UpdateFinishedTrialError:  # another worker reaped it first
+        return False
+    log.warning("trial %d: %s; failed it", trial.number, reason)
+    retries = len(trial.system_attrs.get("retry_history", []))
+    if max_retry is not None and retries >= max_retry:
+        log.warning("trial %d: retried %d times already; not enqueued again", trial.number, retries)
+        return True
+    _enqueue_retry(study, trial, reason)
+    return True
+
+
+def fail_dead_worker_trials(study: optuna.Study, max_retry: int | None = 2, grace_period: float = 60) -> list[int]:
     """Fail the RUNNING trials whose worker died, enqueue their params again; returns the failed trial numbers.
+
+    Dead: a worker on this host that is gone (journal files), or no worker recorded for `grace_period` s (any
+    storage: see `_orphaned`).
 
     Args:
         study: the study to clean.
         max_retry: how often one original trial is retried (None: always).
+        grace_period: seconds after which a trial without a recorded worker is taken for orphaned.
     """
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get("worker") or {}
-        alive = worker_alive(worker)
-        if alive is not False:
+        if _orphaned(trial, grace_period):
+            reason = f"no worker started the trial within {grace_period:g} s of taking it (it died first)"
+        elif worker and worker_alive(worker) is False:
+            reason = f"worker {worker.get('host', '?')}:{worker.get('pid', '?')} died while the trial was running"
+        else:
             continue
-        reason = f"worker {worker.get('host', '?')}:{worker.get('pid', '?')} died while the trial was running"
-        storage, trial_id = study._storage, trial._trial_id
-        try:
-            storage.set_trial_user_attr(trial_id, "status", "stale")
-            storage.set_trial_user_attr(trial_id, "reason", reason)
-            if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
-                continue
-        except UpdateFinishedTrialError:  # another worker reaped it first
-            continue
-        failed.append(trial.number)
-        log.warning("trial %d: %s; failed it", trial.number, reason)
-        retries = len(trial.system_attrs.get("retry_history", []))
-        if max_retry is not None and retries >= max_retry:
-            log.warning("trial %d: retried %d times already; not enqueued again", trial.number, retries)
-            continue
-        _enqueue_retry(study, trial, reason)
+        if fail_and_retry(study, trial, reason, max_retry):
+            failed.append(trial.number)
     return failed
 
 
-def requeue_interrupted_trials(study: optuna.Study) -> list[int]:
-    """Enqueue again the trials stopped with Ctrl-C that have no retry yet; returns their numbers.
+def mark_stale_heartbeat_trials(study: optuna.Study) -> None:
+    """RDB storages: give the trials whose heartbeat went stale their status and reason while they are still
+    RUNNING (Optuna's `fail_stale_trials` fails them first, after which no attribute can be written)."""
+    storage = study._storage
+    if not hasattr(storage, "_get_stale_trial_ids"):
+        return
+    for trial_id in storage._get_stale_trial_ids(study._study_id):
+        worker = storage.get_trial(trial_id).user_attrs.get("worker") or {}
+        reason = f"worker {worker.get('host', '?')}:{worker.get('pid', '?')} sent no heartbeat for the grace period"
+        try:
+            storage.set_trial_user_attr(trial_id, "status", "stale")
+            storage.set_trial_user_attr(trial_id, "reason", reason)
+        except UpdateFinishedTrialError:  # failed meanwhile by another worker
+            continue
 
-    The interrupted trial stays FAIL (a grid counts it as visited): its WAITING copy keeps its grid cell or
-    enqueued params and resumes from its run dir. Interrupts are the user's, so `max_retry` does not limit them.
+
+def requeue_unretried_trials(study: optuna.Study, max_retry: int | None = 2, settle_s: float = 30) -> list[int]:
+    """Enqueue again the trials stopped with Ctrl-C, and the stale ones whose retry was never enqueued (the process
+    that failed them died in between), that have no retry yet; returns their numbers.
+
+    The failed trial stays FAIL: its WAITING copy keeps its grid cell or enqueued params and resumes from its run
+    dir. Interrupts are the user's, so `max_retry` does not limit them. A stale trial is repaired only `settle_s`
+    after it was failed (the process that failed it enqueues the retry at once); should two starts repair the
+    same trial, `sweeps.objective` lets only the first retry train.
     """
     trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    now = datetime.datetime.now()
     requeued = []
     for trial in trials:
-        interrupted = trial.state == TrialState.FAIL and trial.user_attrs.get("status") == "interrupted"
-        if interrupted and trial.number not in retried:
-            _enqueue_retry(study, trial, "interrupted with Ctrl-C")
-            requeued.append(trial.number)
+        status = trial.user_attrs.get("status")
+        if trial.state != TrialState.FAIL or trial.number in retried or status not in ("interrupted", "stale"):
+            continue
+        if status == "stale":
+            done = trial.datetime_complete
+            retries = len(trial.system_attrs.get("retry_history", []))
+            if (
+                done is None
+                or (now - done).total_seconds() < settle_s
+                or (max_retry is not None and retries >= max_retry)
+            ):
+                continue
+        _enqueue_retry(
+            study,
+            trial,
+            "interrupted with Ctrl-C" if status == "interrupted" else trial.user_attrs.get("reason", "stale"),
+        )
+        requeued.append(trial.number)
     if requeued:
-        log.info("trial(s) %s were interrupted; enqueued again", requeued)
+        log.info("trial(s) %s were stopped without a retry; enqueued again", requeued)
     return requeued

@@ -38,7 +38,13 @@ from sweeps.config import (
 )
 from sweeps.identity import check_identity
 from sweeps.objective import COMPLETE_STATUSES, PRUNED_STATUSES, Objective, TrainFn
-from sweeps.recovery import fail_dead_worker_trials, requeue_interrupted_trials, worker_alive, worker_identity
+from sweeps.recovery import (
+    fail_dead_worker_trials,
+    mark_stale_heartbeat_trials,
+    requeue_unretried_trials,
+    worker_alive,
+    worker_identity,
+)
 from sweeps.samplers import NothingQueued, cell_order, exhausted
 from sweeps.space import SweepConfigError, config_params
 from sweeps.storage import build_storage, journal_path
@@ -49,6 +55,7 @@ FINISHED_STATUSES = (*COMPLETE_STATUSES, *PRUNED_STATUSES)
 QUEUED_ATTR = "queued"  # study user attr: the creator enqueued the first trials (their count)
 _QUEUE_WAIT_S = 120.0  # how long a joining worker waits for the creator to enqueue a grid's cells
 _POLL_S = 1.0
+_RESULTS = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 class StudyAlreadyDone(Exception):
@@ -118,13 +125,14 @@ def _create(checked: CheckedSweep, storage: optuna.storages.BaseStorage) -> bool
 
 
 def recover(study: optuna.Study, sweep) -> None:
-    """Fail the trials of dead workers and enqueue their retries (journal: by pid; RDB: by heartbeat)."""
-    if journal_path(sweep.storage, sweep.output_dir, sweep.study_name) is not None:
-        fail_dead_worker_trials(study, sweep.max_retry)
-    else:
+    """Fail the trials of dead workers and enqueue their retries (journal: by pid; RDB: by heartbeat; both: a
+    trial no worker recorded itself on for sweep.grace_period s)."""
+    if journal_path(sweep.storage, sweep.output_dir, sweep.study_name) is None:
+        mark_stale_heartbeat_trials(study)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
+    fail_dead_worker_trials(study, sweep.max_retry, sweep.grace_period)
 
 
 def prepare_study(cfg) -> optuna.Study:
@@ -150,7 +158,7 @@ def prepare_study(cfg) -> optuna.Study:
     elif QUEUED_ATTR not in study.user_attrs and ("creator" in study.user_attrs or not study.trials):
         _wait_for_creator(study, checked)  # (a study from before this rule has trials and no creator: as it is)
     recover(study, sweep)
-    requeue_interrupted_trials(study)
+    requeue_unretried_trials(study, sweep.max_retry)
     return study
 
 
@@ -181,8 +189,10 @@ def done_message(study: optuna.Study, checked: CheckedSweep) -> str | None:
     name = sweep.study_name
     if is_cell_study(sweep):
         cells = len(grid_cells(sweep, dims))
+        failed = cells - len({t.user_attrs.get("cell") for t in study.get_trials(deepcopy=False, states=_RESULTS)})
+        lost = f", {failed} failed (see the trials' reason)" if failed > 0 else ""
         return (
-            f"study {name!r} already holds all {cells} grid cells ({done} finished): choose another "
+            f"study {name!r} already holds all {cells} grid cells ({done} finished{lost}): choose another "
             "sweep.study_name to run the grid again."
         )
     if sweep.n_trials is not None and done >= sweep.n_trials:

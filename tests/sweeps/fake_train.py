@@ -20,9 +20,18 @@ def quality(cfg) -> float:
     return 0.95 - 0.08 * (math.log10(lr) - math.log10(3e-3)) ** 2 - 0.02 * abs(wh - 5)
 
 
+def _save_state(run_dir: Path, epoch: int) -> None:
+    """checkpoints/last/train_state.json, complete or absent (as experiments.checkpoint saves: write, then rename)."""
+    last = run_dir / "checkpoints" / "last"
+    last.mkdir(parents=True, exist_ok=True)
+    tmp = last / "train_state.json.tmp"
+    tmp.write_text(json.dumps({"epoch": epoch}))
+    os.replace(tmp, last / "train_state.json")
+
+
 def train(cfg, on_epoch_end=None) -> dict:
     run_dir = Path(cfg.run_dir)
-    (run_dir / "checkpoints" / "last").mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     start = 0
     if cfg.resume:
         state = Path(cfg.resume) / "checkpoints" / "last" / "train_state.json"
@@ -51,7 +60,7 @@ def train(cfg, on_epoch_end=None) -> dict:
         }
         with open(run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
-        (run_dir / "checkpoints" / "last" / "train_state.json").write_text(json.dumps({"epoch": epoch}))
+        _save_state(run_dir, epoch)
         decision = on_epoch_end(epoch, metrics) if on_epoch_end is not None else None
         if decision is not None:
             status, reason = decision, f"stopped by the callback after epoch {epoch}"

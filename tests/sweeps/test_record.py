@@ -273,3 +273,60 @@ def test_a_worker_joining_a_running_grid_takes_the_cells_left(tmp_path):
     assert all(t.state == TrialState.COMPLETE for t in study.get_trials())
     workers = {t.user_attrs["worker"]["pid"] for t in study.get_trials()}
     assert len(workers) == 2, "the second command ran no cell"
+
+
+def _study_with_cells(compose_sweep):
+    cfg = compose_sweep(*SMALL_GRID)
+    return cfg, prepare_study(cfg)
+
+
+def test_a_trial_no_worker_recorded_itself_on_is_retried_after_the_grace_period(compose_sweep):
+    """A worker killed between taking a cell and its first write leaves no pid and no heartbeat: the cell is failed
+    after sweep.grace_period and retried, not waited for for ever."""
+    from sweeps.recovery import fail_dead_worker_trials
+
+    _cfg, study = _study_with_cells(compose_sweep)
+    taken = study.get_trials(states=(TrialState.WAITING,))[0]
+    study._storage.set_trial_state_values(taken._trial_id, TrialState.RUNNING)  # popped, then the worker died
+    assert fail_dead_worker_trials(study, max_retry=2, grace_period=60) == []  # too young to tell
+    assert fail_dead_worker_trials(study, max_retry=2, grace_period=0) == [taken.number]  # past its grace period
+    failed = study.trials[taken.number]
+    assert failed.state == TrialState.FAIL and failed.user_attrs["status"] == "stale"
+    retry = study.trials[-1]
+    assert retry.state == TrialState.WAITING and retry.user_attrs["cell"] == taken.user_attrs["cell"]
+    assert retry.system_attrs["retry_history"] == [taken.number]
+
+
+def test_a_stale_trial_without_its_retry_is_repaired_once(compose_sweep):
+    """The process that failed a stale trial died before enqueuing its retry: the next start enqueues it."""
+    from sweeps.recovery import requeue_unretried_trials
+
+    _cfg, study = _study_with_cells(compose_sweep)
+    taken = study.get_trials(states=(TrialState.WAITING,))[0]
+    storage = study._storage
+    storage.set_trial_state_values(taken._trial_id, TrialState.RUNNING)
+    storage.set_trial_user_attr(taken._trial_id, "status", "stale")
+    storage.set_trial_state_values(taken._trial_id, TrialState.FAIL)
+    assert requeue_unretried_trials(study, max_retry=2) == []  # just failed: its reaper may still enqueue
+    assert requeue_unretried_trials(study, max_retry=2, settle_s=0) == [taken.number]
+    assert requeue_unretried_trials(study, max_retry=2, settle_s=0) == []  # once
+    assert study.trials[-1].user_attrs["cell"] == taken.user_attrs["cell"]
+
+
+def test_a_cell_queued_twice_trains_once(compose_sweep):
+    """Two copies of one cell in the queue (a repair race): the later one fails as a duplicate before training."""
+    cfg, study = _study_with_cells(compose_sweep)
+    first = study.get_trials(states=(TrialState.WAITING,))[0]
+    study.enqueue_trial(first.system_attrs["fixed_params"], user_attrs={"cell": first.user_attrs["cell"]})
+    sweep, base, dims = check_sweep(cfg)
+    trained = []
+
+    def train(c, on_epoch_end=None):
+        trained.append(c.run_dir)
+        return fake_train.train(c, on_epoch_end)
+
+    study.optimize(Objective(base, sweep, dims, train), n_trials=7, catch=(DuplicateTrial,))
+    dup = study.trials[-1]
+    assert dup.state == TrialState.FAIL and dup.user_attrs["status"] == "duplicate"
+    assert f"trial {first.number} already holds cell" in dup.user_attrs["reason"]
+    assert len(trained) == 6

@@ -152,7 +152,7 @@ class Attention(nn.Module):
         if self.local:
             self.grid_size = rel_pos_bias.grid_size
             self.window_size = rel_pos_bias.window_size
-            shift = to_2tuple(shift_size, "shift_size") if shift_size else (0, 0)
+            shift = to_2tuple(shift_size, "shift_size", minimum=0)  # a side-1 window shifts (w // 2 = 0) not at all
             # As in Swin, a window that covers the whole grid is never shifted.
             self.shift_size = tuple(0 if w >= g else s for s, w, g in zip(shift, self.window_size, self.grid_size))
             if any(s >= w for s, w in zip(self.shift_size, self.window_size)):

@@ -20,14 +20,15 @@ MODES = ("clip", "local")
 NUM_CLASS_TOKEN_ENTRIES = 3  # class-to-token, token-to-class, class-to-class
 
 
-def to_2tuple(x: int | tuple[int, int] | list[int], name: str = "window_size") -> tuple[int, int]:
-    """An int or a pair as a (height, width) tuple of positive ints."""
+def to_2tuple(x: int | tuple[int, int] | list[int], name: str = "window_size", minimum: int = 1) -> tuple[int, int]:
+    """An int or a pair as a (height, width) tuple of ints >= `minimum` (1: sizes; 0: shifts, as Swin's (3, 0))."""
     if isinstance(x, int):
         pair = (x, x)
     else:
         pair = tuple(int(v) for v in x)
-    if len(pair) != 2 or min(pair) < 1:
-        raise ValueError(f"{name} must be a positive int or a pair of positive ints, got {x!r}.")
+    if len(pair) != 2 or min(pair) < minimum:
+        what = "positive" if minimum == 1 else f"at least {minimum}"
+        raise ValueError(f"{name} must be an int or a pair of ints {what}, got {x!r}.")
     return pair  # type: ignore[return-value]
 
 

@@ -175,3 +175,21 @@ def test_auto_path_matches_reference_in_training_and_eval(monkeypatch):
         attn.attn_impl = "auto"
         assert rel_err(attn(x), ref[0]) < 1e-5
     assert sdpa_calls == [1]  # outside autograd: SDPA
+
+
+@pytest.mark.parametrize(
+    ("window", "grid", "shift", "expected_shift"),
+    [
+        ((7, 1), (14, 14), (3, 0), (3, 0)),  # a side of 1: w // 2 = 0 along it (Swin's shift for a 7x1 window)
+        ((1, 7), (14, 14), (0, 3), (0, 3)),
+        ((7, 1), (7, 7), (3, 0), (0, 0)),  # the window covers the whole height: no shift there (timm's rule)
+        ((4, 2), (8, 8), (2, 1), (2, 1)),  # not square
+    ],
+)
+@pytest.mark.parametrize("impl", ["reference", "sdpa"])
+def test_shifted_windows_with_a_side_of_one_build_and_match_the_loop(window, grid, shift, expected_shift, impl):
+    attn = make_attention(impl=impl, window=window, grid=grid, class_token=False, mode="local", shift=shift)
+    assert attn.shift_size == expected_shift
+    x = torch.randn(2, grid[0] * grid[1], 32, dtype=torch.float64)
+    with torch.no_grad():
+        assert rel_err(attn(x), per_window_reference(attn, x)) < 1e-10

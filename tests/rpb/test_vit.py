@@ -94,6 +94,17 @@ def test_shift_windows_alternate_blocks():
     assert [b.attn.shift_size for b in model.blocks] == [(0, 0), (1, 1), (0, 0), (1, 1)]
 
 
+def test_shifted_windows_with_a_side_of_one_build_with_swins_shifts():
+    """A (4, 1) window shifts (2, 0) (w // 2 per side); on a grid as tall as the window, not at all (timm's rule)."""
+    shifts = {}
+    for img in (32, 16):  # tiny(): patch 4 -> 8x8 and 4x4 token grids
+        model = tiny(depth=2, img_size=img, class_token=False, global_pool="avg",
+                     rpb_kwargs={"window_size": (4, 1), "mode": "local", "shift_windows": True})  # fmt: skip
+        shifts[img] = model.blocks[1].attn.shift_size
+        assert model(torch.randn(2, 3, img, img)).shape == (2, 5)
+    assert shifts == {32: (2, 0), 16: (0, 0)}
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

@@ -43,7 +43,7 @@ def bias_offset_maps(model: nn.Module) -> dict[int, torch.Tensor]:
 def bias_matrices(model: nn.Module) -> dict[int, torch.Tensor]:
     """block -> the (num_heads, N, N) bias added to attention logits (N counts the class token)."""
     with torch.no_grad():
-        # a copy: outside autograd m() returns the module's cached bias, which a caller must not be able to edit
+        # a float32 CPU copy, detached from the model
         return {i: m().to("cpu", torch.float32, copy=True) for i, m in relative_position_biases(model)}
 
 

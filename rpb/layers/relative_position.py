@@ -166,7 +166,6 @@ class RelativePositionBias(nn.Module):
         self.register_buffer("relative_position_index", index, persistent=False)
         table = torch.zeros(self.num_relative_distances, num_heads)
         self.relative_position_bias_table = nn.Parameter(table, requires_grad=learnable)
-        self._cache: tuple[tuple, torch.Tensor] | None = None
         self.reset_parameters()
 
     def _check_2d_grid(self, grid_size: tuple[int, int] | int | None) -> tuple[int, int]:
@@ -201,7 +200,6 @@ class RelativePositionBias(nn.Module):
                 nn.init.trunc_normal_(self.relative_position_bias_table, std=std, a=-2 * std, b=2 * std)
             else:
                 self.relative_position_bias_table.zero_()
-        self._cache = None
 
     @property
     def num_offsets(self) -> int:
@@ -209,19 +207,15 @@ class RelativePositionBias(nn.Module):
         return self.num_relative_distances - (NUM_CLASS_TOKEN_ENTRIES if self.class_token else 0)
 
     def forward(self) -> torch.Tensor:
-        """The bias (num_heads, N, N) to add to attention logits; N counts the class token."""
-        table = self.relative_position_bias_table
-        # Outside autograd the gathered bias is reused until the table changes (eval loops, inference).
-        cacheable = not (torch.is_grad_enabled() and table.requires_grad) and not torch.compiler.is_compiling()
-        if cacheable:
-            key = (table._version, table.data_ptr(), table.device, table.dtype, torch.is_inference_mode_enabled())
-            if self._cache is not None and self._cache[0] == key:
-                return self._cache[1]
+        """The bias (num_heads, N, N) to add to attention logits; N counts the class token.
+
+        Gathered from the table on every call, never cached: a cache keyed on the table's version counter served a
+        stale bias after writes it cannot see (through `.data`, an EMA copy into `.data`). The gather is
+        num_heads * N * N reads per block and forward.
+        """
         n = self.num_tokens
-        bias = table[self.relative_position_index.view(-1)].view(n, n, -1).permute(2, 0, 1).contiguous()
-        if cacheable:
-            self._cache = (key, bias)
-        return bias
+        table = self.relative_position_bias_table
+        return table[self.relative_position_index.view(-1)].view(n, n, -1).permute(2, 0, 1).contiguous()
 
     def extra_repr(self) -> str:
         return (

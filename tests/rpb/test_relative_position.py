@@ -103,13 +103,53 @@ def test_not_learnable_stays_fixed_after_optimizer_step():
     assert "relative_position_bias_table" in rpb.state_dict()
 
 
-def test_eval_cache_follows_table_updates():
-    rpb = RelativePositionBias(2, (3, 3))
+def _gathered(rpb: RelativePositionBias) -> torch.Tensor:
+    n = rpb.num_tokens
+    table = rpb.relative_position_bias_table.detach()
+    return table[rpb.relative_position_index.view(-1)].view(n, n, -1).permute(2, 0, 1)
+
+
+def _step(m):
+    opt = torch.optim.SGD(m.parameters(), lr=0.5)
+    (m() ** 2).sum().backward()
+    opt.step()
+
+
+def _ema(m):  # a momentum-teacher update written into the table's storage through .data
+    src = torch.randn_like(m.relative_position_bias_table)
+    m.relative_position_bias_table.data.mul_(0.5).add_(src, alpha=0.5)
+
+
+ROUTES = {
+    "optimizer step": _step,
+    "load_state_dict": lambda m: m.load_state_dict(
+        {"relative_position_bias_table": torch.randn_like(m.relative_position_bias_table)}
+    ),
+    "in place under no_grad": lambda m: torch.no_grad()(lambda: m.relative_position_bias_table.add_(1.0))(),
+    "write through .data": lambda m: m.relative_position_bias_table.data.add_(1.0),
+    "EMA into .data": _ema,
+    "vector_to_parameters": lambda m: torch.nn.utils.vector_to_parameters(
+        torch.randn(m.relative_position_bias_table.numel()), m.parameters()
+    ),
+    "dtype move": lambda m: m.double(),
+}
+
+
+@pytest.mark.parametrize("route", list(ROUTES))
+@pytest.mark.parametrize("train", [True, False])
+def test_the_bias_follows_every_change_of_the_table(route, train):
+    """Whatever changes the table, the next forward (train or eval, with or without autograd) uses it."""
+    rpb = RelativePositionBias(2, (3, 3), grid_size=(3, 3)).train(train)
     with torch.no_grad():
-        first = rpb()
-        assert rpb() is first  # cached outside autograd
-        rpb.relative_position_bias_table.add_(1.0)
-        assert torch.allclose(rpb(), first + 1.0)
+        before = rpb().clone()
+    ROUTES[route](rpb)
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            bias = rpb()
+        assert torch.equal(bias.detach(), _gathered(rpb)), route
+        assert not torch.equal(bias.detach().to(before.dtype), before) or route == "dtype move", route
+    with torch.inference_mode():
+        assert torch.equal(rpb(), _gathered(rpb))
 
 
 @pytest.mark.parametrize(
@@ -161,11 +201,3 @@ def test_resize_1d_keeps_centre_and_edges():
 def test_resize_refuses_a_wrong_old_window():
     with pytest.raises(ValueError, match="pass the window size the table was trained with"):
         resize_relative_position_bias_table(torch.randn(50, 2), (7, 7), (5, 5))
-
-
-def test_cache_is_not_reused_across_inference_mode():
-    rpb = RelativePositionBias(2, (3, 3), learnable=False)
-    with torch.inference_mode():
-        inference_bias = rpb()
-    bias = rpb()
-    assert bias is not inference_bias and not bias.is_inference()

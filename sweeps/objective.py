@@ -20,7 +20,7 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 
 from sweeps.recovery import worker_identity
-from sweeps.samplers import params_key
+from sweeps.samplers import held_params, params_key
 from sweeps.space import Dimension, SweepConfigError, apply_params, fixed_values, window_label
 from sweeps.storage import mask_secrets
 
@@ -234,11 +234,7 @@ class Objective:
         the same instant can still pick the same one, and then the later trial gives way.
         """
         names = [d.path for d in self.dims]
-        earlier = {
-            params_key({**t.params, **t.system_attrs.get("fixed_params", {})}, names): t.number
-            for t in reversed(trial.study.get_trials(deepcopy=False))
-            if t.number < trial.number and t.user_attrs.get("status") != "duplicate"
-        }
+        earlier = held_params(trial.study, names, before=trial.number)
         number = earlier.get(params_key(params, names))
         if number is not None:
             reason = f"trial {number} holds the same parameters; not trained again"

@@ -88,6 +88,15 @@ def _enqueue_retry(study: optuna.Study, trial: FrozenTrial, reason: str) -> None
     )
 
 
+def _retry_unless_exhausted(study: optuna.Study, trial: FrozenTrial, reason: str, max_retry: int | None) -> None:
+    """Enqueue the retry of a failed `trial` unless its original was retried `max_retry` times already."""
+    retries = len(trial.system_attrs.get("retry_history", []))
+    if max_retry is not None and retries >= max_retry:
+        log.warning("trial %d: retried %d times already; not enqueued again", trial.number, retries)
+        return
+    _enqueue_retry(study, trial, reason)
+
+
 class RetryStaleTrial:
     """`heartbeat_stale_trial_callback` of RDB storages: the stale trial's retry, enqueued as on journal files.
 
@@ -101,11 +110,7 @@ class RetryStaleTrial:
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         reason = trial.user_attrs.get("reason") or "no heartbeat for the grace period"
         log.warning("trial %d: %s; failed it", trial.number, reason)
-        retries = len(trial.system_attrs.get("retry_history", []))
-        if self.max_retry is not None and retries >= self.max_retry:
-            log.warning("trial %d: retried %d times already; not enqueued again", trial.number, retries)
-            return
-        _enqueue_retry(study, trial, reason)
+        _retry_unless_exhausted(study, trial, reason, self.max_retry)
 
 
 def _orphaned(trial: FrozenTrial, grace_period: float) -> bool:
@@ -134,11 +139,7 @@ def fail_and_retry(study: optuna.Study, trial: FrozenTrial, reason: str, max_ret
     except UpdateFinishedTrialError:  # another worker reaped it first
         return False
     log.warning("trial %d: %s; failed it", trial.number, reason)
-    retries = len(trial.system_attrs.get("retry_history", []))
-    if max_retry is not None and retries >= max_retry:
-        log.warning("trial %d: retried %d times already; not enqueued again", trial.number, retries)
-        return True
-    _enqueue_retry(study, trial, reason)
+    _retry_unless_exhausted(study, trial, reason, max_retry)
     return True
 
 

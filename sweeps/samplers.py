@@ -98,22 +98,28 @@ def space_points(dims: Sequence[Dimension]) -> Iterable[dict[str, Any]]:
     return (dict(zip([d.path for d in dims], values)) for values in itertools.product(*(d.values() for d in dims)))
 
 
-def held_keys(study: Study, names: Sequence[str], exclude: int | None = None) -> set[tuple]:
-    """Keys of the parameter sets the study holds: every trial with all of `names` set or fixed, any state."""
-    held = set()
+def held_params(
+    study: Study, names: Sequence[str], *, exclude: int | None = None, before: int | None = None
+) -> dict[tuple, int]:
+    """The parameter sets the study holds (key -> the lowest trial number holding it): every trial, any state,
+    with all of `names` set or fixed, except trials failed as duplicates, trial `exclude`, and (given `before`)
+    trials numbered `before` or higher."""
+    held: dict[tuple, int] = {}
     for t in study.get_trials(deepcopy=False):
-        if t.number == exclude:
+        if t.number == exclude or (before is not None and t.number >= before):
+            continue
+        if t.user_attrs.get("status") == "duplicate":
             continue
         params = {**t.params, **t.system_attrs.get("fixed_params", {})}
         if all(name in params for name in names):
-            held.add(params_key(params, names))
+            held.setdefault(params_key(params, names), t.number)
     return held
 
 
 def exhausted(study: Study, dims: Sequence[Dimension]) -> bool:
     """True when a finite space has no point the study does not already hold."""
     size = space_size(dims)
-    return size is not None and len(held_keys(study, [d.path for d in dims])) >= size
+    return size is not None and len(held_params(study, [d.path for d in dims])) >= size
 
 
 class TrialSeededSampler(BaseSampler):
@@ -150,7 +156,7 @@ class TrialSeededSampler(BaseSampler):
     def sample_relative(self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]):
         if not search_space:
             return {}
-        held = held_keys(study, self._names, exclude=trial.number)
+        held = set(held_params(study, self._names, exclude=trial.number))  # later trials too: other workers'
         for attempt in range(self._max_attempts):
             inner = self._factory(trial_seed(self._seed, trial.number, attempt))
             params = self._draw(inner, study, trial)

@@ -9,6 +9,7 @@ sentence that names the key and says what is allowed.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from experiments.config_errors import ConfigError, rephrase
 from experiments.schema import TrainConfig, register_schemas
+from rpb.options import OptionError, check_model_options
 
 if TYPE_CHECKING:
     from rpb import VisionTransformer
@@ -38,10 +40,6 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 DATASETS = ("digits", "synthetic", "cifar10", "imagefolder")  # experiments.data.DATASETS (torch-free copy; tested)
 CHOICES = {
     "data.name": DATASETS,
-    "model.global_pool": ("token", "avg"),
-    "model.attn_impl": ("auto", "reference", "sdpa", "flex"),
-    "model.rpb.bias_type": ("2d", "1d"),
-    "model.rpb.mode": ("clip", "local"),
     "optim.name": ("adamw", "sgd"),
     "schedule.name": ("warmup_cosine", "constant"),
     "trainer.mixed_precision": ("no", "fp16", "bf16"),
@@ -58,13 +56,8 @@ LOWER_BOUNDS = {
     "data.eval_batch_size": (1, True),
     "data.num_samples": (2, True),
     "data.num_workers": (0, True),
-    "model.patch_size": (1, True),
-    "model.embed_dim": (1, True),
     "model.depth": (1, True),
-    "model.num_heads": (1, True),
-    "model.head_dim": (1, True),
     "model.mlp_ratio": (0, False),
-    "model.rpb.init_std": (0, True),
     "optim.lr": (0, False),
     "optim.weight_decay": (0, True),
     "optim.eps": (0, False),
@@ -79,6 +72,35 @@ LOWER_BOUNDS = {
     "trainer.heatmap_every_n_epochs": (0, True),
     "trainer.limit_train_batches": (1, True),
     "trainer.limit_val_batches": (1, True),
+}
+# The model's options (rpb.options, checked there) and the config key of each: VisionTransformer keyword -> key.
+MODEL_KEYS = {
+    "img_size": "data.img_size",
+    "in_channels": "data.in_channels",
+    "num_classes": "data.num_classes",
+    "patch_size": "model.patch_size",
+    "embed_dim": "model.embed_dim",
+    "depth": "model.depth",
+    "num_heads": "model.num_heads",
+    "mlp_ratio": "model.mlp_ratio",
+    "qkv_bias": "model.qkv_bias",
+    "head_dim": "model.head_dim",
+    "scale": "model.scale",
+    "drop_rate": "model.drop_rate",
+    "attn_drop_rate": "model.attn_drop_rate",
+    "drop_path_rate": "model.drop_path_rate",
+    "use_relative_position": "model.rpb.enabled",
+    "window_size": "model.rpb.window_size",
+    "window_mode": "model.rpb.mode",
+    "shift_windows": "model.rpb.shift_windows",
+    "bias_type": "model.rpb.bias_type",
+    "rpb_init_std": "model.rpb.init_std",
+    "rpb_learnable": "model.rpb.learnable",
+    "pos_embed": "model.pos_embed",
+    "class_token": "model.class_token",
+    "global_pool": "model.global_pool",
+    "grad_checkpointing": "model.grad_checkpointing",
+    "attn_impl": "model.attn_impl",
 }
 FRACTIONS = ("model.drop_rate", "model.attn_drop_rate", "model.drop_path_rate", "trainer.label_smoothing")
 
@@ -188,101 +210,45 @@ def _check_values(cfg: DictConfig) -> None:
         raise ConfigError("trainer.early_stopping_monitor must be val_loss or val_accuracy.")
 
 
+def model_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """The VisionTransformer keyword arguments `cfg` describes (`MODEL_KEYS`); window_size as a tuple."""
+    kwargs = {name: OmegaConf.select(cfg, key) for name, key in MODEL_KEYS.items()}
+    kwargs["window_size"] = tuple(kwargs["window_size"])
+    return kwargs
+
+
+def _yaml_value(value: Any) -> str:
+    """A value as an override writes it: true, null, local, [7, 7]."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_yaml_value(v) for v in value) + "]"
+    return str(value)
+
+
 def _check_model(cfg: DictConfig) -> None:
-    m, d = cfg.model, cfg.data
-    if d.img_size % m.patch_size:
-        raise ConfigError(
-            f"model.patch_size={m.patch_size} does not divide data.img_size={d.img_size}: "
-            f"choose a patch size that divides the image size."
-        )
-    if m.embed_dim % m.num_heads:
-        divisors = [h for h in range(1, min(m.embed_dim, 16) + 1) if m.embed_dim % h == 0]
-        raise ConfigError(
-            f"model.num_heads={m.num_heads} does not divide model.embed_dim={m.embed_dim}: "
-            f"choose one of {', '.join(map(str, divisors))} (or change the width)."
-        )
+    """The model's rules (`rpb.options.check_model_options`), their sentence rendered with config keys."""
+    m = cfg.model
+    kwargs = model_kwargs(cfg)
+    try:
+        check_model_options(**{k: kwargs[k] for k in inspect.signature(check_model_options).parameters})
+    except OptionError as err:
+        raise ConfigError(err.render(MODEL_KEYS, _yaml_value)) from None
+    # A config-only rule: a head_dim that outlives a changed num_heads (a sweep, an override) would silently
+    # change the width of attention; the model itself accepts any head_dim (as timm does).
     if m.head_dim is not None and m.head_dim * m.num_heads != m.embed_dim:
         raise ConfigError(
             f"model.head_dim={m.head_dim} times model.num_heads={m.num_heads} is {m.head_dim * m.num_heads}, "
             f"not model.embed_dim={m.embed_dim}: set model.head_dim={m.embed_dim // m.num_heads} "
             "(heads must divide the width) or model.head_dim=null to derive it."
         )
-    if m.global_pool == "token" and not m.class_token:
-        raise ConfigError("model.global_pool=token needs a class token: set model.class_token=true or global_pool=avg.")
-    grid = d.img_size // m.patch_size
-    if not m.rpb.enabled:
-        return
-    window = list(m.rpb.window_size)
-    if len(window) != 2 or min(window) < 1:
-        raise ConfigError(f"model.rpb.window_size={window} is not allowed: give two positive ints, e.g. [7, 7].")
-    wh, ww = window
-    if m.rpb.bias_type == "1d":
-        if wh * ww > grid * grid:
-            raise ConfigError(
-                f"model.rpb.window_size={window} spans {wh * ww} positions but the sequence has {grid * grid} "
-                f"tokens ({grid}x{grid} grid): use a window of at most {grid * grid} positions."
-            )
-    elif wh > grid or ww > grid:
-        raise ConfigError(
-            f"model.rpb.window_size={window} is larger than the {grid}x{grid} token grid "
-            f"(data.img_size={d.img_size} / model.patch_size={m.patch_size}): use a window of at most "
-            f"[{grid}, {grid}] or a larger image / smaller patch."
-        )
-    if m.rpb.mode == "local":
-        if m.rpb.bias_type != "2d":
-            raise ConfigError("model.rpb.mode=local works on 2d windows: set model.rpb.bias_type=2d or mode=clip.")
-        if grid % wh or grid % ww:
-            raise ConfigError(
-                f"model.rpb.mode=local needs the window {window} to divide the {grid}x{grid} token grid: "
-                "pick a window that divides it or use model.rpb.mode=clip."
-            )
-        if m.class_token:
-            raise ConfigError(
-                "model.rpb.mode=local has no place for a class token: set model.class_token=false "
-                "and model.global_pool=avg."
-            )
-    elif m.rpb.shift_windows:
-        raise ConfigError("model.rpb.shift_windows=true needs model.rpb.mode=local.")
 
 
 def build_model(cfg: DictConfig) -> VisionTransformer:
-    """The VisionTransformer described by `cfg.model` for the images of `cfg.data`."""
+    """The VisionTransformer described by `cfg.model` for the images of `cfg.data` (`model_kwargs`)."""
     from rpb import VisionTransformer
 
-    m, d = cfg.model, cfg.data
-    rpb_kwargs = None
-    if m.rpb.enabled:
-        rpb_kwargs = {
-            "num_heads": m.num_heads,
-            "window_size": tuple(m.rpb.window_size),
-            "bias_type": m.rpb.bias_type,
-            "init_std": m.rpb.init_std,
-            "learnable": m.rpb.learnable,
-            "mode": m.rpb.mode,
-            "shift_windows": m.rpb.shift_windows,
-        }
-    return VisionTransformer(
-        img_size=d.img_size,
-        patch_size=m.patch_size,
-        in_channels=d.in_channels,
-        num_classes=d.num_classes,
-        embed_dim=m.embed_dim,
-        depth=m.depth,
-        num_heads=m.num_heads,
-        mlp_ratio=m.mlp_ratio,
-        qkv_bias=m.qkv_bias,
-        head_dim=m.head_dim,
-        scale=m.scale,
-        drop_rate=m.drop_rate,
-        attn_drop_rate=m.attn_drop_rate,
-        drop_path_rate=m.drop_path_rate,
-        use_relative_position=m.rpb.enabled,
-        rpb_kwargs=rpb_kwargs,
-        class_token=m.class_token,
-        global_pool=m.global_pool,
-        grad_checkpointing=m.grad_checkpointing,
-        attn_impl=m.attn_impl,
-    )
+    return VisionTransformer(**model_kwargs(cfg))
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -11,6 +11,8 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
+from rpb.options import ATTN_IMPL, BIAS_TYPE, GLOBAL_POOL, INIT_STD, MODE, POS_EMBED
+
 
 @dataclass
 class DataConfig:
@@ -34,11 +36,11 @@ class DataConfig:
 @dataclass
 class RPBConfig:
     enabled: bool = True
-    bias_type: str = "2d"
-    window_size: list[int] = field(default_factory=lambda: [7, 7])
-    init_std: float = 0.02
+    bias_type: str = BIAS_TYPE
+    window_size: list[int] = field(default_factory=lambda: [7, 7])  # also the windows of mode=local
+    init_std: float = INIT_STD
     learnable: bool = True
-    mode: str = "clip"
+    mode: str = MODE  # clip | local (Swin windows, with or without a bias)
     shift_windows: bool = False
 
 
@@ -56,8 +58,9 @@ class ModelConfig:
     attn_drop_rate: float = 0.1
     drop_path_rate: float = 0.0
     class_token: bool = True
-    global_pool: str = "token"
-    attn_impl: str = "auto"
+    global_pool: str = GLOBAL_POOL
+    pos_embed: str = POS_EMBED  # none | learned | sincos: absolute position, alone or with model.rpb
+    attn_impl: str = ATTN_IMPL
     grad_checkpointing: bool = False
     rpb: RPBConfig = field(default_factory=RPBConfig)
 
@@ -112,6 +115,7 @@ class WandbConfig:
     name: str | None = None
     id: str | None = None
     notes: str | None = None
+    verbose: bool = False
 
 
 @dataclass

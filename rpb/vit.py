@@ -9,38 +9,70 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .layers import Attention, DropPath, Mlp, PatchEmbed, RelativePositionBias
-from .layers.relative_position import to_2tuple
-
-RPB_KEYS = ("num_heads", "window_size", "bias_type", "init_std", "learnable", "mode", "shift_windows")
-GLOBAL_POOLS = ("token", "avg")
+from .layers.pos_embed import sincos_2d_pos_embed
+from .options import (
+    ATTN_IMPL,
+    BIAS_TYPE,
+    CLS_TOKEN_INIT_STD,
+    GLOBAL_POOL,
+    INIT_STD,
+    MODE,
+    POS_EMBED,
+    check_model_options,
+    rpb_kwargs_to_options,
+    swin_shift,
+)
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm(x)), x + mlp(norm(x))."""
+    """Pre-norm transformer block: x + attn(norm(x)), x + mlp(norm(x)).
+
+    Args:
+        dim, num_heads: token width and attention heads.
+        mlp_ratio: hidden width of the MLP over `dim`.
+        drop: dropout after the attention projection and in the MLP.
+        drop_path: stochastic-depth rate of both residual branches.
+        head_dim, qkv_bias, scale, attn_drop, rel_pos_bias, attn_impl, grid_size, window_size, shift_size:
+            those of `Attention`.
+    """
 
     def __init__(
         self,
         dim: int,
         num_heads: int,
+        *,
         mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        head_dim: int | None = None,
-        scale: bool = True,
         drop: float = 0.0,
-        attn_drop: float = 0.0,
         drop_path: float = 0.0,
+        head_dim: int | None = None,
+        qkv_bias: bool = True,
+        scale: bool = True,
+        attn_drop: float = 0.0,
         rel_pos_bias: RelativePositionBias | None = None,
-        attn_impl: str = "auto",
-        shift_size: int = 0,
+        attn_impl: str = ATTN_IMPL,
+        grid_size: tuple[int, int] | None = None,
+        window_size: int | tuple[int, int] | None = None,
+        shift_size: int | tuple[int, int] = 0,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(
-            dim, num_heads, head_dim, qkv_bias, scale, attn_drop, drop, rel_pos_bias, attn_impl, shift_size
+            dim,
+            num_heads,
+            head_dim=head_dim,
+            qkv_bias=qkv_bias,
+            scale=scale,
+            attn_drop=attn_drop,
+            proj_drop=drop,
+            rel_pos_bias=rel_pos_bias,
+            attn_impl=attn_impl,
+            grid_size=grid_size,
+            window_size=window_size,
+            shift_size=shift_size,
         )
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        self.mlp = Mlp(dim, hidden_dim=int(dim * mlp_ratio), drop=drop)
 
     def forward(self, x: torch.Tensor, num_queries: int | None = None) -> torch.Tensor:
         """With `num_queries=n`, only the first n tokens are updated and returned: (B, n, C)."""
@@ -50,7 +82,10 @@ class Block(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    """ViT with a relative position bias per block (Swin/BEiT style) instead of, or besides, absolute embeddings.
+    """ViT with a relative position bias per block (Swin/BEiT style), with or without an absolute embedding.
+
+    Every option's allowed values, default and rules live in `rpb.options`; a broken rule raises `OptionError`
+    (a ValueError) in one sentence at construction.
 
     Args:
         img_size, patch_size, in_channels, num_classes, embed_dim, depth, num_heads, mlp_ratio, qkv_bias:
@@ -60,16 +95,24 @@ class VisionTransformer(nn.Module):
         drop_rate, attn_drop_rate, drop_path_rate: dropout after projections/MLP, on attention probabilities,
             and the stochastic-depth rate (linearly increasing over blocks).
         use_relative_position: give every block a RelativePositionBias.
-        rpb_kwargs: {num_heads, window_size, bias_type, init_std, learnable, mode, shift_windows}; window_size
-            defaults to the token grid (global attention, full bias). mode="local" is Swin-style windowed
-            attention (needs class_token=False); shift_windows shifts the windows of every second block.
+        window_size: (Wh, Ww) of the bias table and, with window_mode="local", of the attention windows; an int
+            for a square window (1d bias: W positions). None: the token grid (global attention, full bias).
+        window_mode: "clip" (global attention; offsets beyond the window share the table's edge entries) or
+            "local" (Swin's windows; needs class_token=False; works without a bias too).
+        shift_windows: shift the windows of every second block by half a window (Swin's SW-MSA).
+        bias_type: "2d" (offsets on the token grid) or "1d" (offsets along the flattened sequence).
+        rpb_init_std: truncated-normal std of the bias tables (0: zeros).
+        rpb_learnable: False keeps the tables fixed.
+        pos_embed: absolute position embedding: "none", "learned" (ViT) or "sincos" (MAE's fixed 2d sin-cos);
+            alone or together with the relative position bias.
         class_token: prepend a class token (BEiT's three class entries are added to the bias table).
         global_pool: "token" (class token) or "avg" (mean of patch tokens).
         grad_checkpointing: recompute blocks in backward to save memory (training only).
-        attn_impl: "auto", "reference", "sdpa" or "flex".
-        abs_pos_embed: learned absolute position embedding; None means "only without relative position bias".
+        attn_impl: "auto", "reference", "sdpa" or "flex" (`rpb.layers.attention.select_attn_impl`).
         class_token_last_block: with global_pool="token", the last block of `forward` computes the class token
             only (the same logits, ~1/depth less work); False runs it on every token as timm does.
+        rpb_kwargs: the training guide's {num_heads, window_size, bias_type, init_std, learnable, mode,
+            shift_windows}; each key sets the keyword argument `rpb.options.RPB_KWARGS` names.
     """
 
     def __init__(
@@ -89,70 +132,95 @@ class VisionTransformer(nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         use_relative_position: bool = True,
-        rpb_kwargs: dict[str, Any] | None = None,
+        window_size: int | tuple[int, int] | None = None,
+        window_mode: str = MODE,
+        shift_windows: bool = False,
+        bias_type: str = BIAS_TYPE,
+        rpb_init_std: float = INIT_STD,
+        rpb_learnable: bool = True,
+        pos_embed: str = POS_EMBED,
         class_token: bool = True,
-        global_pool: str = "token",
+        global_pool: str = GLOBAL_POOL,
         grad_checkpointing: bool = False,
-        attn_impl: str = "auto",
-        abs_pos_embed: bool | None = None,
+        attn_impl: str = ATTN_IMPL,
         class_token_last_block: bool = True,
+        rpb_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if global_pool not in GLOBAL_POOLS:
-            raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}.")
-        if global_pool == "token" and not class_token:
-            raise ValueError("global_pool='token' needs a class token; set class_token=True or global_pool='avg'.")
-        if head_dim is None and embed_dim % num_heads:
-            raise ValueError(
-                f"num_heads={num_heads} does not divide embed_dim={embed_dim}; "
-                f"pick a divisor of {embed_dim} or set head_dim."
-            )
+        options = {
+            "window_size": window_size,
+            "window_mode": window_mode,
+            "shift_windows": shift_windows,
+            "bias_type": bias_type,
+            "rpb_init_std": rpb_init_std,
+            "rpb_learnable": rpb_learnable,
+        }
+        if rpb_kwargs:
+            options.update(rpb_kwargs_to_options(rpb_kwargs, num_heads))
+        rpb_learnable = bool(options.pop("rpb_learnable"))
+        resolved = check_model_options(
+            img_size=img_size,
+            patch_size=patch_size,
+            embed_dim=embed_dim,
+            num_heads=num_heads,
+            head_dim=head_dim,
+            class_token=class_token,
+            global_pool=global_pool,
+            attn_impl=attn_impl,
+            pos_embed=pos_embed,
+            use_relative_position=use_relative_position,
+            **options,
+        )
         self.num_classes = num_classes
         self.embed_dim = self.num_features = embed_dim
         self.global_pool = global_pool
         self.grad_checkpointing = grad_checkpointing
         self.class_token_last_block = class_token_last_block
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_channels, embed_dim)
-        self.grid_size = self.patch_embed.grid_size
+        self.patch_embed = PatchEmbed(img_size, patch_size=patch_size, in_channels=in_channels, embed_dim=embed_dim)
+        self.grid_size = resolved["grid_size"]
         self.num_prefix_tokens = 1 if class_token else 0
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
-        use_abs = not use_relative_position if abs_pos_embed is None else abs_pos_embed
+        self.pos_embed_type = pos_embed
         num_tokens = self.patch_embed.num_patches + self.num_prefix_tokens
-        self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, embed_dim)) if use_abs else None
+        if pos_embed == "learned":  # (1, N, C), class token included, as in ViT
+            self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, embed_dim))
+        elif pos_embed == "sincos":  # fixed: a buffer rebuilt from the shape, not saved
+            self.register_buffer("pos_embed", sincos_2d_pos_embed(embed_dim, self.grid_size, class_token), False)
+        else:
+            self.pos_embed = None
         self.pos_drop = nn.Dropout(drop_rate)
 
-        rpb = self._rpb_options(rpb_kwargs, num_heads) if use_relative_position else None
+        window, local = resolved["window_size"], options["window_mode"] == "local"
         dpr = torch.linspace(0, drop_path_rate, depth).tolist()
         blocks = []
         for i in range(depth):
             bias = None
-            shift: int | tuple[int, int] = 0
-            if rpb is not None:
+            if use_relative_position:
                 bias = RelativePositionBias(
                     num_heads,
-                    rpb["window_size"],
-                    bias_type=rpb["bias_type"],
-                    init_std=rpb["init_std"],
-                    learnable=rpb["learnable"],
+                    window,
+                    bias_type=options["bias_type"],
+                    init_std=options["rpb_init_std"],
+                    learnable=rpb_learnable,
                     class_token=class_token,
-                    grid_size=self.grid_size,
-                    mode=rpb["mode"],
+                    grid_size=None if local else self.grid_size,  # local: the index covers one window
                 )
-                if rpb["shift_windows"] and i % 2 == 1:
-                    shift = (bias.window_size[0] // 2, bias.window_size[1] // 2)
+            shift = swin_shift(window) if local and options["shift_windows"] and i % 2 == 1 else 0
             blocks.append(
                 Block(
                     embed_dim,
                     num_heads,
-                    mlp_ratio,
-                    qkv_bias,
-                    head_dim,
-                    scale,
-                    drop_rate,
-                    attn_drop_rate,
+                    mlp_ratio=mlp_ratio,
+                    drop=drop_rate,
                     drop_path=dpr[i],
+                    head_dim=resolved["head_dim"],
+                    qkv_bias=qkv_bias,
+                    scale=scale,
+                    attn_drop=attn_drop_rate,
                     rel_pos_bias=bias,
                     attn_impl=attn_impl,
+                    grid_size=self.grid_size,
+                    window_size=window if local else None,
                     shift_size=shift,
                 )
             )
@@ -162,53 +230,14 @@ class VisionTransformer(nn.Module):
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.init_weights()
 
-    def _rpb_options(self, rpb_kwargs: dict[str, Any] | None, num_heads: int) -> dict[str, Any]:
-        opts = dict(rpb_kwargs or {})
-        unknown = sorted(set(opts) - set(RPB_KEYS))
-        if unknown:
-            raise ValueError(f"unknown rpb_kwargs key(s) {unknown}; allowed keys are {list(RPB_KEYS)}.")
-        if opts.get("num_heads", num_heads) != num_heads:
-            raise ValueError(
-                f"rpb_kwargs num_heads={opts['num_heads']} differs from num_heads={num_heads}; make them equal."
-            )
-        bias_type = opts.get("bias_type", "2d")
-        window = opts.get("window_size")
-        if window is None:
-            window = self.grid_size
-        if bias_type == "2d":
-            window = to_2tuple(window, "rpb_kwargs window_size")
-            gh, gw = self.grid_size
-            if window[0] > gh or window[1] > gw:
-                raise ValueError(
-                    f"rpb_kwargs window_size {window} is larger than the {gh}x{gw} token grid "
-                    f"(img_size // patch_size); use a window_size of at most {self.grid_size}."
-                )
-        mode = opts.get("mode", "clip")
-        if opts.get("shift_windows") and mode != "local":
-            raise ValueError(
-                "rpb_kwargs shift_windows=True needs mode='local'; set mode='local' or shift_windows=False."
-            )
-        if mode == "local" and self.num_prefix_tokens:
-            raise ValueError(
-                "rpb_kwargs mode='local' has no place for a class token; set class_token=False and global_pool='avg'."
-            )
-        return {
-            "window_size": window,
-            "bias_type": bias_type,
-            "init_std": float(opts.get("init_std", 0.02)),
-            "learnable": bool(opts.get("learnable", True)),
-            "mode": mode,
-            "shift_windows": bool(opts.get("shift_windows", False)),
-        }
-
     def init_weights(self) -> None:
         if self.cls_token is not None:
-            nn.init.normal_(self.cls_token, std=1e-6)
-        if self.pos_embed is not None:
-            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+            nn.init.normal_(self.cls_token, std=CLS_TOKEN_INIT_STD)
+        if isinstance(self.pos_embed, nn.Parameter):
+            nn.init.trunc_normal_(self.pos_embed, std=INIT_STD)
         for m in self.modules():
             if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.trunc_normal_(m.weight, std=INIT_STD)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
@@ -218,7 +247,7 @@ class VisionTransformer(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Parameter names kept out of weight decay (besides biases and norms)."""
         names = {n for n, _ in self.named_parameters() if n.endswith("relative_position_bias_table")}
-        return names | {n for n in ("cls_token", "pos_embed") if getattr(self, n) is not None}
+        return names | {n for n in ("cls_token", "pos_embed") if isinstance(getattr(self, n), nn.Parameter)}
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> normalised tokens (B, N, C) of the last block, class token first."""

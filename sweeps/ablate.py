@@ -1,13 +1,15 @@
 """rpb-ablate: the window-size ablation, run through the sweep machinery (`sweeps.study.run_study`).
 
-The grid window_sizes x bias_types x modes x seeds (conf/ablation/window_size.yaml) becomes an Optuna study of
-kind "ablation": every (setting, seed) is one cell of a cell study (`sweeps.samplers`), the full product
+The grid pos_embeds x window_sizes x bias_types x modes x seeds (conf/ablation/window_size.yaml) becomes an
+Optuna study of kind "ablation": every (setting, seed) is one cell of a cell study (`sweeps.samplers`), the full product
 of the factors or the cells that make sense (bias type "none" trains once per seed; mode "local" needs a 2d bias). So it resumes, runs with many
 workers (`ablation.workers=N`) and lands in W&B like any study: one group per ablation, the factors in every run's
-config (flat keys window_size, bias_type, mode, seed, ablation) and tags. Pruning is off unless `ablation.prune=true`.
+config (flat keys window_size, bias_type, mode, pos_embed, setting, seed, ablation) and tags. Pruning is off unless `ablation.prune=true`.
 
     rpb-ablate                                                     # 3 windows x 3 seeds on digits
     rpb-ablate 'ablation.window_sizes=[3,5,7]' 'ablation.bias_types=[2d,1d,none]' trainer.epochs=5
+    rpb-ablate 'ablation.pos_embeds=[none,learned]' 'ablation.bias_types=[2d,none]' ablation.window_sizes=[7]
+                                                                   # none / abs / rpb / abs+rpb (Swin's Table 4)
     rpb-report --storage runs/sweeps/rpb-ablate.journal            # the comparison, as an HTML page
 """
 
@@ -20,19 +22,23 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from rpb import options as model_options
 from sweeps.space import SweepConfigError, fixed_values, parse_window, window_label
 
-BIAS_TYPES = ("2d", "1d", "none")
-MODES = ("clip", "local")
-WINDOW, BIAS, MODE, ENABLED, SEED = (
+BIAS_TYPES = (*model_options.BIAS_TYPES, "none")  # none: model.rpb.enabled=false
+MODES = model_options.MODES
+POS_EMBEDS = model_options.POS_EMBEDS
+WINDOW, BIAS, MODE, ENABLED, POS, SEED = (
     "model.rpb.window_size",
     "model.rpb.bias_type",
     "model.rpb.mode",
     "model.rpb.enabled",
+    "model.pos_embed",
     "seed",
 )
 TRAIN_FN = "sweeps.ablate:train_trial"
-ABLATION_KEYS = ("study_name", "window_sizes", "bias_types", "modes", "seeds", "workers", "prune")
+ABLATION_KEYS = ("study_name", "window_sizes", "bias_types", "modes", "pos_embeds", "seeds", "workers", "prune",
+                 "baseline")  # fmt: skip
 
 
 def _values(ab: DictConfig, key: str, allowed: Sequence[str] | None = None) -> list[Any]:
@@ -59,25 +65,27 @@ def ablation_grid(ab: DictConfig) -> tuple[list[dict[str, Any]], dict[str, list[
     windows = [window_label(parse_window(w, "ablation.window_sizes")) for w in _values(ab, "window_sizes")]
     bias_types = _values(ab, "bias_types", BIAS_TYPES)
     modes = _values(ab, "modes", MODES)
+    pos_embeds = _values(ab, "pos_embeds", POS_EMBEDS) if ab.get("pos_embeds") is not None else ["none"]
     seeds = _values(ab, "seeds")
     if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise SweepConfigError(f"ablation.seeds={seeds} must be integers, e.g. ablation.seeds=[0,1,2].")
     trials: list[dict[str, Any]] = []
-    for bias in bias_types:
+    for pos, bias in itertools.product(pos_embeds, bias_types):
         if bias == "none":  # no bias table: window and mode change nothing, so one run per seed
-            trials += [{WINDOW: windows[0], BIAS: "2d", MODE: "clip", ENABLED: False, SEED: s} for s in seeds]
+            trials += [{WINDOW: windows[0], BIAS: "2d", MODE: "clip", ENABLED: False, POS: pos, SEED: s} for s in seeds]
             continue
         for window, mode, seed in itertools.product(windows, modes, seeds):
             if mode == "local" and bias != "2d":
                 continue  # local windows exist for 2d biases only
-            trials.append({WINDOW: window, BIAS: bias, MODE: mode, ENABLED: True, SEED: seed})
+            trials.append({WINDOW: window, BIAS: bias, MODE: mode, ENABLED: True, POS: pos, SEED: seed})
     if not trials:
         raise SweepConfigError("ablation.modes=[local] needs a 2d bias; add 2d to ablation.bias_types.")
-    dims = {path: list(dict.fromkeys(t[path] for t in trials)) for path in (WINDOW, BIAS, MODE, ENABLED, SEED)}
-    if ENABLED not in dims or dims[ENABLED] == [True]:
-        dims.pop(ENABLED)
-        for t in trials:
-            t.pop(ENABLED)
+    dims = {path: list(dict.fromkeys(t[path] for t in trials)) for path in (WINDOW, BIAS, MODE, ENABLED, POS, SEED)}
+    for path, single in ((ENABLED, [True]), (POS, ["none"])):  # a factor that never varies from the default
+        if dims[path] == single:
+            dims.pop(path)
+            for t in trials:
+                t.pop(path)
     full = len(trials) == len(list(itertools.product(*dims.values())))
     return trials, dims, full
 
@@ -91,6 +99,9 @@ def ablation_config(cfg: DictConfig) -> DictConfig:
     if unknown:
         raise SweepConfigError(f"ablation.{unknown[0]} is not an ablation key; use one of {', '.join(ABLATION_KEYS)}.")
     trials, dims, full = ablation_grid(ab)
+    from sweeps.summary import check_baseline
+
+    check_baseline(ab.get("baseline"), trials)  # a misnamed baseline is said now, not after the runs
     cfg = cfg.copy()
     with open_dict(cfg):
         sweep = cfg.sweep if cfg.get("sweep") is not None else OmegaConf.create({})
@@ -116,13 +127,27 @@ def ablation_config(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
+def setting_label(pos_embed: str, rpb_enabled: bool, bias_type: str, window: str, mode: str) -> str:
+    """A plain name for one position setting: "none", "abs (learned)", "rpb 2d 7x7", "abs (sincos)+rpb 2d 7x7 local"."""
+    parts = [] if pos_embed == "none" else [f"abs ({pos_embed})"]
+    if rpb_enabled:
+        parts.append(f"rpb {bias_type} {window}" + (f" {mode}" if mode != "clip" else ""))
+    elif mode != "clip":
+        parts.append(f"{mode} {window}")  # windows without a bias
+    return "+".join(parts) or "none"
+
+
 def run_factors(cfg: DictConfig) -> dict[str, Any]:
-    """The ablation factors of one trial's training config, as flat W&B config keys (no bias: window "none")."""
+    """The ablation factors of one trial's training config, as flat W&B config keys (no bias: window "none"), and
+    `setting`, its plain label (`setting_label`)."""
     rpb = cfg.model.rpb
+    window = window_label(list(rpb.window_size))
     return {
-        "window_size": window_label(list(rpb.window_size)) if rpb.enabled else "none",
+        "window_size": window if rpb.enabled else "none",
         "bias_type": rpb.bias_type if rpb.enabled else "none",
         "mode": rpb.mode,
+        "pos_embed": cfg.model.pos_embed,
+        "setting": setting_label(cfg.model.pos_embed, rpb.enabled, rpb.bias_type, window, rpb.mode),
         "seed": int(cfg.seed),
         "ablation": cfg.tracker.wandb.group,
     }
@@ -132,7 +157,8 @@ def train_trial(cfg: DictConfig, on_epoch_end: Callable | None = None, train_fn:
     """Train one ablation trial: the factors go into the W&B config and tags, then `experiments.train.train`."""
     factors = run_factors(cfg)
     wb = cfg.tracker.wandb
-    tags = [*wb.tags, "ablation", f"bias-{factors['bias_type']}", f"mode-{factors['mode']}", f"seed-{factors['seed']}"]
+    tags = [*wb.tags, "ablation", f"bias-{factors['bias_type']}", f"mode-{factors['mode']}",
+            f"pos-{factors['pos_embed']}", f"seed-{factors['seed']}"]  # fmt: skip
     if not any(t.startswith("window-") for t in tags):  # a config that did not come through trial_config
         tags.append(f"window-{factors['window_size']}")
     wb.tags = list(dict.fromkeys(tags))
@@ -171,6 +197,11 @@ def main(argv: list[str] | None = None) -> int:
         study = done.study
     if study is None:  # a non-main rank of a multi-process launch
         return 0
+    from sweeps.summary import print_verdict
+
+    if cfg.ablation.get("baseline"):
+        study.set_user_attr("baseline", str(cfg.ablation.baseline))  # rpb-report's default baseline
+    print_verdict(study, cfg.ablation.get("baseline"))
     storage = describe_storage(cfg.sweep)
     print(
         f"ablation {study.study_name}: {len(study.trials)} trials in {storage}\n"

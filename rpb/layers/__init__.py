@@ -1,9 +1,10 @@
 """Layers of the relative-position-bias ViT."""
 
-from .attention import Attention, shifted_window_mask, window_partition, window_reverse
+from .attention import Attention, select_attn_impl, shifted_window_mask, window_partition, window_reverse
 from .drop_path import DropPath, drop_path
 from .mlp import Mlp
 from .patch_embed import PatchEmbed
+from .pos_embed import sincos_2d_pos_embed
 from .relative_position import (
     RelativePositionBias,
     gen_relative_position_index,
@@ -23,7 +24,9 @@ __all__ = [
     "gen_relative_position_index_1d",
     "resize_rel_pos_bias_in_state_dict",
     "resize_relative_position_bias_table",
+    "select_attn_impl",
     "shifted_window_mask",
+    "sincos_2d_pos_embed",
     "window_partition",
     "window_reverse",
 ]

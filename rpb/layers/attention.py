@@ -1,11 +1,13 @@
-"""Multi-head self-attention with a relative position bias and interchangeable kernels.
+"""Multi-head self-attention with a relative position bias, interchangeable kernels and Swin's windows.
 
-Paths (`attn_impl`): "reference" writes the softmax out (the ground truth the tests compare against),
-"sdpa" calls F.scaled_dot_product_attention with the bias as an additive float mask, "flex" calls
-FlexAttention with the bias as a score_mod. "auto" picks per call: SDPA, except in CPU training when the bias
-needs a gradient (SDPA's fused kernel has none; its math fallback is slower than the written-out reference) or
-in bf16 (the fused bf16 backward measured ~2x slower than the reference). Measured with experiments.bench_model.
-In local mode (Swin) attention runs inside non-overlapping windows, optionally shifted with the Swin mask.
+As in Swin, windowing belongs to the attention layer: it knows the token grid, `window_size` and `shift_size`,
+partitions the tokens into (shifted) windows and adds the shifted-window mask to the logits; the bias module
+(`RelativePositionBias`) only expands its table through its index. Local attention works with or without a bias.
+
+Paths (`attn_impl`): "reference" writes the softmax out (the ground truth the tests compare against), "sdpa" calls
+F.scaled_dot_product_attention with the bias as an additive float mask, "flex" calls FlexAttention and gathers the
+bias from the table inside its score_mod (no (nh, N, N) bias is materialised). "auto" picks one per call with
+`select_attn_impl`, a pure function of the torch version, the device type and the call's options.
 """
 
 from __future__ import annotations
@@ -16,9 +18,74 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .relative_position import RelativePositionBias, to_2tuple
+from ..options import ATTN_IMPL, ATTN_IMPLS, OptionError, check_choice, check_window, resolve_head_dim, to_2tuple
+from ..options import window_shift as swin_window_shift
+from .relative_position import RelativePositionBias
 
-ATTN_IMPLS = ("auto", "reference", "sdpa", "flex")
+FLEX_SINCE = (2, 5)  # torch.nn.attention.flex_attention
+FLEX_BIAS_GRAD_SINCE = (2, 6)  # CUDA gradients of tensors captured by a score_mod (pytorch/pytorch#137452)
+SDPA_BIAS_GRAD_SINCE = (2, 1)  # the CUDA memory-efficient SDPA kernel returns the gradient of attn_mask
+# head widths that are no power of 2 (the guide's 24): flex kernels since 2.7 (pytorch#133495), its decoding kernel
+# (a short query, as the class-token-only last block) since 2.10 (pytorch#164931)
+FLEX_ANY_HEAD_DIM_SINCE = (2, 10)
+
+
+def _version(torch_version: str) -> tuple[int, int]:
+    """'2.13.0+cpu' -> (2, 13)."""
+    major, minor = torch_version.split("+")[0].split(".")[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
+def _power_of_2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def select_attn_impl(
+    torch_version: str,
+    device_type: str,
+    *,
+    has_bias: bool,
+    bias_requires_grad: bool = False,
+    inputs_require_grad: bool = False,
+    grad_enabled: bool = True,
+    half_precision: bool = False,
+    dropout: bool = False,
+    head_dim: int | None = None,
+) -> str:
+    """The path `attn_impl="auto"` takes for one call: "flex", "sdpa" or "reference".
+
+    CUDA: with a bias, FlexAttention with the bias gathered from the table inside score_mod, where this torch has
+    FlexAttention (2.5) and, when a gradient is needed, the backward of tensors a score_mod captures (2.6), for a
+    head width that is no power of 2 its kernels (2.10), and the call has no attention dropout (flex has none);
+    otherwise SDPA, whose memory-efficient kernel carries the
+    bias gradient (2.1); the reference where neither. Without a bias: SDPA (flash attention).
+    CPU and other devices (measured with experiments.bench_model): the reference in training when the bias needs a
+    gradient (SDPA's fused CPU kernel has none, its math fallback is slower than the written-out reference) or when
+    half-precision inputs need one (the fused bf16 backward measured ~2x slower than the reference); else SDPA.
+
+    Args:
+        torch_version: `torch.__version__`, e.g. "2.13.0+cpu".
+        device_type: "cuda", "cpu", ...
+        has_bias: a bias (or a shifted-window mask) is added to the logits.
+        bias_requires_grad: the bias carries a gradient (a learnable table in training).
+        inputs_require_grad: q, k or v carries a gradient.
+        grad_enabled: `torch.is_grad_enabled()`.
+        half_precision: q is bf16 or fp16.
+        dropout: attention dropout is applied in this call.
+        head_dim: width per head (None: taken as a power of 2).
+    """
+    version = _version(torch_version)
+    bias_grad = grad_enabled and has_bias and bias_requires_grad
+    needs_grad = bias_grad or (grad_enabled and inputs_require_grad)
+    if device_type == "cuda":
+        flex_ok = version >= FLEX_SINCE and (not needs_grad or version >= FLEX_BIAS_GRAD_SINCE)
+        flex_ok = flex_ok and (head_dim is None or _power_of_2(head_dim) or version >= FLEX_ANY_HEAD_DIM_SINCE)
+        if has_bias and flex_ok and not dropout:
+            return "flex"
+        return "sdpa" if not bias_grad or version >= SDPA_BIAS_GRAD_SINCE else "reference"
+    if bias_grad or (grad_enabled and inputs_require_grad and half_precision):
+        return "reference"
+    return "sdpa"
 
 
 def window_partition(x: torch.Tensor, grid_size: tuple[int, int], window_size: tuple[int, int]) -> torch.Tensor:
@@ -66,6 +133,11 @@ def flex_unavailable_reason(q: torch.Tensor, needs_grad: bool, dropout_p: float)
         return "FlexAttention has no attention dropout"
     if needs_grad and q.device.type == "cpu":
         return "FlexAttention has no backward on CPU in this torch"
+    version = _version(torch.__version__)
+    if needs_grad and version < FLEX_BIAS_GRAD_SINCE:
+        return f"torch {torch.__version__} has no gradient for the bias a score_mod gathers (2.6 has)"
+    if not _power_of_2(q.shape[-1]) and q.device.type == "cuda" and version < FLEX_ANY_HEAD_DIM_SINCE:
+        return f"torch {torch.__version__} has no flex kernel for a head width of {q.shape[-1]} (2.10 has)"
     return None
 
 
@@ -83,109 +155,135 @@ def _flex_attention(q, k, v, score_mod, scale):
     return _flex_compiled(q, k, v, score_mod=score_mod, scale=scale)
 
 
-def _reference_is_faster(q: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """CPU training: SDPA's fused kernel has no mask gradient (its math fallback is slower than the reference)
-    and its bf16 backward measured ~2x slower than the reference on a CPU without AMX."""
-    if q.device.type != "cpu" or not torch.is_grad_enabled():
-        return False
-    bias_grad = bias is not None and bias.requires_grad
-    return bias_grad or (q.requires_grad and q.dtype in (torch.bfloat16, torch.float16))
-
-
 class Attention(nn.Module):
-    """Multi-head self-attention; the bias module lives at `.relative_position_bias` (absent when disabled).
+    """Multi-head self-attention, global or in (shifted) windows; the bias module lives at `.relative_position_bias`
+    (absent without a bias).
 
     Args:
         dim: token width.
         num_heads: attention heads.
-        head_dim: width per head (default dim // num_heads).
+        head_dim: width per head (default dim // num_heads, which then must divide).
         qkv_bias: bias in the fused qkv projection.
         scale: multiply logits by head_dim**-0.5 (the guide's `scale: true`); False leaves them unscaled.
         attn_drop: dropout on attention probabilities (dropout_p in SDPA).
         proj_drop: dropout after the output projection.
-        rel_pos_bias: the bias module; its mode "local" switches on windowed attention.
-        attn_impl: "auto", "reference", "sdpa" or "flex".
-        shift_size: cyclic shift (Swin) of the windows in local mode; 0 for none.
+        rel_pos_bias: the bias module: over the whole grid for global attention, over one window
+            (`grid_size=None`) for local attention.
+        attn_impl: "auto", "reference", "sdpa" or "flex" (see `select_attn_impl`).
+        grid_size: the (Gh, Gw) token grid; needed for windows.
+        window_size: (Wh, Ww) windows that tile the grid (Swin's W-MSA); None: global attention.
+        shift_size: cyclic shift of the windows (Swin's SW-MSA), 0 along an axis the window covers.
+
+    Raises:
+        OptionError (a ValueError): an option that breaks a rule of `rpb.options`.
     """
 
     def __init__(
         self,
         dim: int,
         num_heads: int,
+        *,
         head_dim: int | None = None,
         qkv_bias: bool = True,
         scale: bool = True,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         rel_pos_bias: RelativePositionBias | None = None,
-        attn_impl: str = "auto",
+        attn_impl: str = ATTN_IMPL,
+        grid_size: tuple[int, int] | None = None,
+        window_size: int | tuple[int, int] | None = None,
         shift_size: int | tuple[int, int] = 0,
     ) -> None:
         super().__init__()
-        if attn_impl not in ATTN_IMPLS:
-            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {attn_impl!r}.")
-        if head_dim is None:
-            if dim % num_heads:
-                raise ValueError(
-                    f"num_heads={num_heads} does not divide embed_dim={dim}; pick a divisor of {dim} or set head_dim."
-                )
-            head_dim = dim // num_heads
+        self.attn_impl = check_choice("attn_impl", attn_impl, ATTN_IMPLS)
         self.num_heads = num_heads
-        self.head_dim = head_dim
-        self.scale = head_dim**-0.5 if scale else 1.0
-        self.attn_impl = attn_impl
+        self.head_dim = resolve_head_dim(dim, num_heads, head_dim)
+        self.scale = self.head_dim**-0.5 if scale else 1.0
         self.attn_drop = attn_drop
-        inner = num_heads * head_dim
+        inner = num_heads * self.head_dim
         self.qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias)
         self.proj = nn.Linear(inner, dim)
         self.proj_drop = nn.Dropout(proj_drop)
-        self.local = False
-        if rel_pos_bias is not None:
-            if rel_pos_bias.num_heads != num_heads:
-                raise ValueError(
-                    f"the relative position bias has {rel_pos_bias.num_heads} heads but attention has {num_heads}; "
-                    "make rpb_kwargs num_heads equal num_heads."
-                )
-            self.relative_position_bias = rel_pos_bias
-            self.local = rel_pos_bias.mode == "local"
+        self.grid_size = None if grid_size is None else to_2tuple(grid_size, "grid_size")
+        self.window_size: tuple[int, int] | None = None
         self.shift_size = (0, 0)
+        self.local = window_size is not None
         if self.local:
-            self.grid_size = rel_pos_bias.grid_size
-            self.window_size = rel_pos_bias.window_size
-            shift = to_2tuple(shift_size, "shift_size", minimum=0)  # a side-1 window shifts (w // 2 = 0) not at all
-            # As in Swin, a window that covers the whole grid is never shifted.
-            self.shift_size = tuple(0 if w >= g else s for s, w, g in zip(shift, self.window_size, self.grid_size))
-            if any(s >= w for s, w in zip(self.shift_size, self.window_size)):
-                raise ValueError(f"shift_size {shift_size} must be smaller than window_size {self.window_size}.")
+            if self.grid_size is None:
+                raise OptionError("<window_size=> needs the token grid: pass <grid_size>.", "grid_size",
+                                  window_size=window_size)  # fmt: skip
+            self.window_size = check_window(
+                window_size, self.grid_size, window_mode="local", use_relative_position=False
+            )
+            self.shift_size = swin_window_shift(self.window_size, self.grid_size, shift_size)
             if any(self.shift_size):
                 mask = shifted_window_mask(self.grid_size, self.window_size, self.shift_size)
-                self.register_buffer("attn_mask", mask, persistent=False)
+                self.register_buffer("attn_mask", mask, persistent=False)  # (nW, n, n)
+        elif to_2tuple(shift_size, "shift_size", minimum=0) != (0, 0):
+            raise OptionError("<shift_size=> shifts windows: set <window_size> (and <grid_size>) too.", "shift_size",
+                              shift_size=shift_size)  # fmt: skip
+        if rel_pos_bias is not None:
+            if rel_pos_bias.num_heads != num_heads:
+                raise OptionError(
+                    f"the relative position bias has {rel_pos_bias.num_heads} heads but attention has <num_heads=>; "
+                    "make rpb_kwargs num_heads equal num_heads.",
+                    "num_heads",
+                    num_heads=num_heads,
+                )
+            if self.local and rel_pos_bias.num_tokens != self.window_size[0] * self.window_size[1]:
+                raise OptionError(
+                    f"the relative position bias covers {rel_pos_bias.num_tokens} tokens but a "
+                    f"{self.window_size[0]}x{self.window_size[1]} window has "
+                    f"{self.window_size[0] * self.window_size[1]}: build it over one window (grid_size=None).",
+                    "window_size",
+                )
+            self.relative_position_bias = rel_pos_bias
         self._flex_warned = False
 
     def _bias(self) -> torch.Tensor | None:
-        """Additive logits bias: (1, nh, N, N), or (nW, nh, n, n) with the shifted-window mask folded in."""
-        if not hasattr(self, "relative_position_bias"):
-            return None
-        bias = self.relative_position_bias().unsqueeze(0)  # gathered once per forward, broadcast over batch
+        """Additive logits bias: (1, nh, N, N); with shifted windows (nW, nh or 1, n, n), the mask added."""
+        bias = self.relative_position_bias().unsqueeze(0) if hasattr(self, "relative_position_bias") else None
         if any(self.shift_size):
-            bias = bias + self.attn_mask.unsqueeze(1)
+            mask = self.attn_mask.unsqueeze(1)  # (nW, 1, n, n)
+            bias = mask if bias is None else bias + mask
         return bias
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """softmax(q k^T * scale + bias) v for q, k, v (B, nh, N, hd) and bias broadcastable to (B, nh, N, N)."""
+    def resolve_impl(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:
+        """The path this call takes: `attn_impl`, "auto" resolved by `select_attn_impl`, and "flex" falling back to
+        SDPA (with one warning) where FlexAttention cannot run the call."""
         dropout_p = self.attn_drop if self.training else 0.0
+        rpb = getattr(self, "relative_position_bias", None)
+        bias_grad = rpb is not None and rpb.relative_position_bias_table.requires_grad
         impl = self.attn_impl
         if impl == "auto":
-            impl = "reference" if _reference_is_faster(q, bias) else "sdpa"
+            impl = select_attn_impl(
+                torch.__version__,
+                q.device.type,
+                has_bias=rpb is not None or any(self.shift_size),
+                bias_requires_grad=bias_grad,
+                inputs_require_grad=q.requires_grad,
+                grad_enabled=torch.is_grad_enabled(),
+                half_precision=q.dtype in (torch.bfloat16, torch.float16),
+                dropout=dropout_p > 0,
+                head_dim=self.head_dim,
+            )
         if impl == "flex":
-            needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, bias))
+            needs_grad = torch.is_grad_enabled() and (bias_grad or any(t.requires_grad for t in (q, k, v)))
             reason = flex_unavailable_reason(q, needs_grad, dropout_p)
             if reason is None:
-                return self._attend_flex(q, k, v, bias)
+                return impl
             if not self._flex_warned:
-                warnings.warn(f"attn_impl='flex' falls back to SDPA: {reason}.", stacklevel=2)
+                warnings.warn(f"attn_impl='flex' falls back to SDPA: {reason}.", stacklevel=3)
                 self._flex_warned = True
             impl = "sdpa"
+        return impl
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, impl: str = "reference"
+    ) -> torch.Tensor:
+        """softmax(q k^T * scale + bias) v on path "sdpa" or "reference", for q, k, v (B, nh, N, hd) and a bias
+        broadcastable to (B, nh, N, N) (with windows: B = batch * nW and bias (nW, nh or 1, n, n))."""
+        dropout_p = self.attn_drop if self.training else 0.0
         if bias is not None:
             bias = bias.to(q.dtype)
         if impl == "sdpa":
@@ -193,6 +291,7 @@ class Attention(nn.Module):
                 # per-window masks (nW, nh, n, n): windows folded into the head axis keep SDPA's inputs 4-D (its
                 # fused kernels take no 5-D inputs) and the mask broadcast over the batch, never materialised
                 nw = bias.shape[0]
+                bias = bias.expand(nw, q.shape[1], *bias.shape[2:])
                 out = F.scaled_dot_product_attention(
                     *(t.reshape(-1, nw * t.shape[1], *t.shape[2:]) for t in (q, k, v)),
                     attn_mask=bias.reshape(1, -1, *bias.shape[2:]),
@@ -208,14 +307,30 @@ class Attention(nn.Module):
         attn = F.dropout(attn, p=dropout_p, training=self.training)
         return attn @ v
 
-    def _attend_flex(self, q, k, v, bias):
-        if bias is None:
+    def _attend_flex(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """FlexAttention; the bias is gathered inside score_mod: table[index[q_idx, kv_idx], h] (+ the window mask)."""
+        rpb = getattr(self, "relative_position_bias", None)
+        mask = self.attn_mask.to(q.dtype) if any(self.shift_size) else None
+        if rpb is None and mask is None:
             return _flex_attention(q, k, v, None, self.scale)
-        nw = bias.shape[0]
-        bias = bias.to(q.dtype)
+        if rpb is None:
+            nw = mask.shape[0]
+
+            def score_mod(score, b, h, q_idx, kv_idx):
+                return score + mask[b % nw, q_idx, kv_idx]
+
+            return _flex_attention(q, k, v, score_mod, self.scale)
+        table, index = rpb.relative_position_bias_table.to(q.dtype), rpb.relative_position_index
+        if mask is None:
+
+            def score_mod(score, b, h, q_idx, kv_idx):
+                return score + table[index[q_idx, kv_idx], h]
+
+            return _flex_attention(q, k, v, score_mod, self.scale)
+        nw = mask.shape[0]
 
         def score_mod(score, b, h, q_idx, kv_idx):
-            return score + bias[b % nw, h, q_idx, kv_idx]
+            return score + table[index[q_idx, kv_idx], h] + mask[b % nw, q_idx, kv_idx]
 
         return _flex_attention(q, k, v, score_mod, self.scale)
 
@@ -229,12 +344,11 @@ class Attention(nn.Module):
         """
         if self.local:
             if num_queries is not None:
-                raise ValueError("num_queries is not supported with mode='local' windows.")
+                raise ValueError("num_queries is not supported with local windows.")
             if any(self.shift_size):
                 x = _roll_tokens(x, self.grid_size, (-self.shift_size[0], -self.shift_size[1]))
             x = window_partition(x, self.grid_size, self.window_size)  # (B*nW, n, C)
         B, N, _ = x.shape
-        bias = self._bias()
         if num_queries is None:
             qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
             q, k, v = qkv.unbind(0)  # (B, nh, N, hd)
@@ -246,16 +360,27 @@ class Attention(nn.Module):
             q = q.transpose(1, 2)  # (B, nh, n, hd)
             kv = F.linear(x, w_kv, b_kv).view(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
             k, v = kv.unbind(0)
-            N = num_queries
-            if bias is not None:
+        impl = self.resolve_impl(q, k, v)
+        if impl == "flex":
+            x = self._attend_flex(q, k, v)
+        else:
+            bias = self._bias()  # gathered once per forward, broadcast over the batch
+            if bias is not None and num_queries is not None:
                 bias = bias[..., :num_queries, :]
-        x = self.attend(q, k, v, bias)
+            x = self.attend(q, k, v, bias, impl)
+        N = q.shape[2]
         x = self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, -1)))
         if self.local:
             x = window_reverse(x, self.grid_size, self.window_size)
             if any(self.shift_size):
                 x = _roll_tokens(x, self.grid_size, self.shift_size)
         return x
+
+    def extra_repr(self) -> str:
+        window = f", grid_size={self.grid_size}, window_size={self.window_size}, shift_size={self.shift_size}"
+        return f"num_heads={self.num_heads}, head_dim={self.head_dim}, attn_impl={self.attn_impl!r}" + (
+            window if self.local else ""
+        )
 
 
 def _roll_tokens(x: torch.Tensor, grid_size: tuple[int, int], shift: tuple[int, int]) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .relative_position import to_2tuple
+from ..options import to_2tuple
 
 
 class PatchEmbed(nn.Module):

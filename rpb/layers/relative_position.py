@@ -15,39 +15,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-BIAS_TYPES = ("2d", "1d")
-MODES = ("clip", "local")
-NUM_CLASS_TOKEN_ENTRIES = 3  # class-to-token, token-to-class, class-to-class
+from ..options import (
+    BIAS_TYPE,
+    BIAS_TYPES,
+    INIT_STD,
+    MODES,
+    NUM_CLASS_TOKEN_ENTRIES,
+    OptionError,
+    check_choice,
+    check_init_std,
+    check_window,
+    num_relative_distances,
+    to_2tuple,
+    window_length,
+)
 
-
-def to_2tuple(x: int | tuple[int, int] | list[int], name: str = "window_size", minimum: int = 1) -> tuple[int, int]:
-    """An int or a pair as a (height, width) tuple of ints >= `minimum` (1: sizes; 0: shifts, as Swin's (3, 0))."""
-    if isinstance(x, int):
-        pair = (x, x)
-    else:
-        pair = tuple(int(v) for v in x)
-    if len(pair) != 2 or min(pair) < minimum:
-        what = "positive" if minimum == 1 else f"at least {minimum}"
-        raise ValueError(f"{name} must be an int or a pair of ints {what}, got {x!r}.")
-    return pair  # type: ignore[return-value]
-
-
-def num_relative_distances(window_size: tuple[int, int] | int, bias_type: str = "2d", class_token: bool = False) -> int:
-    """Rows of the bias table: (2Wh-1)*(2Ww-1) for 2d, 2W-1 for 1d, plus 3 with a class token."""
-    if bias_type == "2d":
-        wh, ww = to_2tuple(window_size)
-        n = (2 * wh - 1) * (2 * ww - 1)
-    else:
-        n = 2 * _window_length(window_size) - 1
-    return n + (NUM_CLASS_TOKEN_ENTRIES if class_token else 0)
-
-
-def _window_length(window_size: int | tuple[int, int]) -> int:
-    """A 1d window given as an int, or as a (Wh, Ww) pair meaning Wh * Ww sequence positions."""
-    if isinstance(window_size, int):
-        return window_size
-    wh, ww = to_2tuple(window_size)
-    return wh * ww
+__all__ = [
+    "RelativePositionBias",
+    "gen_relative_position_index",
+    "gen_relative_position_index_1d",
+    "num_relative_distances",
+    "resize_rel_pos_bias_in_state_dict",
+    "resize_relative_position_bias_table",
+]
 
 
 def _add_class_token(index: torch.Tensor, num_offsets: int) -> torch.Tensor:
@@ -99,6 +89,9 @@ def gen_relative_position_index_1d(window: int, seq_len: int | None = None, clas
 class RelativePositionBias(nn.Module):
     """A learnable (num_relative_distances, num_heads) table and the index that expands it to (num_heads, N, N).
 
+    The module knows its table and its index only: which tokens attend to which (global attention, Swin windows,
+    shifted windows) is the attention layer's business (`rpb.layers.Attention`).
+
     Args:
         num_heads: attention heads (one column of the table each).
         window_size: (Wh, Ww) extent of the table; for bias_type="1d" an int W (or a pair meaning Wh*Ww positions).
@@ -106,59 +99,51 @@ class RelativePositionBias(nn.Module):
         init_std: std of the truncated normal init (cut at +-2 std); 0 gives zeros.
         learnable: False keeps the table fixed (requires_grad=False; still saved in the state_dict).
         class_token: add the three BEiT class-token entries (the class token is token 0).
-        grid_size: token grid (Gh, Gw) attention runs on; defaults to the window. For "1d" an int sequence
-            length is accepted too. A "2d" bias needs a grid: an int must be a perfect square.
-        mode: "clip" (global attention, offsets beyond the window share the edge entries) or "local" (the bias
-            covers one window; attention is split into windows by the Attention layer).
+        grid_size: the token grid (Gh, Gw) the index covers; None: one window (what local attention needs). On a
+            grid larger than the window, offsets beyond it share the table's edge entries ("clip"). For "1d" an
+            int sequence length is accepted too; for "2d" an int must be a perfect square.
+        mode: kept for callers that predate windowing in the attention layer: "local" is grid_size=None after
+            checking that the windows tile `grid_size`. Prefer grid_size=None.
+
+    Raises:
+        OptionError (a ValueError): an option that breaks a rule of `rpb.options`.
     """
 
     def __init__(
         self,
         num_heads: int,
         window_size: tuple[int, int] | int,
-        bias_type: str = "2d",
-        init_std: float = 0.02,
+        bias_type: str = BIAS_TYPE,
+        init_std: float = INIT_STD,
         learnable: bool = True,
         class_token: bool = False,
         grid_size: tuple[int, int] | int | None = None,
-        mode: str = "clip",
+        mode: str | None = None,
     ) -> None:
         super().__init__()
-        if bias_type not in BIAS_TYPES:
-            raise ValueError(f"bias_type must be one of {BIAS_TYPES}, got {bias_type!r}.")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
-        if num_heads < 1:
-            raise ValueError(f"num_heads must be a positive int, got {num_heads!r}.")
-        if init_std < 0:
-            raise ValueError(f"init_std must be >= 0, got {init_std!r}.")
+        check_choice("bias_type", bias_type, BIAS_TYPES)
+        if not isinstance(num_heads, int) or num_heads < 1:
+            raise OptionError("<num_heads=> must be a positive int.", "num_heads", num_heads=num_heads)
         self.num_heads = num_heads
         self.bias_type = bias_type
-        self.mode = mode
         self.class_token = class_token
-        self.init_std = init_std
+        self.init_std = check_init_std(init_std, "init_std")
         self.learnable = learnable
+        if mode is not None:
+            check_choice("mode", mode, MODES)
+        if mode == "local":  # the windows must tile the grid; the index covers one window
+            check_window(window_size, self._grid(grid_size, window_size), bias_type=bias_type, window_mode="local",
+                         class_token=class_token)  # fmt: skip
+            grid_size = None
         if bias_type == "2d":
             self.window_size = to_2tuple(window_size)
-            self.grid_size = self._check_2d_grid(grid_size)
-            if mode == "local" and class_token:
-                raise ValueError(
-                    "mode='local' splits tokens into windows and has no place for a class token; "
-                    "set class_token=False (global_pool='avg')."
-                )
-            # In local mode the bias covers one window; the attention layer partitions the grid.
-            index_grid = self.window_size if mode == "local" else self.grid_size
-            index = gen_relative_position_index(self.window_size, class_token, index_grid)
+            self.grid_size = self._grid(grid_size, self.window_size)
+            check_window(self.window_size, self.grid_size, bias_type="2d")
+            index = gen_relative_position_index(self.window_size, class_token, self.grid_size)
         else:
-            if mode == "local":
-                raise ValueError("mode='local' uses 2d windows; set bias_type='2d' or mode='clip'.")
-            self.window_size = _window_length(window_size)
-            seq_len = self.window_size if grid_size is None else _window_length(grid_size)
-            if self.window_size > seq_len:
-                raise ValueError(
-                    f"1d window_size {self.window_size} is longer than the sequence of {seq_len} tokens; "
-                    f"use a window of at most {seq_len}."
-                )
+            self.window_size = window_length(window_size)
+            seq_len = self.window_size if grid_size is None else window_length(grid_size)
+            check_window(self.window_size, (1, seq_len), bias_type="1d")
             self.grid_size = grid_size if grid_size is None or isinstance(grid_size, int) else to_2tuple(grid_size)
             index = gen_relative_position_index_1d(self.window_size, seq_len, class_token)
         self.num_relative_distances = num_relative_distances(self.window_size, bias_type, class_token)
@@ -168,30 +153,21 @@ class RelativePositionBias(nn.Module):
         self.relative_position_bias_table = nn.Parameter(table, requires_grad=learnable)
         self.reset_parameters()
 
-    def _check_2d_grid(self, grid_size: tuple[int, int] | int | None) -> tuple[int, int]:
+    @staticmethod
+    def _grid(grid_size: tuple[int, int] | int | None, window_size: tuple[int, int] | int) -> tuple[int, int]:
+        """The (Gh, Gw) token grid; None means one window, an int a square grid of that many tokens."""
         if grid_size is None:
-            return self.window_size
-        if isinstance(grid_size, int):  # a sequence length: must be a square grid
+            return to_2tuple(window_size)
+        if isinstance(grid_size, int):
             side = math.isqrt(grid_size)
             if side * side != grid_size:
-                raise ValueError(
+                raise OptionError(
                     f"a 2d bias needs a square token grid but the sequence has {grid_size} tokens; "
-                    "pass grid_size=(Gh, Gw) or use bias_type='1d'."
+                    "pass grid_size=(Gh, Gw) or use <bias_type='1d'>.",
+                    "grid_size",
                 )
-            grid_size = (side, side)
-        grid = to_2tuple(grid_size, "grid_size")
-        wh, ww = self.window_size
-        if wh > grid[0] or ww > grid[1]:
-            raise ValueError(
-                f"window_size {self.window_size} is larger than the {grid[0]}x{grid[1]} token grid; "
-                f"use a window_size of at most {grid}."
-            )
-        if self.mode == "local" and (grid[0] % wh or grid[1] % ww):
-            raise ValueError(
-                f"mode='local' needs the {grid[0]}x{grid[1]} token grid to be divisible by window_size "
-                f"{self.window_size}; pick a window that divides the grid or use mode='clip'."
-            )
-        return grid
+            return (side, side)
+        return to_2tuple(grid_size, "grid_size")
 
     def reset_parameters(self) -> None:
         with torch.no_grad():
@@ -220,7 +196,7 @@ class RelativePositionBias(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"num_heads={self.num_heads}, window_size={self.window_size}, bias_type={self.bias_type!r}, "
-            f"mode={self.mode!r}, grid_size={self.grid_size}, class_token={self.class_token}, "
+            f"grid_size={self.grid_size}, class_token={self.class_token}, "
             f"learnable={self.learnable}"
         )
 
@@ -241,7 +217,7 @@ def resize_relative_position_bias_table(
         old, new = to_2tuple(old_window), to_2tuple(new_window)
         old_shape, new_shape = (2 * old[0] - 1, 2 * old[1] - 1), (2 * new[0] - 1, 2 * new[1] - 1)
     else:
-        old_shape, new_shape = (1, 2 * _window_length(old_window) - 1), (1, 2 * _window_length(new_window) - 1)
+        old_shape, new_shape = (1, 2 * window_length(old_window) - 1), (1, 2 * window_length(new_window) - 1)
     offsets, extra = (table[:-num_extra], table[-num_extra:]) if num_extra else (table, table[:0])
     num_heads = table.shape[-1]
     if offsets.shape[0] != old_shape[0] * old_shape[1]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rpb import Attention, RelativePositionBias
+from rpb import Attention, RelativePositionBias, select_attn_impl
 from rpb.layers.attention import flex_unavailable_reason
 
 
@@ -14,10 +14,20 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-12))
 
 
-def make_attention(impl="reference", window=(3, 3), grid=(3, 3), class_token=True, mode="clip", shift=0, **kw):
+def make_attention(impl="reference", window=(3, 3), grid=(3, 3), class_token=True, mode="clip", shift=0, bias=True,
+                   **kw):  # fmt: skip
+    """Global attention over `grid` with a `window` bias ("clip"), or Swin windows of `window` ("local")."""
     torch.manual_seed(0)
-    rpb = RelativePositionBias(4, window, class_token=class_token, grid_size=grid, mode=mode, init_std=0.5)
-    return Attention(32, 4, rel_pos_bias=rpb, attn_impl=impl, shift_size=shift, **kw).double()
+    local = mode == "local"
+    rpb = None
+    if bias:
+        rpb = RelativePositionBias(4, window, class_token=class_token, grid_size=None if local else grid, init_std=0.5)
+    windows = dict(grid_size=grid, window_size=window, shift_size=shift) if local else {}
+    return Attention(32, 4, rel_pos_bias=rpb, attn_impl=impl, **windows, **kw).double()
+
+
+def num_tokens(case: dict) -> int:
+    return case["grid"][0] * case["grid"][1] + case["class_token"]
 
 
 def run(attn: Attention, x: torch.Tensor, impl: str):
@@ -43,8 +53,7 @@ CASES = [
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_sdpa_matches_reference_values_and_gradients(case, dtype):
     attn = make_attention(**case).to(dtype)
-    n = attn.relative_position_bias.grid_size[0] * attn.relative_position_bias.grid_size[1] + case["class_token"]
-    x = torch.randn(3, n, 32, dtype=dtype)
+    x = torch.randn(3, num_tokens(case), 32, dtype=dtype)
     tol = 1e-5 if dtype == torch.float32 else 1e-10
     for got, want in zip(run(attn, x, "sdpa"), run(attn, x, "reference")):
         assert rel_err(got, want) < tol
@@ -53,8 +62,7 @@ def test_sdpa_matches_reference_values_and_gradients(case, dtype):
 @pytest.mark.parametrize("case", CASES)
 def test_flex_matches_reference(case):
     attn = make_attention(**case).float()
-    n = attn.relative_position_bias.grid_size[0] * attn.relative_position_bias.grid_size[1] + case["class_token"]
-    x = torch.randn(2, n, 32)
+    x = torch.randn(2, num_tokens(case), 32)
     reason = flex_unavailable_reason(x, needs_grad=True, dropout_p=0.0)
     with torch.no_grad():
         attn.attn_impl = "reference"
@@ -91,7 +99,8 @@ def per_window_reference(attn: Attention, x: torch.Tensor) -> torch.Tensor:
     grid = torch.roll(x.view(B, H, W, C), shifts=(-sy, -sx), dims=(1, 2))
     wrapped_y = torch.arange(H) >= H - sy if sy else torch.zeros(H, dtype=torch.bool)
     wrapped_x = torch.arange(W) >= W - sx if sx else torch.zeros(W, dtype=torch.bool)
-    bias = attn.relative_position_bias()  # (nh, n, n) for one window
+    # (nh, n, n) for one window, or none
+    bias = attn.relative_position_bias() if hasattr(attn, "relative_position_bias") else torch.zeros(())
     out = torch.zeros_like(grid)
     nh, hd = attn.num_heads, attn.head_dim
     for y0 in range(0, H, wh):
@@ -108,14 +117,69 @@ def per_window_reference(attn: Attention, x: torch.Tensor) -> torch.Tensor:
     return torch.roll(out, shifts=(sy, sx), dims=(1, 2)).reshape(B, N, C)
 
 
+@pytest.mark.parametrize("bias", [True, False])  # False: the no-RPB row of a local model
 @pytest.mark.parametrize("shift", [0, 1, 2])
-@pytest.mark.parametrize("impl", ["reference", "sdpa"])
-def test_local_attention_matches_per_window_loop(shift, impl):
-    attn = make_attention(impl=impl, window=(4, 4), grid=(8, 8), class_token=False, mode="local", shift=shift)
-    x = torch.randn(2, 64, 32, dtype=torch.float64)
-    with torch.no_grad():
-        assert rel_err(attn(x), per_window_reference(attn, x)) < 1e-10
-    assert attn.shift_size == (shift, shift)
+@pytest.mark.parametrize("impl", ["reference", "sdpa", "flex"])
+def test_local_attention_matches_per_window_loop(shift, impl, bias):
+    attn = make_attention(impl=impl, window=(4, 4), grid=(8, 8), class_token=False, mode="local", shift=shift,
+                          bias=bias).float()  # fmt: skip
+    x = torch.randn(2, 64, 32)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # eager flex warns that it is unfused
+        assert rel_err(attn(x), per_window_reference(attn, x)) < 1e-5
+    assert attn.shift_size == (shift, shift) and hasattr(attn, "relative_position_bias") is bias
+
+
+def test_local_attention_without_a_bias_trains_and_stays_local():
+    attn = make_attention(window=(2, 2), grid=(4, 4), class_token=False, mode="local", shift=1, bias=False)
+    x = torch.randn(1, 16, 32, dtype=torch.float64, requires_grad=True)
+    attn(x)[0, 5].sum().backward()
+    # shifted by (1, 1): token (1, 1) shares its window with (1, 2), (2, 1), (2, 2) and nobody else
+    assert (x.grad[0].abs().sum(-1) > 0).nonzero().flatten().tolist() == [5, 6, 9, 10]
+    assert attn.qkv.weight.grad.abs().sum() > 0
+
+
+FAKE = dict(has_bias=True, bias_requires_grad=True, inputs_require_grad=True, grad_enabled=True)
+
+
+@pytest.mark.parametrize(
+    ("version", "device", "options", "expected"),
+    [
+        # CUDA, a learnable bias in training: flex where its backward carries the bias gradient (2.6)
+        ("2.11.0+cu130", "cuda", FAKE, "flex"),
+        ("2.6.0", "cuda", FAKE, "flex"),
+        ("2.5.1", "cuda", FAKE, "sdpa"),  # flex without the gradient of captured tensors: SDPA's kernel has it
+        ("2.5.1", "cuda", {**FAKE, "grad_enabled": False}, "flex"),  # no gradient needed: flex's forward
+        ("2.4.1", "cuda", FAKE, "sdpa"),  # no flex at all
+        ("2.0.1", "cuda", FAKE, "reference"),  # neither: SDPA without the bias gradient
+        ("2.11.0", "cuda", {**FAKE, "dropout": True}, "sdpa"),  # flex has no attention dropout
+        ("2.11.0", "cuda", {**FAKE, "has_bias": False, "bias_requires_grad": False}, "sdpa"),  # flash attention
+        ("2.9.1", "cuda", {**FAKE, "head_dim": 24}, "sdpa"),  # the guide's heads of 24: flex kernels since 2.10
+        ("2.10.0", "cuda", {**FAKE, "head_dim": 24}, "flex"),
+        ("2.9.1", "cuda", {**FAKE, "head_dim": 64}, "flex"),
+        # CPU: today's measured rule
+        ("2.13.0+cpu", "cpu", FAKE, "reference"),  # SDPA's fused CPU kernel has no mask gradient
+        ("2.13.0+cpu", "cpu", {**FAKE, "grad_enabled": False}, "sdpa"),
+        ("2.13.0+cpu", "cpu", {**FAKE, "bias_requires_grad": False}, "sdpa"),  # a frozen table
+        ("2.13.0+cpu", "cpu", {**FAKE, "bias_requires_grad": False, "half_precision": True}, "reference"),
+        ("2.13.0+cpu", "mps", {**FAKE, "grad_enabled": False}, "sdpa"),
+    ],
+)
+def test_auto_picks_its_path_by_rule(version, device, options, expected):
+    assert select_attn_impl(version, device, **options) == expected
+
+
+def test_auto_takes_the_selected_path(monkeypatch):
+    import rpb.layers.attention as attention
+
+    attn = make_attention(impl="auto").float()
+    picked = []
+    monkeypatch.setattr(attention, "select_attn_impl", lambda *a, **k: picked.append((a, k)) or "reference")
+    attn(torch.randn(2, 10, 32))
+    (version, device), options = picked[0]
+    assert (version, device) == (torch.__version__, "cpu")
+    assert options == dict(has_bias=True, bias_requires_grad=True, inputs_require_grad=True, grad_enabled=True,
+                           half_precision=False, dropout=False, head_dim=8)  # fmt: skip
 
 
 def test_local_attention_is_local():
@@ -151,12 +215,21 @@ def test_attention_dropout_works_on_every_path(impl):
 
 
 def test_unknown_attn_impl_and_head_mismatch_raise():
-    with pytest.raises(ValueError, match="attn_impl must be one of"):
+    with pytest.raises(
+        ValueError, match="attn_impl='xformers' is not allowed: choose one of auto, reference, sdpa, flex"
+    ):
         Attention(32, 4, attn_impl="xformers")
-    with pytest.raises(ValueError, match="num_heads=5 does not divide embed_dim=32"):
+    with pytest.raises(ValueError, match="num_heads=5 does not divide embed_dim=32: choose one of 1, 2, 4, 8, 16"):
         Attention(32, 5)
     with pytest.raises(ValueError, match="make rpb_kwargs num_heads equal num_heads"):
         Attention(32, 4, rel_pos_bias=RelativePositionBias(2, (3, 3)))
+    with pytest.raises(ValueError, match=r"shift_size=1 shifts windows: set window_size \(and grid_size\) too"):
+        Attention(32, 4, shift_size=1)
+    with pytest.raises(ValueError, match=r"covers 17 tokens but a 2x2 window has 4: build it over one window"):
+        Attention(32, 4, rel_pos_bias=RelativePositionBias(4, 2, class_token=True, grid_size=(4, 4)),
+                  grid_size=(4, 4), window_size=2)  # fmt: skip
+    with pytest.raises(ValueError, match=r"window_mode='local' needs window_size=3 to tile the 4x4 token grid"):
+        Attention(32, 4, grid_size=(4, 4), window_size=3)
 
 
 def test_auto_path_matches_reference_in_training_and_eval(monkeypatch):

@@ -1,9 +1,11 @@
 """The ViT: the guide's constructor and snippets, bad combinations, state_dict, param groups, checkpointing."""
 
+import numpy as np
 import pytest
 import torch
 
 from rpb import (
+    Attention,
     RelativePositionBias,
     VisionTransformer,
     param_groups_weight_decay,
@@ -58,11 +60,10 @@ def test_guide_visualize_bias_snippet(tmp_path):
     assert sorted(p.name for p in (tmp_path / "debug").iterdir()) == ["bias_block_0.png", "bias_block_1.png"]
 
 
-def test_without_relative_position_has_no_bias_attribute_and_uses_abs_pos():
+def test_without_relative_position_has_no_bias_attribute():
     model = tiny(use_relative_position=False)
     assert not any(hasattr(b.attn, "relative_position_bias") for b in model.blocks)
-    assert model.pos_embed is not None
-    assert tiny().pos_embed is None
+    assert model.pos_embed is None and tiny().pos_embed is None  # pos_embed="none" unless asked for
     assert model(torch.randn(2, 3, 16, 16)).shape == (2, 5)
 
 
@@ -108,22 +109,28 @@ def test_shifted_windows_with_a_side_of_one_build_with_swins_shifts():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        (dict(rpb_kwargs={"window_size": (5, 5)}), r"window_size \(5, 5\) is larger than the 4x4 token grid"),
+        (dict(rpb_kwargs={"window_size": (5, 5)}), r"window_size=\(5, 5\) is larger than the 4x4 token grid"),
         (
             dict(rpb_kwargs={"window_size": 3, "mode": "local"}, class_token=False, global_pool="avg"),
-            "divisible by window_size",
+            "window_mode='local' needs window_size=3 to tile the 4x4 token grid",
         ),
-        (dict(num_heads=5), "num_heads=5 does not divide embed_dim=32"),
+        (dict(num_heads=5), "num_heads=5 does not divide embed_dim=32: choose one of 1, 2, 4, 8, 16"),
         (dict(rpb_kwargs={"num_heads": 2}), "rpb_kwargs num_heads=2 differs from num_heads=4"),
-        (dict(img_size=18), "not divisible by patch_size=4"),
-        (dict(rpb_kwargs={"bias_type": "3d"}), "bias_type must be one of"),
-        (dict(rpb_kwargs={"mode": "window"}), "mode must be one of"),
-        (dict(attn_impl="fast"), "attn_impl must be one of"),
-        (dict(global_pool="max"), "global_pool must be one of"),
+        (dict(img_size=18), "patch_size=4 does not divide img_size=18"),
+        (dict(rpb_kwargs={"bias_type": "3d"}), "bias_type='3d' is not allowed: choose one of 2d, 1d"),
+        (dict(rpb_kwargs={"mode": "window"}), "window_mode='window' is not allowed: choose one of clip, local"),
+        (dict(attn_impl="fast"), "attn_impl='fast' is not allowed"),
+        (dict(global_pool="max"), "global_pool='max' is not allowed: choose one of token, avg"),
         (dict(class_token=False), "global_pool='token' needs a class token"),
         (dict(rpb_kwargs={"window_size": 2, "mode": "local"}), "set class_token=False and global_pool='avg'"),
-        (dict(rpb_kwargs={"shift_windows": True}), "shift_windows=True needs mode='local'"),
+        (dict(rpb_kwargs={"shift_windows": True}), "shift_windows=True needs window_mode='local'"),
         (dict(rpb_kwargs={"windowsize": 2}), r"unknown rpb_kwargs key\(s\) \['windowsize'\]"),
+        (dict(pos_embed="abs"), "pos_embed='abs' is not allowed: choose one of none, learned, sincos"),
+        (dict(pos_embed="sincos", embed_dim=30, num_heads=3), "pos_embed='sincos' needs embed_dim=30 divisible by 4"),
+        (
+            dict(window_size=3, window_mode="local", use_relative_position=False, class_token=False, global_pool="avg"),
+            "needs window_size=3 to tile the 4x4 token grid",
+        ),
     ],
 )
 def test_bad_combinations_fail_at_construction(kwargs, message):
@@ -294,3 +301,71 @@ def test_class_token_last_block_skips_the_patch_tokens():
     model.forward_features(torch.randn(2, 3, 16, 16))
     # class-token pooling: 1 token; switched off, average pooling and forward_features: all 17 tokens
     assert seen == [(2, 1, 32), (2, 17, 32), (2, 17, 32), (2, 17, 32)]
+
+
+def _mae_sincos(embed_dim: int, grid: int) -> np.ndarray:
+    """MAE's get_2d_sincos_pos_embed (models/pos_embed.py) as written there, with its class-token row of zeros."""
+
+    def one_d(dim, pos):
+        omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    g = np.meshgrid(np.arange(grid, dtype=np.float32), np.arange(grid, dtype=np.float32))  # here w goes first
+    emb = np.concatenate([one_d(embed_dim // 2, g[0]), one_d(embed_dim // 2, g[1])], axis=1)
+    return np.concatenate([np.zeros([1, embed_dim]), emb], axis=0)
+
+
+def test_sincos_pos_embed_is_maes_and_fixed():
+    model = tiny(pos_embed="sincos")
+    want = torch.from_numpy(_mae_sincos(32, 4)).float()[None]
+    torch.testing.assert_close(model.pos_embed, want, rtol=0, atol=1e-6)
+    assert "pos_embed" not in dict(model.named_parameters()) and "pos_embed" not in model.state_dict()
+    assert "pos_embed" not in model.no_weight_decay()
+    learned = tiny(pos_embed="learned")
+    assert isinstance(learned.pos_embed, torch.nn.Parameter) and learned.pos_embed.shape == (1, 17, 32)
+    assert "pos_embed" in learned.no_weight_decay() and 0.01 < learned.pos_embed.std() < 0.03  # INIT_STD
+
+
+@pytest.mark.parametrize("pos_embed", ["none", "learned", "sincos"])
+@pytest.mark.parametrize("use_relative_position", [True, False])
+def test_every_position_setting_trains(pos_embed, use_relative_position):
+    """none / absolute / relative / both (Swin's Table 4 rows): a few AdamW steps fit a fixed batch."""
+    model = tiny(pos_embed=pos_embed, use_relative_position=use_relative_position, drop_rate=0.0)
+    x, y = torch.randn(8, 3, 16, 16), torch.arange(8) % 5
+    opt = torch.optim.AdamW(param_groups_weight_decay(model, 0.05), lr=3e-3)
+    losses = []
+    for _ in range(8):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0]
+    if pos_embed == "learned":
+        assert model.pos_embed.grad.abs().sum() > 0
+
+
+def test_typed_arguments_and_rpb_kwargs_build_the_same_model():
+    kw = dict(class_token=False, global_pool="avg", depth=2)
+    guide = tiny(rpb_kwargs={"window_size": 2, "mode": "local", "shift_windows": True, "init_std": 0.1}, **kw)
+    typed = tiny(window_size=2, window_mode="local", shift_windows=True, rpb_init_std=0.1, **kw)
+    assert [b.attn.shift_size for b in typed.blocks] == [(0, 0), (1, 1)]
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.equal(guide(x), typed(x))
+    with pytest.raises(TypeError):
+        Attention(32, 4, None)  # layers take keyword arguments after (dim, num_heads)
+
+
+def test_local_windows_without_a_bias():
+    """The no-RPB row of a local model: Swin windows (and shifts) stay, the bias tables go."""
+    model = tiny(use_relative_position=False, window_size=2, window_mode="local", shift_windows=True,
+                 class_token=False, global_pool="avg", depth=1)  # fmt: skip
+    attn = model.blocks[0].attn
+    assert attn.window_size == (2, 2) and not hasattr(attn, "relative_position_bias")
+    assert not any("relative_position" in n for n in model.state_dict())
+    x = torch.randn(1, 3, 16, 16, requires_grad=True)
+    tokens = model.forward_features(x)  # (1, 16, 32): token 0 is patch (0, 0)
+    (tokens[0, 0] * torch.randn(32)).sum().backward()  # a weighted sum: a normalised token sums to 0
+    touched = (x.grad[0].abs().sum(0) > 0).nonzero()  # pixels that reach patch (0, 0): its 2x2 window of patches
+    assert touched.max(0).values.tolist() == [7, 7] and touched.min(0).values.tolist() == [0, 0]

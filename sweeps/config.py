@@ -17,6 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from experiments.config_errors import closest, known_keys_sentence
+from sweeps.cluster import CLUSTERS, LAUNCHERS, check_launcher
+from sweeps.devices import parse_devices
 from sweeps.samplers import CellStudy, TrialSeededSampler
 from sweeps.space import Dimension, SweepConfigError, grid_search_space, parse_space
 
@@ -42,6 +44,28 @@ class PrunerConfig:
 
 
 @dataclass
+class LauncherConfig:
+    """Where the workers run (conf/sweep/launcher/): `local` processes, or `slurm` jobs (sweeps.cluster)."""
+
+    name: str = "local"
+    cluster: str = "slurm"
+    partition: str | None = None
+    array_size: int = 4
+    array_parallelism: int | None = None
+    gpus_per_job: int = 1
+    cpus_per_job: int = 8
+    mem_gb: int | None = None
+    timeout_min: int = 240
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    setup: list[str] = field(default_factory=list)
+    additional: dict[str, Any] = field(default_factory=dict)
+    wait: bool = True
+    resubmit: int = 2
+
+
+@dataclass
 class SweepConfig:
     study_name: str = "rpb-sweep"
     kind: str = "sweep"
@@ -51,6 +75,7 @@ class SweepConfig:
     n_trials: int | None = 12
     timeout: float | None = None
     workers: int = 1
+    devices: list[Any] = field(default_factory=list)
     storage: str | None = None
     output_dir: str = "runs/sweeps"
     enqueue_defaults: bool = True
@@ -64,6 +89,7 @@ class SweepConfig:
     train_fn: str = "experiments.train:train"
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
     space: dict[str, Any] = field(default_factory=dict)
     fixed: dict[str, Any] = field(default_factory=dict)
 
@@ -105,6 +131,10 @@ def sweep_config(cfg: DictConfig) -> DictConfig:
             raise SweepConfigError(f"sweep.{key}={v} must be positive (or null for no limit).")
     if sweep.workers < 1:
         raise SweepConfigError(f"sweep.workers={sweep.workers} must be at least 1.")
+    parse_devices(sweep.devices)
+    _choice("sweep.launcher.name", sweep.launcher.name, LAUNCHERS)
+    _choice("sweep.launcher.cluster", sweep.launcher.cluster, CLUSTERS)
+    check_launcher(sweep)
     if not sweep.study_name or "/" in sweep.study_name:
         raise SweepConfigError(f"sweep.study_name={sweep.study_name!r} must be a non-empty name without '/'.")
     return sweep

@@ -1,4 +1,6 @@
-"""Summarise an ablation: group runs by (bias type, mode, window size), mean and 95% t-interval over seeds, cost."""
+"""Summarise an ablation: group runs by setting (bias type, mode, window size), mean and interval over seeds, cost,
+and the verdict of each setting against the baseline (the statistics live in `sweeps.stats`, shared with
+`rpb-ablate`)."""
 
 from __future__ import annotations
 
@@ -9,36 +11,23 @@ from typing import Any
 import optuna
 
 from dashboards.load import RunData, params_cell
+from sweeps.stats import DEFAULT_BASELINE, NO_BIAS, Comparison, Setting, find_setting, mean_interval, verdict_table
+from sweeps.stats import setting_of as setting_of_rpb
 
-
-@dataclass(frozen=True, order=True)
-class Setting:
-    """One cell of the ablation grid; ordered by bias type, mode, then window area.
-
-    Runs without a bias are one setting whatever their config's window and mode: `NO_BIAS` (no window).
-    """
-
-    bias_type: str  # "2d" | "1d" | "none"
-    mode: str  # "clip" | "local"
-    window_size: tuple[int, int] | None  # None: no bias table, so no window
-
-    @property
-    def window_label(self) -> str:
-        return "none" if self.window_size is None else f"{self.window_size[0]}x{self.window_size[1]}"
-
-    @property
-    def label(self) -> str:
-        if self.window_size is None:
-            return "no bias"
-        return f"{self.window_label} {self.bias_type}" + (f" {self.mode}" if self.mode != "clip" else "")
-
-
-NO_BIAS = Setting(bias_type="none", mode="clip", window_size=None)
+__all__ = ["DEFAULT_BASELINE", "NO_BIAS", "Setting", "SettingSummary", "Verdict", "setting_of", "summarise", "verdict"]
 
 
 @dataclass
 class SettingSummary:
-    """The seeds of one setting: accuracy statistics and training cost."""
+    """The seeds of one setting: accuracy statistics and training cost (means over its seeds).
+
+    Attributes:
+        mean, ci_low, ci_high: best validation accuracy, its mean and 95% interval (`sweeps.stats.mean_interval`).
+        bias_params: parameters of all bias tables of the model.
+        num_params: trainable parameters of the model (summary.json ``num_params``); NaN when no run recorded it.
+        images_per_s: training images per second (summary.json ``train_images_per_s``); NaN when not recorded.
+        wall_time_s: seconds a run took (summary.json ``wall_s``, else the trial's start-to-end time in the study).
+    """
 
     setting: Setting
     runs: list[RunData] = field(default_factory=list)
@@ -49,6 +38,8 @@ class SettingSummary:
     ci_high: float = math.nan
     bias_params: int = 0
     epochs: float = math.nan
+    num_params: float = math.nan
+    images_per_s: float = math.nan
     wall_time_s: float = math.nan
 
 
@@ -62,13 +53,8 @@ def _get(config: dict[str, Any], dotted: str, default: Any = None) -> Any:
 
 
 def setting_of(run: RunData) -> Setting:
-    """The ablation factors of a run, read from its resolved config (``model.rpb.*``); `NO_BIAS` without a bias."""
-    rpb = _get(run.config, "model.rpb", {}) or {}
-    if not rpb.get("enabled", True):
-        return NO_BIAS
-    window = rpb.get("window_size", [0, 0])
-    window = (int(window), int(window)) if isinstance(window, int) else (int(window[0]), int(window[-1]))
-    return Setting(bias_type=str(rpb.get("bias_type", "2d")), mode=str(rpb.get("mode", "clip")), window_size=window)
+    """The ablation factors of a run, read from its resolved config (``model.rpb.*``, ``model.pos_embed``)."""
+    return setting_of_rpb(_get(run.config, "model.rpb", {}) or {}, _get(run.config, "model.pos_embed"))
 
 
 def ablation_cell(trial: optuna.trial.FrozenTrial, run: RunData | None) -> object:
@@ -88,22 +74,6 @@ def run_accuracy(run: RunData) -> float:
     return max(values) if values else math.nan
 
 
-def t_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """Mean and the two-sided Student-t confidence interval of the mean (NaN bounds for fewer than 2 values)."""
-    finite = [v for v in values if math.isfinite(v)]
-    n = len(finite)
-    if n == 0:
-        return math.nan, math.nan, math.nan
-    mean = sum(finite) / n
-    if n < 2:
-        return mean, math.nan, math.nan
-    from scipy import stats
-
-    std = math.sqrt(sum((v - mean) ** 2 for v in finite) / (n - 1))
-    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
-    return mean, mean - half, mean + half
-
-
 def bias_table_params(config: dict[str, Any]) -> int:
     """Parameters in all relative position bias tables of the model a config builds (0 when disabled)."""
     rpb = _get(config, "model.rpb", {}) or {}
@@ -111,7 +81,7 @@ def bias_table_params(config: dict[str, Any]) -> int:
         return 0
     from rpb import RelativePositionBias
 
-    setting = setting_of(RunData(name="", config=config, history=[], summary={}))
+    setting = setting_of_rpb(rpb)
     img, patch = _get(config, "data.img_size", 28), _get(config, "model.patch_size", 4)
     img = img if isinstance(img, int) else img[0]
     module = RelativePositionBias(
@@ -124,6 +94,19 @@ def bias_table_params(config: dict[str, Any]) -> int:
     )
     # One table per block (the model holds a RelativePositionBias in every attention layer).
     return module.relative_position_bias_table.numel() * int(_get(config, "model.depth", 1))
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def wall_time(run: RunData) -> float:
+    """Seconds one run took: summary.json's ``wall_s``, else the study's start-to-end time of its trial; NaN."""
+    wall = run.summary.get("wall_s")
+    if isinstance(wall, (int, float)) and math.isfinite(wall):
+        return float(wall)
+    return math.nan if run.study_wall_s is None else float(run.study_wall_s)
 
 
 def summarise(runs: list[RunData]) -> list[SettingSummary]:
@@ -140,10 +123,42 @@ def summarise(runs: list[RunData]) -> list[SettingSummary]:
         group.seeds.append(int(run.config.get("seed", -1)))
         group.accuracies.append(run_accuracy(run))
     for group in groups.values():
-        group.mean, group.ci_low, group.ci_high = t_interval(group.accuracies)
+        group.mean, group.ci_low, group.ci_high = mean_interval(group.accuracies)
         group.bias_params = bias_table_params(group.runs[0].config)
-        epochs = [float(r.summary.get("epochs_run", len(r.history))) for r in group.runs]
-        times = [sum(float(row.get("epoch_time", 0.0)) for row in r.history) for r in group.runs]
-        group.epochs = sum(epochs) / len(epochs)
-        group.wall_time_s = sum(times) / len(times)
+        group.epochs = _mean([float(r.summary.get("epochs_run", len(r.history))) for r in group.runs])
+        group.num_params = _mean([r.summary.get("num_params") for r in group.runs])
+        group.images_per_s = _mean([r.summary.get("train_images_per_s") for r in group.runs])
+        group.wall_time_s = _mean([wall_time(r) for r in group.runs])
     return [groups[s] for s in sorted(groups)]
+
+
+@dataclass
+class Verdict:
+    """The verdict table of an ablation (`sweeps.stats.verdict_table`), or why there is none.
+
+    Attributes:
+        baseline: the baseline setting (None when it could not be found).
+        header, rows: the formatted table (baseline first).
+        comparisons: each other setting against the baseline.
+        problem: one sentence when there is no table (no baseline runs, an unknown baseline name).
+    """
+
+    baseline: Setting | None
+    header: tuple[str, ...] = ()
+    rows: list[tuple[str, ...]] = field(default_factory=list)
+    comparisons: list[Comparison] = field(default_factory=list)
+    problem: str = ""
+
+
+def verdict(summaries: list[SettingSummary], baseline: str = DEFAULT_BASELINE) -> Verdict:
+    """Every setting against the one `baseline` names (a key such as ``none``, ``abs``, ``2d-7x7``, or a label)."""
+    settings = [s.setting for s in summaries]
+    if not settings:
+        return Verdict(None, problem="no complete runs yet, so nothing to compare")
+    try:
+        base = find_setting(baseline, settings)
+    except KeyError as err:
+        return Verdict(None, problem=str(err.args[0]))
+    seeds = {s.setting: {seed: acc for seed, acc in zip(s.seeds, s.accuracies)} for s in summaries}
+    header, rows, comparisons = verdict_table(seeds, base)
+    return Verdict(base, header, rows, comparisons)

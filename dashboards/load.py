@@ -28,6 +28,8 @@ class RunData:
         summary: the dict ``train()`` returned.
         run_dir: the local run folder, when there is one.
         heatmap_images: pre-rendered heatmap PNGs by block (the W&B reader's fallback for offset maps).
+        study_wall_s: seconds from its trial's start to its end as the study recorded them (set by `results`):
+            the wall time of a run whose summary has no ``wall_s``.
     """
 
     name: str
@@ -36,6 +38,7 @@ class RunData:
     summary: dict[str, Any]
     run_dir: Path | None = None
     heatmap_images: dict[int, Path] = field(default_factory=dict)
+    study_wall_s: float | None = None
     _offset_maps: Callable[[], dict[int, Any] | None] | None = field(default=None, repr=False)
 
     def offset_maps(self) -> dict[int, Any] | None:
@@ -103,14 +106,14 @@ def read_run_dir(run_dir: Path, name: str | None = None) -> RunData:
     """Read one run folder written by ``experiments.train.train``."""
     import yaml
 
-    run_dir = Path(run_dir)
-    config_path = run_dir / "config.yaml"
-    config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
-    metrics = run_dir / "metrics.jsonl"
-    history = [row for row in read_jsonl(metrics) if "epoch" in row] if metrics.is_file() else []
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    maps_path = run_dir / "bias" / "offset_maps.pt"
+    from experiments.run_dir import RunDir  # the run folder's layout, shared with training and sweeps
+
+    run = RunDir(run_dir)
+    run_dir = run.path
+    config = yaml.safe_load(run.config.read_text()) if run.config.is_file() else {}
+    history = run.read_metrics()
+    summary = run.read_summary()
+    maps_path = run.offset_maps
 
     def offset_maps() -> dict[int, Any] | None:
         if not maps_path.is_file():
@@ -119,7 +122,7 @@ def read_run_dir(run_dir: Path, name: str | None = None) -> RunData:
 
         return {int(k): v for k, v in torch.load(maps_path, map_location="cpu", weights_only=True).items()}
 
-    images = {int(p.stem.split("_")[1]): p for p in sorted((run_dir / "bias").glob("block_*.png"))}
+    images = run.heatmaps()
     return RunData(
         name=name or run_dir.name,
         config=config or {},
@@ -255,6 +258,8 @@ def results(study: optuna.Study, reader: RunReader, cell: Cell | None = None) ->
         if trial.state not in RESULT_STATES:
             continue
         read[trial.number] = run = reader.read(trial)
+        if run is not None and trial.datetime_start is not None and trial.datetime_complete is not None:
+            run.study_wall_s = (trial.datetime_complete - trial.datetime_start).total_seconds()
         cells.setdefault(cell(trial, run), []).append(trial)
     kept: list[optuna.trial.FrozenTrial] = []
     for members in cells.values():

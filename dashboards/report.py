@@ -1,7 +1,12 @@
-"""rpb-report: a self-contained local HTML report of a study (sweep or ablation), plus local dashboards.
+"""rpb-report: write a study's report (sweep or ablation) as one HTML file, or serve a local dashboard.
+
+The page (reports/<study>/index.html) carries its plots inside it: copy or mail it alone. An ablation's page
+opens with the verdict of every setting against the baseline (--baseline; default: the study's
+ablation.baseline, else "none", no position information).
 
 Examples:
     rpb-report --storage runs/sweeps/my-ablation.journal --out reports/my-ablation
+    rpb-report --storage runs/sweeps/rpb-ablate.journal --baseline 2d-3x3            # compare with 3x3 instead
     rpb-report --storage runs/sweeps/my-sweep.journal --source wandb --entity me --project rpb-lab
     rpb-report --serve optuna --storage runs/sweeps/my-sweep.journal          # http://127.0.0.1:8080
     rpb-report --serve tensorboard --logdir runs/sweeps/my-sweep               # http://127.0.0.1:6006
@@ -12,16 +17,18 @@ from __future__ import annotations
 import argparse
 import html as html_lib
 import json
-import math
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import optuna
 import yaml
 
 from dashboards import figures, html
-from dashboards.ablation import SettingSummary, summarise
+from dashboards.ablation import DEFAULT_BASELINE, summarise, verdict
+from dashboards.ablation_page import ablation_section, verdict_section
+from dashboards.figures import PageFigures
 from dashboards.load import (
     LocalRunReader,
     Results,
@@ -32,43 +39,14 @@ from dashboards.load import (
     retried_from,
     trial_counts,
 )
+from sweeps.stats import format_number, short_names
 
-FIG_DIR = "figures"
+OLD_FIG_DIR = "figures"  # where reports before the one-file page kept their images: removed on rewrite
 
 
 def _fmt(value: float, digits: int = 4) -> str:
-    return f"{value:.{digits}f}" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in text).strip("_")
-
-
-class _Figures:
-    """Saves figures under <out>/figures/ and returns the page's relative references."""
-
-    def __init__(self, out_dir: Path):
-        self.out_dir = out_dir
-
-    def add(self, fig, name: str, caption: str) -> str:
-        if isinstance(fig, str):  # a figure that could not be drawn carries its reason
-            return html.note(f"{caption}: {fig}")
-        figures.save(fig, self.out_dir / FIG_DIR / f"{name}.png")
-        return html.figure(f"{FIG_DIR}/{name}.png", caption)
-
-    def copy(self, src: Path, name: str, caption: str) -> str:
-        dst = self.out_dir / FIG_DIR / f"{name}.png"
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dst)
-        return html.figure(f"{FIG_DIR}/{name}.png", caption)
-
-    def heatmap(self, run: RunData, block: int, name: str, caption: str) -> str | None:
-        fig = figures.heatmap_figure(run, block)
-        if fig is not None:
-            return self.add(fig, name, caption)
-        if block in run.heatmap_images:  # W&B reader: the logged image, no offset maps
-            return self.copy(run.heatmap_images[block], name, caption)
-        return None
+    """A metric value at `digits` significant digits ("n/a" when missing)."""
+    return format_number(value, digits)
 
 
 STATE_LABELS = {
@@ -176,14 +154,18 @@ def overview_section(study: optuna.Study, res: Results) -> str:
             )
         )
     params = _param_names(res.trials())
-    ranked = _ranked(study, res.complete)
+    names = short_names(params)
+    ablation = kind == "ablation"
+    ranked = list(res.complete) if ablation else _ranked(study, res.complete)  # seeds are not ranked
     rows = [
-        [i + 1, t.number, "" if t.value is None else _fmt(t.value), _run_status(r)]
-        + [str(t.params.get(p, "")) for p in params]
+        ([] if ablation else [i + 1])
+        + [t.number, "" if t.value is None else _fmt(t.value), _run_status(r)]
+        + [format_number(t.params.get(p, "")) for p in params]
         for i, (t, r) in enumerate(ranked)
     ]
-    parts.append(f"<h3>Complete trials ({len(ranked)}, best first)</h3>")
-    parts.append(html.table(["rank", "trial", "value", "run status", *params], rows, left=0))
+    tables = [f"<h3>Complete trials ({len(ranked)}{'' if ablation else ', best first'})</h3>"]
+    head = ([] if ablation else ["rank"]) + ["trial", "value", "run status"]
+    tables.append(html.table([*head, *names], rows, left=0, titles=[*([""] * len(head)), *params]))
     if res.pruned:
         pruned_rows = []
         for t, r in res.pruned:
@@ -191,14 +173,17 @@ def overview_section(study: optuna.Study, res: Results) -> str:
             last = "" if step is None else _fmt(t.intermediate_values[step])
             pruned_rows.append(
                 [t.number, "" if step is None else step, last, _run_status(r)]
-                + [str(t.params.get(p, "")) for p in params]
+                + [format_number(t.params.get(p, "")) for p in params]
             )
-        parts.append(f"<h3>Pruned trials ({len(res.pruned)}): stopped early, not ranked, in no mean</h3>")
-        parts.append(html.table(["trial", "stopped at step", "last value", "run status", *params], pruned_rows, left=0))
+        tables.append(f"<h3>Pruned trials ({len(res.pruned)}): stopped early, not ranked, in no mean</h3>")
+        head = ["trial", "stopped at step", "last value", "run status"]
+        tables.append(html.table([*head, *names], pruned_rows, left=0, titles=[*([""] * len(head)), *params]))
     if attempt_rows:
-        parts.append(f"<h3>Failed attempts ({len(attempt_rows)}): not results</h3>")
-        parts.append(html.table(["trial", "status", "reason", "what followed"], attempt_rows, left=0))
-    return "\n".join(parts)
+        tables.append(f"<h3>Failed attempts ({len(attempt_rows)}): not results</h3>")
+        tables.append(html.table(["trial", "status", "reason", "what followed"], attempt_rows, left=0))
+    if ablation:  # the settings' tables below say what the runs mean; the runs themselves are one click away
+        return "\n".join([*parts, html.details(f"every run of the ablation ({len(ranked)} complete)", "".join(tables))])
+    return "\n".join(parts + tables)
 
 
 def _run_status(run: RunData | None) -> str:
@@ -212,70 +197,6 @@ def _param_names(trials: list[optuna.trial.FrozenTrial]) -> list[str]:
     return names
 
 
-def ablation_section(summaries: list[SettingSummary], figs: _Figures, block: int, res: Results | None = None) -> str:
-    pruned = [t.number for t, _ in res.pruned] if res is not None else []
-    which = f"trial{'s' * (len(pruned) != 1)} {', '.join(map(str, pruned))}"
-    apart = (
-        [
-            html.note(
-                f"{len(pruned)} pruned run{'s' * (len(pruned) != 1)} ({which}) stopped early: in no setting's "
-                "seeds, mean or interval (see the pruned trials above)."
-            )
-        ]
-        if pruned
-        else []
-    )
-    if not summaries:
-        return "\n".join(["<h2>Ablation</h2>", html.note("no complete runs with a readable run folder yet"), *apart])
-    parts = ["<h2>Ablation: window size</h2>"]
-    parts.append(
-        html.note(
-            "Each setting holds one complete run per seed (n): a killed attempt counts through its "
-            "retry only, and pruned runs are left out."
-        )
-    )
-    parts += apart
-    parts.append(figs.add(figures.accuracy_vs_window(summaries), "ablation_accuracy", "accuracy vs window size"))
-    header = [
-        "setting",
-        "seeds",
-        "n",
-        "mean best val acc",
-        "95% CI (t)",
-        "bias-table params",
-        "epochs",
-        "wall time (s)",
-    ]
-    rows = [
-        (
-            s.setting.label,
-            ",".join(map(str, sorted(s.seeds))),
-            len(s.runs),
-            _fmt(s.mean),
-            f"[{_fmt(s.ci_low)}, {_fmt(s.ci_high)}]",
-            s.bias_params,
-            _fmt(s.epochs, 1),
-            _fmt(s.wall_time_s, 1),
-        )
-        for s in summaries
-    ]
-    parts.append(html.table(header, rows, left=2))
-    parts.append(figs.add(figures.learning_curves(summaries), "ablation_curves", "learning curves per setting"))
-    parts.append(f"<h3>Learned bias, block {block}, all heads (one seed of each setting)</h3>")
-    row = []
-    for s in summaries:
-        for run in s.runs:
-            ref = figs.heatmap(run, block, f"heatmap_{_slug(s.setting.label)}", f"{s.setting.label} ({run.name})")
-            if ref is not None:
-                row.append(ref)
-                break
-        else:
-            why = "no bias table" if s.setting.bias_type == "none" else "no bias maps saved (run unfinished?)"
-            row.append(html.note(f"{s.setting.label}: {why}"))
-    parts.append('<div class="row">' + "".join(row) + "</div>")
-    return "\n".join(parts)
-
-
 def best_result(study: optuna.Study, res: Results) -> tuple[optuna.trial.FrozenTrial, RunData | None] | None:
     """The best kept complete result (ties: the earlier trial); None without one."""
     if not res.complete or study._is_multi_objective():
@@ -284,7 +205,7 @@ def best_result(study: optuna.Study, res: Results) -> tuple[optuna.trial.FrozenT
     return max(res.complete, key=lambda tr: (sign * tr[0].value, -tr[0].number))
 
 
-def sweep_section(study: optuna.Study, res: Results, figs: _Figures) -> str:
+def sweep_section(study: optuna.Study, res: Results, figs: PageFigures) -> str:
     """Optuna's plots (they read the study's COMPLETE trials; failed attempts never) and the best result."""
     params = _param_names(study.get_trials(deepcopy=False))
     slice_params = [p for p in params if "window" in p or p.split(".")[-1] in ("lr", "learning_rate")]
@@ -314,43 +235,78 @@ def sweep_section(study: optuna.Study, res: Results, figs: _Figures) -> str:
         return "\n".join([*parts, html.note("no completed trial yet, so no best trial")])
     trial, best = found
     parts.append(f"<h3>Best trial: #{trial.number}, value {_fmt(trial.value)}</h3>")
-    parts.append(html.table(["parameter", "value"], sorted((k, v) for k, v in trial.params.items()), left=2))
+    parts.append(
+        html.table(["parameter", "value"], sorted((k, format_number(v)) for k, v in trial.params.items()), left=2)
+    )
     if best is None:
         return "\n".join([*parts, html.note("the best trial's run folder could not be read")])
-    parts.append("<pre>" + html.esc(yaml.safe_dump(best.config, sort_keys=False)) + "</pre>")
+    parts.append(
+        html.details(
+            f"training config of trial {trial.number} (YAML)",
+            "<pre>" + html.esc(yaml.safe_dump(best.config, sort_keys=False)) + "</pre>",
+        )
+    )
     maps = best.offset_maps() or {}
     blocks = sorted(maps) or sorted(best.heatmap_images)
-    row = [figs.heatmap(best, b, f"best_block_{b:02d}", f"best trial, block {b}") for b in blocks]
-    parts.append('<div class="row">' + "".join(r for r in row if r) + "</div>")
+    row = figs.heatmaps([(best, b, f"best_block_{b:02d}", f"best trial, block {b}") for b in blocks])
+    parts.append('<div class="heatmaps">' + "".join(r for r in row if r) + "</div>")
     return "\n".join(parts)
 
 
-def build_report(study: optuna.Study, reader: RunReader, out_dir: Path | str, block: int = 0) -> Path:
-    """Write <out_dir>/index.html and <out_dir>/figures/*.png; returns the page's path.
+def build_report(
+    study: optuna.Study, reader: RunReader, out_dir: Path | str, block: int = 0, baseline: str | None = None
+) -> Path:
+    """Write <out_dir>/index.html, one file with its plots inside; returns its path.
 
+    A sweep's page: overview, Optuna's plots, the best trial. An ablation's page: the verdict table first (each
+    setting against `baseline`, default the study's ``baseline`` attribute, else "none"), accuracy beside cost,
+    the plots that compare settings, heatmaps; no plot that would rank the seeds as a hyperparameter.
     Everything on the page reads `dashboards.load.results` (one trial, one result); the trial counts are the
     study's own (`report_counts`, readable back with `read_counts`).
     """
     out_dir = Path(out_dir)
-    if (out_dir / FIG_DIR).is_dir():
-        shutil.rmtree(out_dir / FIG_DIR)  # no stale figures from an earlier report
-    figs = _Figures(out_dir)
+    if (out_dir / OLD_FIG_DIR).is_dir():
+        shutil.rmtree(out_dir / OLD_FIG_DIR)  # the side folder of an older report: the page needs none now
+    figs = PageFigures()
     res = results(study, reader)
-    sections = [overview_section(study, res)]
     if study.user_attrs.get("kind") == "ablation":
-        sections.append(ablation_section(summarise([r for _, r in res.runs("complete")]), figs, block, res))
-    sections.append(sweep_section(study, res, figs))
+        summaries = summarise([r for _, r in res.runs("complete")])
+        name = baseline or study.user_attrs.get("baseline") or DEFAULT_BASELINE
+        sections = [
+            verdict_section(verdict(summaries, name)),
+            ablation_section(summaries, figs, block, res),
+            overview_section(study, res),
+        ]
+    else:
+        sections = [overview_section(study, res), sweep_section(study, res, figs)]
     out_dir.mkdir(parents=True, exist_ok=True)
     index = out_dir / "index.html"
     index.write_text(html.page(f"rpb-lab report: {study.study_name}", sections))
     return index
 
 
+class _Parser(argparse.ArgumentParser):
+    """Help headed by the tool's name and purpose; usage errors as one "rpb-report: error: ..." line, exit 2."""
+
+    def format_help(self) -> str:
+        return (
+            super()
+            .format_help()
+            .replace("usage: ", "", 1)
+            .replace(f"{self.prog} ", f"{__doc__.splitlines()[0]}\n\nusage: {self.prog} ", 1)
+        )
+
+    def error(self, message: str):
+        self.exit(2, f"rpb-report: error: {message} (rpb-report --help lists the options)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rpb-report", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    doc = __doc__.split("\n", 2)[2]  # the purpose line heads the help (format_help), the rest follows the usage
+    p = _Parser(prog="rpb-report", description=doc, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--storage", help="Optuna journal file or database URL of the study")
     p.add_argument("--study", help="study name (optional when the storage holds one study)")
     p.add_argument("--out", help="output folder (default: reports/<study name>)")
+    p.add_argument("--baseline", help="ablation: the setting every other one is compared with (none, abs, 2d-7x7, ...)")
     p.add_argument("--source", choices=("local", "wandb"), default="local", help="read runs from folders or W&B")
     p.add_argument("--runs-root", default=".", help="folder that relative run_dir paths start from")
     p.add_argument("--entity", help="W&B entity (--source wandb)")
@@ -363,30 +319,40 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _fail(message: str) -> int:
+    print(f"rpb-report: error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
+    """`rpb-report [options]`; returns the exit status (2 and one sentence on stderr for a mistake)."""
     args = _parser().parse_args(argv)
     from dashboards import serve
 
-    if args.serve == "tensorboard":
-        if not args.logdir:
-            raise SystemExit("--serve tensorboard needs --logdir, the folder of run folders (e.g. runs/sweeps/NAME).")
-        return serve.serve(serve.tensorboard_command(args.logdir, args.host, args.port or 6006))
-    if not args.storage:
-        raise SystemExit("--storage is required: the study's journal file (runs/sweeps/NAME.journal) or a URL.")
+    if args.serve == "tensorboard" and not args.logdir:
+        return _fail("--serve tensorboard needs --logdir, the folder of run folders (e.g. runs/sweeps/NAME).")
+    if args.serve != "tensorboard" and not args.storage:
+        return _fail("--storage is required: the study's journal file (runs/sweeps/NAME.journal) or a URL.")
     try:
+        if args.serve == "tensorboard":
+            return serve.serve(serve.tensorboard_command(args.logdir, args.host, args.port or 6006))
         if args.serve == "optuna":
             return serve.serve(serve.optuna_dashboard_command(args.storage, args.host, args.port or 8080))
         study = load_study(args.storage, args.study)
-    except ValueError as err:
-        raise SystemExit(str(err)) from None
+    except (ValueError, TimeoutError) as err:  # a missing study or tool, a server that never answered
+        return _fail(str(err))
     if args.source == "wandb":
         from dashboards.wandb_reader import WandbRunReader
 
         reader: RunReader = WandbRunReader.from_public_api(args.entity, args.project)
     else:
         reader = LocalRunReader(args.runs_root)
-    index = build_report(study, reader, args.out or Path("reports") / study.study_name, block=args.block)
-    print(f"report written: {index}\nopen it with: xdg-open {index}  (or file://{index.resolve()})")
+    if args.baseline and study.user_attrs.get("kind") != "ablation":
+        return _fail(
+            f"--baseline is for ablations; study {study.study_name!r} is a {study.user_attrs.get('kind', 'sweep')}."
+        )
+    index = build_report(study, reader, args.out or Path("reports") / study.study_name, args.block, args.baseline)
+    print(f"report written: {index} (one file: open it, copy it or mail it as it is)\nopen it with: xdg-open {index}")
     return 0
 
 

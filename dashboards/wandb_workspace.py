@@ -4,7 +4,8 @@ Offline (the default) it writes the definitions to a JSON file and prints how to
 ``--publish`` (and a W&B login) it saves the workspace view and the report to the entity/project.
 
     rpb-wandb-workspace --out runs/wandb_dashboards.json --group my-ablation
-    WANDB_API_KEY=... rpb-wandb-workspace --publish --entity me --project rpb-lab --group my-ablation
+    WANDB_API_KEY=... rpb-wandb-workspace --publish --entity me --project rpb-lab --group my-ablation \
+        --storage runs/sweeps/my-ablation.journal       # the report opens with the ablation's verdict table
 
 The keys below are the ones training logs (experiments.train, experiments.tracking): per-step ``train/*`` against
 ``global_step``, per-epoch metrics against ``epoch``, images ``bias/block_{i}``, summary ``best_val_accuracy``.
@@ -22,12 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from dashboards.ablation import Verdict
 from sweeps.objective import COMPLETE_STATUSES, PRUNED_STATUSES
+from sweeps.stats import METHOD
 
 EPOCH_X, STEP_X = "epoch", "global_step"
 TARGET = "best_val_accuracy"  # W&B summary key kept by the tracker (max of val_accuracy)
@@ -124,21 +128,48 @@ def sweep_workspace(
     return ws.Workspace(entity=entity, project=project, name=name, sections=sections, runset_settings=runsets)
 
 
-def ablation_report(entity: str, project: str, group: str, depth: int = 3, *, runset_project: bool = True):
-    """The report of one ablation: runs of the group, grouped by window size and bias type (mean over seeds).
+def verdict_markdown(result: Verdict) -> str:
+    """The verdict table as Markdown (what the W&B report shows at its top), or the sentence saying why none."""
+    if result.baseline is None:
+        return f"No verdict: {result.problem}."
+    lines = [
+        f"Each setting against **{result.baseline.label}** (`{result.baseline.key}`), best validation accuracy.",
+        "",
+        "| " + " | ".join(result.header) + " |",
+        "|" + "|".join([":---"] + ["---:"] * (len(result.header) - 2) + [":---"]) + "|",
+        *("| " + " | ".join(row) + " |" for row in result.rows),
+        "",
+        METHOD,
+    ]
+    return "\n".join(lines)
+
+
+def ablation_report(
+    entity: str,
+    project: str,
+    group: str,
+    depth: int = 3,
+    *,
+    runset_project: bool = True,
+    verdict: Verdict | None = None,
+):
+    """The report of one ablation: its verdict table first, then the runs of the group, grouped by window size and
+    bias type (mean over seeds).
 
     The means are over the completed runs only (`COMPLETED`: one per trial); the runs stopped early (pruned or
     diverged) are in a run set and panel grid of their own below, never in the means.
 
     Args:
         runset_project: point the run set at entity/project (W&B looks the project up, so only when online).
+        verdict: the study's verdict (`dashboards.ablation.verdict`, computed from the study); W&B panels cannot
+            pair seeds or correct for several comparisons, so without it the report says how to add it.
     """
     wr, _ = _modules()
     where = dict(entity=entity, project=project) if runset_project else {}
     runset = wr.Runset(
         name=f"ablation {group}",
         filters=runs_filter(group),
-        groupby=["config.window_size", "config.bias_type", "config.mode"],
+        groupby=["config.window_size", "config.bias_type", "config.mode", "config.pos_embed"],
         **where,
     )
     stopped = wr.Runset(name=f"ablation {group}: stopped early", filters=runs_filter(group, STOPPED_EARLY), **where)
@@ -160,8 +191,15 @@ def ablation_report(entity: str, project: str, group: str, depth: int = 3, *, ru
         description="Validation accuracy, learning curves and learned relative position bias per window size.",
         blocks=[
             wr.H1(f"Window-size ablation {group}"),
+            wr.H2("Verdict"),
+            wr.MarkdownBlock(
+                text=verdict_markdown(verdict)
+                if verdict is not None
+                else f"Write the verdict here with `rpb-wandb-workspace --storage runs/sweeps/{group}.journal "
+                f"--group {group} --publish ...` (it reads the study and compares every setting with the baseline)."
+            ),
             wr.P(
-                "Runs are grouped by window size, bias type and mode; curves are the mean over seeds. Only completed "
+                "Runs are grouped by window size, bias type, mode and position embedding; curves are the mean over seeds. Only completed "
                 "runs are shown, one per trial: a killed attempt's run and runs stopped early are left out."
             ),
             wr.PanelGrid(runsets=[runset], panels=panels),
@@ -176,8 +214,9 @@ def ablation_report(entity: str, project: str, group: str, depth: int = 3, *, ru
             ),
             wr.H2("Local report"),
             wr.MarkdownBlock(
-                text=f"`rpb-report --storage runs/sweeps/{group}.journal` writes the same comparison with 95% "
-                "t-intervals, bias-table sizes and training cost to `reports/<study>/index.html`."
+                text=f"`rpb-report --storage runs/sweeps/{group}.journal` writes the same verdict with accuracy "
+                "beside cost (parameters, images/s, wall time) and the learned biases to one file, "
+                "`reports/<study>/index.html`."
             ),
         ],
     )
@@ -247,11 +286,33 @@ def filter_keys(*definitions: Any) -> set[tuple[str, str]]:
 
 
 def definitions(
-    entity: str, project: str, group: str, depth: int, study: str | None = None, online: bool = False
+    entity: str,
+    project: str,
+    group: str,
+    depth: int,
+    study: str | None = None,
+    online: bool = False,
+    verdict: Verdict | None = None,
 ) -> tuple[Any, Any]:
-    """The sweep workspace (all runs, or one study's) and the ablation report of `group`."""
+    """The sweep workspace (all runs, or one study's) and the ablation report of `group` (with its verdict)."""
     workspace = sweep_workspace(entity, project, study, depth=depth)
-    return workspace, ablation_report(entity, project, group, depth=depth, runset_project=online)
+    return workspace, ablation_report(entity, project, group, depth=depth, runset_project=online, verdict=verdict)
+
+
+def study_verdict(storage: str, study_name: str, runs_root: str = ".", baseline: str | None = None) -> Verdict:
+    """The verdict of the ablation study `study_name` in `storage`, from its run folders (`rpb-report`'s own).
+
+    Raises:
+        ValueError: the storage or the study cannot be found, or the study is not an ablation.
+    """
+    from dashboards.ablation import DEFAULT_BASELINE, summarise, verdict
+    from dashboards.load import LocalRunReader, load_study, results
+
+    study = load_study(storage, study_name)
+    if study.user_attrs.get("kind") != "ablation":
+        raise ValueError(f"study {study_name!r} is not an ablation, so it has no verdict; pass the ablation's --group.")
+    runs = [r for _, r in results(study, LocalRunReader(runs_root)).runs("complete")]
+    return verdict(summarise(runs), baseline or study.user_attrs.get("baseline") or DEFAULT_BASELINE)
 
 
 def to_json(workspace: Any, report: Any) -> dict[str, Any]:
@@ -273,24 +334,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--depth", type=int, default=3, help="model depth: number of bias/block_{i} image keys")
     p.add_argument("--publish", action="store_true", help="save to W&B (needs a login); default: write a file")
     p.add_argument("--out", default="runs/wandb_dashboards.json", help="file for the offline definitions")
+    p.add_argument("--storage", help="the ablation's study storage (journal file or URL): puts its verdict on top")
+    p.add_argument("--runs-root", default=".", help="folder that relative run_dir paths start from (--storage)")
+    p.add_argument("--baseline", help="the verdict's baseline (default: the study's ablation.baseline, else none)")
     args = p.parse_args(argv)
+    result = None
+    if args.storage:
+        try:
+            result = study_verdict(args.storage, args.group, args.runs_root, args.baseline)
+        except ValueError as err:
+            print(f"rpb-wandb-workspace: error: {err}", file=sys.stderr)
+            return 2
     if args.publish:
         if not args.entity:
             raise SystemExit("--entity is required with --publish (or set WANDB_ENTITY): the user or team to save to.")
-        workspace, report = definitions(args.entity, args.project, args.group, args.depth, args.study, online=True)
+        workspace, report = definitions(
+            args.entity, args.project, args.group, args.depth, args.study, online=True, verdict=result
+        )
         workspace.save()
         report.save()
         print(f"workspace: {workspace.url}\nreport: {report.url}")
         return 0
     entity = args.entity or "YOUR_ENTITY"
-    workspace, report = definitions(entity, args.project, args.group, args.depth, args.study)
+    workspace, report = definitions(entity, args.project, args.group, args.depth, args.study, verdict=result)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(to_json(workspace, report), indent=1))
     print(
         f"definitions written to {out} (offline; nothing uploaded).\n"
         f"publish later: wandb login && rpb-wandb-workspace --publish --entity <entity> --project {args.project} "
-        f"--group {args.group} --depth {args.depth}"
+        f"--group {args.group} --depth {args.depth}" + (f" --storage {args.storage}" if args.storage else "")
     )
     return 0
 

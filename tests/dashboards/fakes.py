@@ -47,8 +47,11 @@ def run_config(window: int, seed: int, bias_type: str = "2d", lr: float = 1e-3, 
     }
 
 
-def write_run(run_dir: Path, config: dict, accuracies: list[float], status: str = "completed") -> None:
-    """config.yaml, metrics.jsonl, summary.json and bias/offset_maps.pt as training writes them."""
+def write_run(
+    run_dir: Path, config: dict, accuracies: list[float], status: str = "completed", cost: dict | None = None
+) -> None:
+    """config.yaml, metrics.jsonl, summary.json and bias/offset_maps.pt as training writes them; `cost` adds
+    summary keys such as num_params, train_images_per_s, wall_s."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     rows = []
@@ -80,6 +83,7 @@ def write_run(run_dir: Path, config: dict, accuracies: list[float], status: str 
         "train_loss": rows[-1]["train_loss"],
         "run_dir": str(run_dir),
         "wandb_run_id": None,
+        **(cost or {}),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary))
     rpb = config["model"]["rpb"]
@@ -93,22 +97,34 @@ def write_run(run_dir: Path, config: dict, accuracies: list[float], status: str 
         torch.save(maps, run_dir / "bias" / "offset_maps.pt")
 
 
-def make_ablation(root: Path, windows=(3, 5, 7), seeds=(0, 1, 2), name: str = "abl") -> Path:
-    """A finished ablation study (kind=ablation) whose accuracy grows with the window; returns the journal path."""
+def make_ablation(root: Path, windows=(3, 5, 7), seeds=(0, 1, 2), name: str = "abl", baseline: bool = True) -> Path:
+    """A finished ablation study (kind=ablation) whose accuracy grows with the window, with a no-bias setting
+    (`baseline`) below them all; every run records its cost (more parameters and time for larger windows)."""
     path = root / f"{name}.journal"
     study = optuna.create_study(study_name=name, storage=journal(path), direction="maximize")
     study.set_user_attr("kind", "ablation")
     rng = random.Random(0)
-    dists = {"window_size": CategoricalDistribution(list(windows)), "seed": CategoricalDistribution(list(seeds))}
-    for window in windows:
+    cells = [(w, "2d") for w in windows] + ([(windows[0], "none")] if baseline else [])
+    dists = {
+        "model.rpb.window_size": CategoricalDistribution([f"{w}x{w}" for w in windows]),
+        "model.rpb.enabled": CategoricalDistribution([True, False]),
+        "seed": CategoricalDistribution(list(seeds)),
+    }
+    for window, bias in cells:
         for seed in seeds:
-            final = 0.6 + 0.04 * window + rng.uniform(-0.02, 0.02)
+            final = (0.55 if bias == "none" else 0.6 + 0.04 * window) + rng.uniform(-0.02, 0.02)
             accs = [final * (1 - math.exp(-(e + 1))) for e in range(3)]
             run_dir = root / name / f"trial-{len(study.trials)}"
-            write_run(run_dir, run_config(window, seed), accs)
+            table = 0 if bias == "none" else ((2 * window - 1) ** 2 + 3) * HEADS * DEPTH
+            cost = {"num_params": 30_000 + table, "train_images_per_s": 600 - 10 * window, "wall_s": 20 + window}
+            write_run(run_dir, run_config(window, seed, bias_type=bias), accs, cost=cost)
             study.add_trial(
                 optuna.trial.create_trial(
-                    params={"window_size": window, "seed": seed},
+                    params={
+                        "model.rpb.window_size": f"{window}x{window}",
+                        "model.rpb.enabled": bias != "none",
+                        "seed": seed,
+                    },
                     distributions=dists,
                     value=max(accs),
                     intermediate_values=dict(enumerate(accs)),
@@ -129,9 +145,12 @@ def make_sweep(root: Path, n: int = 8, name: str = "swp") -> Path:
     study = optuna.create_study(study_name=name, storage=journal(path), direction="maximize")
     study.set_user_attr("kind", "sweep")
     rng = random.Random(1)
-    dists = {
+    dists = {  # conf/sweep/default.yaml's space
         "model.rpb.window_size": CategoricalDistribution([3, 5, 7]),
         "optim.lr": FloatDistribution(1e-4, 1e-2, log=True),
+        "optim.weight_decay": FloatDistribution(1e-3, 0.2, log=True),
+        "model.drop_rate": FloatDistribution(0.0, 0.3),
+        "model.rpb.init_std": FloatDistribution(1e-3, 0.1, log=True),
     }
     for number in range(n):
         window, lr = rng.choice([3, 5, 7]), 10 ** rng.uniform(-4, -2)
@@ -143,7 +162,13 @@ def make_sweep(root: Path, n: int = 8, name: str = "swp") -> Path:
         study.add_trial(
             optuna.trial.create_trial(
                 state=optuna.trial.TrialState.PRUNED if pruned else optuna.trial.TrialState.COMPLETE,
-                params={"model.rpb.window_size": window, "optim.lr": lr},
+                params={
+                    "model.rpb.window_size": window,
+                    "optim.lr": lr,
+                    "optim.weight_decay": 10 ** rng.uniform(-3, -0.7),
+                    "model.drop_rate": rng.uniform(0.0, 0.3),
+                    "model.rpb.init_std": 10 ** rng.uniform(-3, -1),
+                },
                 distributions=dists,
                 value=None if pruned else max(accs),
                 intermediate_values=dict(enumerate(accs)),

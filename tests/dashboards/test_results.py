@@ -60,7 +60,7 @@ def test_results_sorts_every_trial_into_one_kind(study):
 
 def test_summary_gives_each_setting_its_seeds_once(study):
     summaries = summarise([r for _, r in trial_runs(study, LocalRunReader())])
-    assert [s.setting.label for s in summaries] == ["3x3 2d", "5x5 2d"]  # the pruned 7x7 run is in no mean
+    assert [s.setting.label for s in summaries] == ["rpb 2d 3x3", "rpb 2d 5x5"]  # the pruned 7x7 run is in no mean
     three, five = summaries
     assert sorted(three.seeds) == [0, 1] and sorted(five.seeds) == [0, 1]
     assert sorted(three.accuracies) == pytest.approx([0.70, 0.75])  # not the killed attempt's 0.20
@@ -76,21 +76,22 @@ def test_report_counts_equal_the_studys_counts(study, page, tmp_path):
     assert "4 complete, 1 pruned, 2 failed, 1 running, 1 waiting" in page
 
 
-def test_report_ranks_complete_trials_and_lists_pruned_ones_apart(page):
+def test_report_lists_complete_trials_and_pruned_ones_apart(page):
     complete = _section(page, "Complete trials")
-    assert "Complete trials (4, best first)" in complete
-    assert _first_column(complete, 1) == [3, 2, 6, 1]  # 0.82, 0.80, 0.75, 0.70
-    assert _first_column(complete, 0) == [1, 2, 3, 4]
+    assert "Complete trials (4)" in complete  # an ablation's runs are seeds of settings: listed, not ranked
+    assert _first_column(complete, 0) == [1, 2, 3, 6]
     pruned = _section(page, "Pruned trials")
     assert _first_column(pruned) == [4] and "not ranked" in pruned
     failed = _section(page, "Failed attempts")
     assert _first_column(failed) == [0, 5]
     assert "1 attempt killed (its worker died): trial 0 retried as trial 6 (complete)." in page
     assert "1 attempt failed: trial 5 retried as trial 8 (waiting)." in page
-    assert "Best trial: #3, value 0.8200" in page
-    ablation = page[page.index("<h2>Ablation") : page.index("<h2>Study")]
-    assert '<td class="l">3x3 2d</td><td class="l">0,1</td><td>2</td><td>0.7250</td>' in ablation
-    assert "7x7" not in ablation.split("<table>")[1] and "1 pruned run (trial 4)" in ablation  # a note, not a row
+    assert "Best trial" not in page  # the best seed of an ablation is luck, not a result
+    ablation = page[page.index("<h2>Accuracy and cost") : page.index("<h2>Overview")]
+    assert '<td class="l">rpb 2d 3x3</td><td class="l">0,1</td><td>0.725</td>' in ablation
+    assert "7x7" not in ablation.split("<table>")[1].split("</table>")[0]  # a note, not a row
+    assert "1 pruned run (trial 4)" in ablation
+    assert "No verdict: the baseline &#x27;none&#x27; names no setting" in page  # no no-bias runs in this study
 
 
 def test_plots_are_drawn_from_the_results_only(study):
@@ -130,11 +131,10 @@ def test_two_complete_trials_of_one_cell_count_once(tmp_path):
     text = build_report(study, LocalRunReader(), tmp_path / "report").read_text()
     assert "each cell is counted once: trial 2 (complete) repeats trial 0" in text
     assert read_counts(tmp_path / "report" / "index.html") == trial_counts(study)
-    assert _first_column(_section(text, "Complete trials"), 1) == [1, 0, 5]
+    assert _first_column(_section(text, "Complete trials"), 0) == [0, 1, 5]
     from dashboards.report import best_result
 
     assert best_result(study, res)[0].number == 1 and study.best_trial.number == 6  # 6 (0.95) holds no cell
-    assert "Best trial: #1, value 0.7000" in text
     assert study.trials[2].state == State.COMPLETE  # the study itself is untouched
     assert "1 attempt interrupted (Ctrl-C): trial 3 retried as trial 5 (complete)." in text
 

@@ -1,6 +1,8 @@
 """The W&B reader behind the RunReader interface, against a fake public API (no network)."""
 
+import base64
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -62,7 +64,7 @@ def fake_api(ablation_journal, tmp_path):
     Image.fromarray((np.indices((40, 120)).sum(0) % 256).astype(np.uint8)).convert("RGB").save(media)
     study = load_study(str(ablation_journal))
     runs = {t.user_attrs["wandb_run_id"]: FakeRun(Path(t.user_attrs["run_dir"]), media) for t in study.trials}
-    runs.pop("w8")  # one run deleted from W&B: the report goes on without it
+    runs.pop(f"w{len(study.trials) - 1}")  # the last run deleted from W&B: the report goes on without it
     return FakeApi(runs)
 
 
@@ -84,8 +86,9 @@ def test_report_from_wandb_uses_the_logged_heatmaps(ablation_journal, fake_api, 
     study = load_study(str(ablation_journal))
     index = build_report(study, WandbRunReader(fake_api, "me", "rpb-lab", cache_dir=tmp_path / "c"), tmp_path / "r")
     text = index.read_text()
-    assert "heatmap_3x3_2d.png" in text and "7x7 2d" in text
-    assert (tmp_path / "r" / "figures" / "heatmap_3x3_2d.png").stat().st_size > 0
+    assert "rpb 2d 7x7" in text and [p.name for p in (tmp_path / "r").iterdir()] == ["index.html"]
+    figure = re.search(r'<figure data-name="heatmap_rpb_2d_3x3"><img src="data:image/png;base64,([^"]+)"', text)
+    assert figure and base64.b64decode(figure.group(1)) == (tmp_path / "heatmap.png").read_bytes()  # W&B's image
 
 
 def test_cli_reads_runs_from_wandb(ablation_journal, fake_api, tmp_path, monkeypatch):
@@ -101,4 +104,4 @@ def test_cli_reads_runs_from_wandb(ablation_journal, fake_api, tmp_path, monkeyp
     argv = ["--storage", str(ablation_journal), "--source", "wandb", "--entity", "me", "--out", str(tmp_path / "r")]
     assert report.main(argv) == 0
     assert made == [("me", "rpb-lab")] and fake_api.asked[0] == "me/rpb-lab/w0"
-    assert (tmp_path / "r" / "figures" / "heatmap_5x5_2d.png").is_file()
+    assert '<figure data-name="heatmap_rpb_2d_5x5">' in (tmp_path / "r" / "index.html").read_text()

@@ -12,7 +12,8 @@ from experiments.config import compose_config
 STEP_KEYS = {"train/loss", "train/lr", "train/grad_norm", "train/images_per_sec", "global_step"}
 EPOCH_KEYS = {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate"}
 SUMMARY_KEYS = {"best_val_accuracy", "state", "status", "reason"}  # the tracker's finish(): train()'s final status
-ABLATION_CONFIG_KEYS = {"window_size", "bias_type", "mode", "seed", "ablation"}  # sweeps.ablate.run_factors
+# sweeps.ablate.run_factors
+ABLATION_CONFIG_KEYS = {"window_size", "bias_type", "mode", "pos_embed", "seed", "ablation"}
 
 
 def _kinds(panels) -> list[str]:
@@ -38,7 +39,7 @@ def test_sweep_workspace_has_the_panels_the_issue_asks_for():
 def test_ablation_report_groups_runs_by_the_ablation_factors():
     report = ablation_report("me", "rpb-lab", "abl", runset_project=False)
     grid = next(b for b in report.blocks if type(b).__name__ == "PanelGrid")
-    assert grid.runsets[0].groupby == ["config.window_size", "config.bias_type", "config.mode"]
+    assert grid.runsets[0].groupby == ["config.window_size", "config.bias_type", "config.mode", "config.pos_embed"]
     assert grid.runsets[0].filters == (
         "Metric('group') = 'abl' and SummaryMetric('status') in ['completed', 'early_stopped']"
     )
@@ -178,3 +179,18 @@ def test_status_values_are_the_sweeps_own():
     assert all(repr(s) in COMPLETED for s in COMPLETE_STATUSES) and all(
         repr(s) in STOPPED_EARLY for s in PRUNED_STATUSES
     )
+
+
+def test_the_wandb_report_opens_with_the_verdict(ablation_journal, tmp_path, capsys):
+    out = tmp_path / "defs.json"
+    assert main(["--out", str(out), "--group", "abl", "--storage", str(ablation_journal)]) == 0
+    blocks = json.loads(out.read_text())["report"]["spec"]["blocks"]
+    text = json.dumps(blocks)
+    assert text.index("Verdict") < text.index("Stopped early")  # at the top of the report
+    table = next(b for b in blocks if "| setting |" in json.dumps(b))
+    cells = json.dumps(table)
+    assert "| rpb 2d 3x3 | 3 |" in cells and "better" in cells and "Holm" in cells
+    assert main(["--out", str(out), "--group", "nope", "--storage", str(ablation_journal)]) == 2
+    assert capsys.readouterr().err.startswith("rpb-wandb-workspace: error: --study 'nope' is not in the storage")
+    report = ablation_report("me", "p", "g", runset_project=False)  # without a study: says how to add it
+    assert "rpb-wandb-workspace --storage" in json.dumps(to_json(sweep_workspace("me", "p"), report)["report"])

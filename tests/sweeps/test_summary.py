@@ -1,0 +1,135 @@
+"""The tables rpb-sweep and rpb-ablate print: they fit 80 columns, widen with the terminal, and say what they drop."""
+
+from __future__ import annotations
+
+import io
+import random
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from rich.console import Console
+
+from sweeps.ablate import BIAS, ENABLED, MODE, SEED, WINDOW
+from sweeps.space import SweepConfigError
+from sweeps.summary import check_baseline, fitted_table, print_summary, print_verdict
+
+SPACE = {  # conf/sweep/default.yaml's dimensions
+    "optim.lr": FloatDistribution(1e-4, 1e-2, log=True),
+    "optim.weight_decay": FloatDistribution(1e-3, 0.2, log=True),
+    "model.drop_rate": FloatDistribution(0.0, 0.3),
+    "model.rpb.window_size": CategoricalDistribution(["3x3", "5x5", "7x7"]),
+    "model.rpb.init_std": FloatDistribution(1e-3, 0.1, log=True),
+}
+
+
+def _console(width: int) -> Console:
+    return Console(width=width, file=io.StringIO(), record=True)
+
+
+def _lines(console: Console) -> list[str]:
+    return console.export_text().splitlines()
+
+
+def _sweep_study() -> optuna.Study:
+    study = optuna.create_study(direction="maximize")
+    rng = random.Random(0)
+    for _ in range(6):
+        params = {k: (rng.choice(d.choices) if isinstance(d, CategoricalDistribution) else rng.uniform(d.low, d.high))
+                  for k, d in SPACE.items()}  # fmt: skip
+        params["optim.lr"] = 0.0012520653814999472  # the issue's example of a float at full precision
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params, distributions=SPACE, value=rng.uniform(0.5, 0.99), intermediate_values={0: 0.4, 1: 0.6}
+            )
+        )
+    return study
+
+
+@pytest.mark.parametrize("width", [80, 160])
+def test_trials_table_fits_the_terminal(compose_sweep, width):
+    console = _console(width)
+    print_summary(compose_sweep(), _sweep_study(), console=console)
+    lines = _lines(console)
+    commands = [line for line in lines if line.startswith(("Best config:", "Train it:"))]  # printed whole
+    assert len(commands) == 2 and max(len(line) for line in lines if line not in commands) <= width
+    text = "\n".join(lines)
+    assert "0.00125" in text and "0.0012520653814999472" not in text and "0.000…" not in text
+    table = text.split("complete trials, ranked by")[1]
+    header = next(line for line in table.splitlines() if line.startswith("┃"))
+    assert "…" not in header  # headers are whole (val_a… in the issue)
+    if width == 160:  # every column, nothing dropped
+        assert all(name in header for name in ("state", "epochs", "lr", "weight_decay", "drop_rate", "init_std"))
+        assert "not shown" not in text
+    else:  # the last parameters go first, and the page says so
+        assert "init_std" not in header and "not shown: " in text and "init_std" in text.split("not shown: ")[1]
+        assert "lr" in header
+
+
+def test_fitted_table_drops_by_priority_and_keeps_priority_zero():
+    console = _console(30)
+    columns = [("#", 0), ("value", 0), ("low", 1), ("wide column", 2)]
+    table, dropped = fitted_table(console, "t", columns, [["1", "0.5", "x", "a long cell text"]])
+    assert dropped == ["wide column"] and [c.header for c in table.columns] == ["#", "value", "low"]
+    table, dropped = fitted_table(_console(8), "t", columns, [["1", "0.5", "x", "y"]])
+    assert [c.header for c in table.columns] == ["#", "value"]  # too narrow for more: priority 0 stays
+
+
+def _ablation_study(values: dict[tuple[str, bool], list[float]]) -> optuna.Study:
+    dists = {
+        WINDOW: CategoricalDistribution(["3x3", "5x5"]),
+        BIAS: CategoricalDistribution(["2d"]),
+        MODE: CategoricalDistribution(["clip"]),
+        ENABLED: CategoricalDistribution([True, False]),
+        SEED: CategoricalDistribution([0, 1, 2]),
+    }
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("metric", "val_accuracy")
+    for (window, enabled), accs in values.items():
+        for seed, acc in enumerate(accs):
+            params = {WINDOW: window, BIAS: "2d", MODE: "clip", ENABLED: enabled, SEED: seed}
+            study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=acc))
+    return study
+
+
+@pytest.mark.parametrize("width", [80, 160])
+def test_verdict_table_prints_at_the_end_of_rpb_ablate(width):
+    study = _ablation_study(
+        {("3x3", False): [0.90, 0.93, 0.91], ("3x3", True): [0.95, 0.98, 0.97], ("5x5", True): [0.92, 0.91, 0.92]}
+    )
+    console = _console(width)
+    assert print_verdict(study, console=console)
+    lines = _lines(console)
+    assert max(map(len, lines)) <= width
+    rows = {line.split("│")[1].strip(): line for line in lines if line.startswith("│")}
+    assert set(rows) == {"none", "rpb 2d 3x3", "rpb 2d 5x5"}
+    assert "baseline" in rows["none"] and "+0.053" in rows["rpb 2d 3x3"] and "better" in rows["rpb 2d 3x3"]
+    assert "no difference shown" in rows["rpb 2d 5x5"]
+    header = next(line for line in lines if line.startswith("┃"))
+    assert ("p (Holm)" in header) == (width == 160) and "verdict" in header and "Δ joint 95% CI" in header
+    assert len(lines) == 9 + (width == 80)  # title, 3 rules, header, 3 rows, the method, what was dropped
+
+
+def test_verdict_without_a_baseline_says_what_to_add():
+    study = _ablation_study({("3x3", True): [0.9, 0.8, 0.85], ("5x5", True): [0.9, 0.9, 0.9]})
+    console = _console(100)
+    assert not print_verdict(study, console=console)
+    text = console.export_text()
+    assert "No verdict: the baseline 'none' names no setting" in text and "2d-3x3, 2d-5x5" in text
+    assert print_verdict(study, "2d-3x3", console=_console(100))
+
+
+def test_a_named_baseline_must_be_in_the_grid():
+    cells = [{WINDOW: "3x3", BIAS: "2d", MODE: "clip", SEED: 0}, {WINDOW: "5x5", BIAS: "2d", MODE: "clip", SEED: 0}]
+    check_baseline(None, cells)
+    check_baseline("none", cells)  # the default may be absent: the verdict says so at the end
+    check_baseline("2d-5x5", cells)
+    with pytest.raises(SweepConfigError, match=r"ablation.baseline='2d-7x7': the baseline '2d-7x7' names no setting"):
+        check_baseline("2d-7x7", cells)
+
+
+def test_the_study_names_its_objective_for_optuna_dashboard(compose_sweep):
+    from sweeps.study import prepare_study
+
+    study = prepare_study(compose_sweep())
+    assert study.metric_names == ["val_accuracy"]  # optuna-dashboard's axis label, not "Objective 0"

@@ -4,6 +4,7 @@
                                    is swapped atomically (os.replace) once the new state is complete
 <run_dir>/checkpoints/best.pt   {"model": state_dict, "epoch": int, "metrics": dict}, torch.load(weights_only=True)
 <run_dir>/summary.json, config.yaml: written to a temporary file and renamed over the old one
+The folder's layout is `experiments.run_dir.RunDir`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,17 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = [
-    "TrainState",
-    "append_jsonl",
-    "atomic_write_text",
-    "last_checkpoint",
-    "load_best",
-    "load_last",
-    "save_checkpoint",
-    "save_last",
-    "truncate_jsonl",
-]
+from experiments.run_dir import RunDir, atomic_write_text
+
+__all__ = ["TrainState", "last_checkpoint", "load_best", "load_last", "save_checkpoint", "save_last"]
 
 TRAIN_STATE = "train_state.json"
 
@@ -45,46 +37,15 @@ class TrainState:
     best_monitor: float | None = None  # best value of trainer.early_stopping_monitor so far
     bad_epochs: int = 0  # epochs since the monitor last improved
     last_metrics: dict[str, float] = field(default_factory=dict)
+    # Cost of the run so far, over all its sessions (a resumed run adds to them).
+    train_images: int = 0  # images trained on, all processes
+    train_s: float = 0.0  # seconds in training passes (no evaluation, no setup)
+    wall_s: float = 0.0  # seconds from start to the last epoch's end
 
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def truncate_jsonl(path: str | Path, max_epoch: int) -> None:
-    """Keep the records of epochs <= max_epoch (a resumed run rewrites what came after its checkpoint).
-
-    Lines that are not a JSON object are dropped: a run killed while appending leaves a torn last line.
-    """
-    path = Path(path)
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and record.get("epoch", 0) <= max_epoch:
-            kept.append(line)
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
+    @classmethod
+    def read(cls, checkpoint: str | Path) -> TrainState:
+        """The loop state saved in a complete checkpoint folder (`last_checkpoint`), without loading the model."""
+        return cls(**json.loads((Path(checkpoint) / TRAIN_STATE).read_text()))
 
 
 def save_checkpoint(
@@ -125,7 +86,7 @@ def load_best(path: str | Path) -> dict[str, Any]:
 
 def last_checkpoint(run_dir: str | Path) -> Path | None:
     """`<run_dir>/checkpoints/last` when it holds a complete state, else None."""
-    last = Path(run_dir) / "checkpoints" / "last"
+    last = RunDir(run_dir).last_checkpoint
     return last if (last / TRAIN_STATE).is_file() else None
 
 
@@ -136,7 +97,7 @@ def save_last(accelerator: Any, run_dir: str | Path, state: TrainState, config_y
     Every process takes part (each saves its RNG state); the main process swaps the link and removes the old
     folder. Until the swap, `last` still points at the previous complete state.
     """
-    ckpt_dir = Path(run_dir) / "checkpoints"
+    ckpt_dir = RunDir(run_dir).checkpoints
     target = ckpt_dir / f"state-e{state.epoch:04d}"
     if accelerator.is_main_process and target.exists():  # a stale folder from a run killed mid-save
         shutil.rmtree(target)
@@ -145,7 +106,7 @@ def save_last(accelerator: Any, run_dir: str | Path, state: TrainState, config_y
     accelerator.wait_for_everyone()  # every rank's files (its RNG state) are on disk before the state is published
     if accelerator.is_main_process:
         if config_yaml:
-            atomic_write_text(target / "config.yaml", config_yaml)
+            RunDir(target).write_config(config_yaml)  # the state folder is self-describing
         atomic_write_text(target / TRAIN_STATE, json.dumps(asdict(state), indent=2))  # last: marks it complete
         last = ckpt_dir / "last"
         previous = last.resolve() if last.is_symlink() else None
@@ -174,4 +135,4 @@ def load_last(accelerator: Any, run_dir: str | Path) -> TrainState:
             "it stopped before its first epoch ended; start a new run instead."
         )
     accelerator.load_state(str(last.resolve()))
-    return TrainState(**json.loads((last / TRAIN_STATE).read_text()))
+    return TrainState.read(last)

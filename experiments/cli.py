@@ -3,18 +3,22 @@
     rpb-train                                         # the guide's rpb_config defaults on digits
     rpb-train model.depth=4 optim.lr=5e-4 trainer.mixed_precision=bf16
     rpb-train experiment=guide_my_experiment          # or experiment=vit_b16
-    rpb-train --guide-config configs/rpb_config.yaml [overrides...]   # the guide's own YAML files
-    rpb-train resume=runs/rpb-vit-20260101-120000-000000
+    rpb-train --guide-config conf/guide/rpb_config.yaml [overrides...]   # the guide's own YAML files
+    rpb-train resume=runs/rpb-vit-20260101-120000-000000                  # continue a run
+    rpb-train resume=runs/rpb-vit-20260101-120000-000000 trainer.epochs=20   # extend it to 20 epochs
     accelerate launch --multi_gpu --num_processes 2 -m experiments.cli trainer.cpu=true   # N processes
 
-A config mistake prints one sentence and exits with status 2 (no traceback); a diverged run exits with 3.
+A config mistake prints one sentence and exits with status 2 (no traceback); a diverged run exits with 3; Ctrl-C
+prints one line (what was saved, the command that continues it) and exits with 130.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -22,23 +26,28 @@ from omegaconf import DictConfig
 from experiments.config import CONF_DIR, compose_config
 from experiments.config_errors import ConfigError
 
-__all__ = ["main"]
+__all__ = ["EXIT_INTERRUPTED", "main", "render_help"]
 
-EXIT_CONFIG, EXIT_DIVERGED = 2, 3
+EXIT_CONFIG, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130  # 130 = 128 + SIGINT, as shells report Ctrl-C
+GUIDE_EXAMPLE = "conf/guide/rpb_config.yaml"
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     from experiments.config import validate_config
-    from experiments.train import train
+    from experiments.train import extend_run, train
 
     try:
         cfg = validate_config(cfg)
         if cfg.get("resume"):
-            _check_resume_overrides(cfg)
+            epochs = _check_resume_overrides(cfg)
+            if epochs is not None:
+                extend_run(cfg.resume, epochs)
         result = train(cfg)
     except ConfigError as exc:  # also data.py's and resume's mistakes, raised before any training
         _fail(str(exc))
+    except KeyboardInterrupt as exc:
+        _say_interrupted(getattr(exc, "result", None))
     if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per process
         print(
             f"[rpb-train] {result['status']}: {result['reason']} | best val accuracy "
@@ -48,29 +57,68 @@ def _hydra_main(cfg: DictConfig) -> None:
         _exit(EXIT_DIVERGED)
 
 
-def _check_resume_overrides(cfg: DictConfig) -> None:
-    """A resumed run keeps the config saved in its folder: refuse command-line overrides that would change it."""
-    from pathlib import Path
-
+def _check_resume_overrides(cfg: DictConfig) -> int | None:
+    """A resumed run keeps the config saved in its folder: refuse command-line overrides that would change it,
+    except trainer.epochs (extending the run); returns the new trainer.epochs when it is given and differs."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    saved_path = Path(cfg.resume) / "config.yaml"
+    from experiments.run_dir import RunDir
+
+    saved_path = RunDir(cfg.resume).config
     if not saved_path.is_file():
-        return  # train() names the problem
+        return None  # train() names the problem
     saved = OmegaConf.load(saved_path)
-    changed = []
+    changed, epochs = [], None
     for override in HydraConfig.get().overrides.task:
         key = override.split("=", 1)[0].lstrip("+~")
         if key == "resume" or key.startswith("hydra"):
             continue
-        if OmegaConf.select(cfg, key, default=None) != OmegaConf.select(saved, key, default=None):
+        if OmegaConf.select(cfg, key, default=None) == OmegaConf.select(saved, key, default=None):
+            continue
+        if key == "trainer.epochs":
+            epochs = int(cfg.trainer.epochs)
+        else:
             changed.append(key)
     if changed:
         raise ConfigError(
             f"resume={cfg.resume} continues the run with the config saved in its folder, and {', '.join(changed)} "
-            "would change it; drop those overrides, or start a new run (without resume=) to change them."
+            "would change it; drop those overrides (only trainer.epochs may change, to extend the run), or start a "
+            "new run (without resume=) to change them."
         )
+    return epochs
+
+
+def _continue_command(run_dir: str) -> str:
+    """The command that continues the run in `run_dir` (the same launch: one process or N)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        return f"accelerate launch --multi_gpu --num_processes {world} -m experiments.cli resume={shlex.quote(run_dir)}"
+    return f"rpb-train resume={shlex.quote(run_dir)}"
+
+
+def _has_checkpoint(run_dir: str) -> bool:
+    from experiments.checkpoint import last_checkpoint  # torch: loaded already once train() has run
+
+    return last_checkpoint(run_dir) is not None
+
+
+def _say_interrupted(result: dict | None) -> None:
+    """Ctrl-C: one line on the main process (what was saved, the command that continues it), exit 130."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        if result is not None and _has_checkpoint(result["run_dir"]):
+            line = (
+                f"rpb-train: interrupted in epoch {result['epochs_run'] + 1}; epoch {result['epochs_run']} is saved "
+                f"in {result['run_dir']}; continue with: {_continue_command(result['run_dir'])}"
+            )
+        else:
+            where = f" ({result['run_dir']} holds no checkpoint)" if result else ""
+            line = (
+                f"rpb-train: interrupted before a checkpoint was written; nothing to continue{where}; start again with: "
+                f"rpb-train {shlex.join(sys.argv[1:])}".rstrip()
+            )
+        print(line, file=sys.stderr)
+    _exit(EXIT_INTERRUPTED)
 
 
 def _fail(sentence: str) -> None:
@@ -90,7 +138,7 @@ def _split_guide_config(argv: Sequence[str]) -> tuple[str | None, list[str]]:
     for i, arg in enumerate(args):
         if arg == "--guide-config":
             if i + 1 >= len(args):
-                _fail("--guide-config needs a path: rpb-train --guide-config configs/rpb_config.yaml")
+                _fail(f"--guide-config needs a path: rpb-train --guide-config {GUIDE_EXAMPLE}")
             path = args[i + 1]
             del args[i : i + 2]
             break
@@ -101,9 +149,73 @@ def _split_guide_config(argv: Sequence[str]) -> tuple[str | None, list[str]]:
     return path, args
 
 
+def render_help(name: str, purpose: str, usage: str, group_files: Sequence[tuple[str, Path]], notes: str = "") -> str:
+    """A console script's --help: its name and purpose, usage, then each of its own config groups as the YAML file
+    it is (keys with their comments), so the help never drifts from the defaults.
+
+    Args:
+        group_files: (key prefix such as "sweep", YAML file) pairs, shown in this order.
+    """
+    parts = [f"{name}: {purpose}", "", "Usage:", usage.rstrip()]
+    for prefix, path in group_files:
+        rel = path.relative_to(CONF_DIR.parent) if path.is_relative_to(CONF_DIR.parent) else path
+        body = "\n".join(f"  {line}".rstrip() for line in path.read_text().rstrip().splitlines())
+        parts += ["", f"{prefix}.* keys ({rel}; override as {prefix}.KEY=VALUE):", body]
+    if notes:
+        parts += ["", notes.rstrip()]
+    return "\n".join(parts) + "\n"
+
+
+def _groups_line() -> str:
+    """Config groups and their options, from conf/ (group=option picks one)."""
+    groups = ("data", "model", "optim", "schedule", "tracker", "experiment")
+    return "\n".join(f"  {g}={'|'.join(sorted(p.stem for p in (CONF_DIR / g).glob('*.yaml')))}" for g in groups)
+
+
+def train_help() -> str:
+    """`rpb-train --help`."""
+    import textwrap
+
+    from experiments.train import SCHEDULE_ON_EXTEND
+
+    extend = textwrap.fill(SCHEDULE_ON_EXTEND + ".", width=116, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    usage = f"""\
+  rpb-train [KEY=VALUE ...]                      override any key: model.depth=4 optim.lr=5e-4
+  rpb-train GROUP=OPTION [KEY=VALUE ...]         pick a config group option (below): model=vit_no_rpb
+  rpb-train --guide-config {GUIDE_EXAMPLE} [KEY=VALUE ...]   the training guide's own YAML keys
+  rpb-train resume=RUN_DIR                       continue an interrupted run with the config in its folder
+  rpb-train resume=RUN_DIR trainer.epochs=N      extend a run to N epochs in all (N above what it trained):
+{extend}
+  rpb-train --cfg job [KEY=VALUE ...]            print the composed config; --hydra-help: Hydra's own flags
+
+Config groups (GROUP=OPTION):
+{_groups_line()}"""
+    notes = (
+        "A run folder holds config.yaml, metrics.jsonl, summary.json, checkpoints/, bias/, wandb/, tensorboard/.\n"
+        "Exit status: 0 done, 2 a config mistake (one sentence), 3 diverged, 130 Ctrl-C (the line says how to go on)."
+    )
+    return render_help(
+        "rpb-train",
+        "train a Vision Transformer with relative position bias on one CPU, one GPU or N processes.",
+        usage,
+        [("trainer", CONF_DIR / "trainer" / "default.yaml"), ("tracker", CONF_DIR / "tracker" / "default.yaml")],
+        notes,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Check the config first (one sentence, exit 2 on a mistake), then hand the overrides to Hydra."""
+    try:
+        _main(argv)
+    except KeyboardInterrupt:  # before train() started (imports, composing): nothing was saved
+        _say_interrupted(None)
+
+
+def _main(argv: Sequence[str] | None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help"} & set(argv):
+        print(train_help(), end="")
+        return
     guide_path, args = _split_guide_config(argv)
     overrides = [a for a in args if not a.startswith("-")]
     hydra_flags = [a for a in args if a.startswith("-")]
@@ -113,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
             overrides = resolve_guide_overrides(guide_path, overrides)
             compose_config(overrides)
-        elif not hydra_flags:  # --help, --cfg job, -m ...: Hydra's own business
+        elif not hydra_flags:  # --cfg job, --hydra-help, -m ...: Hydra's own business
             compose_config(overrides)
     except ConfigError as exc:
         _fail(str(exc))

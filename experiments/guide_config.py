@@ -1,6 +1,6 @@
 """Run the training guide's own YAML files (`project` / `input` / `attention` / `relative_position_bias` keys).
 
-`rpb-train --guide-config configs/rpb_config.yaml [overrides...]` or `compose_guide_config(path, overrides)`.
+`rpb-train --guide-config conf/guide/rpb_config.yaml [overrides...]` or `compose_guide_config(path, overrides)`.
 Each guide key becomes a Hydra override of `conf/train.yaml`, so the result is validated like any config:
 
     project.name -> name              project.seed -> seed          project.device -> trainer.cpu
@@ -129,6 +129,8 @@ def resolve_guide_overrides(path: str | Path, overrides: Sequence[str] = ()) -> 
     """All Hydra overrides of a guide run: the guide's keys, the image size its window implies (unless
     `overrides` set data.img_size), then `overrides`. Checks input.sequence_length against the token grid."""
     guide, sequence_length = guide_overrides(path)
+    if not any(o.startswith("experiment=") for o in overrides):
+        guide.insert(0, "experiment=guide")  # the guide's recipe (100 epochs, ...) under the keys its file leaves out
     side = _grid_side(path)
     if side is not None and not any(o.lstrip("+").startswith("data.img_size=") for o in overrides):
         patch = compose_unvalidated([*guide, *overrides]).model.patch_size

@@ -3,7 +3,7 @@
 The training loop builds one tracker and calls it from one place:
 
     tracker = build_tracker(cfg.tracker, is_main_process=accelerator.is_main_process)
-    tracker.start(config, run_dir)
+    tracker.start(config, run_dir)        # continues the W&B run recorded in run_dir, if any (see WandbTracker)
     tracker.log({"train/loss": 0.7, ...}, step=global_step)   # "train/*" keys: x = global_step
     tracker.log({"val_accuracy": 0.9, ...}, step=epoch)       # every other key: x = epoch
     tracker.log_images(bias_heatmap_images(model), step=epoch)   # {"bias/block_0": (H, W, 3) uint8, ...}
@@ -112,8 +112,9 @@ def build_tracker(tracker_cfg: Mapping[str, Any] | None, *, is_main_process: boo
     """The enabled trackers of `tracker_cfg` as one tracker (or a no-op on non-main processes / when none is on).
 
     Args:
-        tracker_cfg: the `tracker` config: `wandb` (enabled, mode, project, entity, group, job_type, tags, name, id,
-            notes), `tensorboard` (enabled), `extra_config` (merged into the W&B config).
+        tracker_cfg: the `tracker` config: `wandb` (enabled, mode, verbose: W&B's own console lines, project,
+            entity, group, job_type, tags, name, id, notes), `tensorboard` (enabled), `extra_config` (merged into the
+            W&B config).
         is_main_process: only the main process gets real trackers.
     """
     if not is_main_process or tracker_cfg is None:
@@ -121,9 +122,10 @@ def build_tracker(tracker_cfg: Mapping[str, Any] | None, *, is_main_process: boo
     tracker_cfg = to_plain(tracker_cfg)
     trackers: list[Tracker] = []
     wandb_cfg = dict(tracker_cfg.get("wandb") or {})
-    unknown = sorted(set(wandb_cfg) - {"enabled", "mode", *WANDB_INIT_KEYS})
+    options = ("enabled", "mode", "verbose", *WANDB_INIT_KEYS)
+    unknown = sorted(set(wandb_cfg) - set(options))
     if unknown:
-        raise ValueError(f"tracker.wandb.{unknown[0]} is not a W&B tracker option: use {', '.join(WANDB_INIT_KEYS)}.")
+        raise ValueError(f"tracker.wandb.{unknown[0]} is not a W&B tracker option: use {', '.join(options)}.")
     if wandb_cfg.pop("enabled", False):
         mode = wandb_cfg.pop("mode", "offline")
         if mode not in WANDB_MODES:

@@ -2,15 +2,20 @@
 
 Runs unchanged on a CPU, one GPU or N processes (`accelerate launch --multi_gpu --num_processes N -m
 experiments.cli ...`). The contract with sweeps and dashboards: the callback, the returned dict, the logged keys
-and the run folder (config.yaml, metrics.jsonl, summary.json, checkpoints/, bias/, wandb/, tensorboard/).
+and the run folder (`experiments.run_dir.RunDir`: config.yaml, metrics.jsonl, summary.json, checkpoints/, bias/,
+wandb/, wandb_run.json, tensorboard/).
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
+import signal
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,57 +23,156 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.checkpoint import (
-    TrainState,
-    append_jsonl,
-    atomic_write_text,
-    load_last,
-    save_checkpoint,
-    save_last,
-    truncate_jsonl,
-)
+from experiments.checkpoint import TrainState, last_checkpoint, load_last, save_checkpoint, save_last
 from experiments.config import build_model, to_yaml, validate_config
 from experiments.config_errors import ConfigError
 from experiments.engine import evaluate, train_epoch
+from experiments.run_dir import FINAL_STATUSES, RunDir
 
-__all__ = ["EpochCallback", "train"]
+__all__ = ["SCHEDULE_ON_EXTEND", "EpochCallback", "RunInterrupted", "epoch_line", "extend_run", "plural", "train"]
 
 EpochCallback = Callable[[int, dict[str, float]], "str | None"]
+# What `rpb-train resume=RUN trainer.epochs=N` does to the learning-rate schedule (said in --help and the README).
+SCHEDULE_ON_EXTEND = (
+    "the schedule is recomputed for the new length: warm-up is kept, the cosine decays over the new total, so the "
+    "learning rate rises at the resume point to where the longer curve stands"
+)
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `train`: the trackers are finished as "interrupted"; `result` is what summary.json says."""
+
+    def __init__(self, result: dict[str, Any]):
+        super().__init__(result["reason"])
+        self.result = result
+
+
+@dataclass
+class _Setup:
+    """What the loop trains with, prepared by Accelerate."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    train_loader: Any
+    val_loader: Any
+    max_batches: int  # training batches per epoch (per process), a whole number of optimizer steps
+    num_params: int
+
+
+@dataclass
+class _Session:
+    """One session of a run (a resumed run has several): what the helpers below share."""
+
+    cfg: DictConfig
+    run: RunDir
+    accelerator: Any
+    setup: _Setup
+    tracker: Any
+    config_yaml: str  # resolved, secrets masked: saved with the run and with every checkpoint
+    started: float = field(default_factory=time.perf_counter)
+
+    def lap(self, state: TrainState) -> None:
+        """Add the time since the last lap to the run's wall time (`wall_s` counts every session)."""
+        now = time.perf_counter()
+        state.wall_s, self.started = state.wall_s + now - self.started, now
 
 
 def train(cfg: DictConfig, on_epoch_end: EpochCallback | None = None) -> dict[str, Any]:
-    """Train the configured model; returns {status, reason, best_val_accuracy, best_epoch, epochs_run,
-    val_accuracy, val_loss, train_loss, run_dir, wandb_run_id}.
+    """Train the configured model; returns {status, reason, best_val_accuracy, best_epoch, epochs_run, epochs,
+    val_accuracy, val_loss, train_loss, num_params, train_images_per_s, wall_s, run_dir, wandb_run_id}.
 
     Args:
         cfg: a config from `compose_config` (validated again here). With `cfg.resume=<run dir>` the run
-            continues from that folder's last checkpoint with that folder's config.
+            continues from that folder's last checkpoint with that folder's config (`extend_run` raises its
+            trainer.epochs first); a run that already finished is returned as it is, without training or a tracker.
         on_epoch_end: called on every process with (epoch, global epoch metrics); the main process's answer is
             broadcast: None continues, a string stops the run with that string as its status (e.g. "pruned").
+            Without it, train() prints one line per epoch (`epoch_line`); a caller with one reports progress itself.
 
-    A non-finite loss ends the run with status "diverged" (no exception, last good checkpoint kept). Other
-    exceptions propagate once the trackers are finished as "failed" ("interrupted" for KeyboardInterrupt).
+    A non-finite loss ends the run with status "diverged" (no exception, last good checkpoint kept). Ctrl-C
+    raises `RunInterrupted` (a KeyboardInterrupt) once the trackers are finished as "interrupted"; other
+    exceptions propagate once they are finished as "failed". `wall_s` and `train_images_per_s` count every
+    session of the run (a resumed run adds to them).
     """
-    from accelerate.utils import broadcast_object_list, set_seed
-    from tqdm.auto import tqdm
+    from accelerate.utils import broadcast_object_list
 
-    from experiments.data import build_dataloaders
-    from experiments.optimizers import build_optimizer, build_scheduler
     from experiments.precision import make_accelerator
-    from experiments.tracking import NoOpTracker, build_tracker
+    from experiments.tracking import build_tracker
 
+    started = time.perf_counter()
     cfg = _resume_config(cfg) if cfg.get("resume") else validate_config(cfg)
     tc = cfg.trainer
     accelerator = make_accelerator(
         tc.mixed_precision, cpu=tc.cpu, grad_accum_steps=tc.grad_accum_steps, data_seed=cfg.seed
     )
-    is_main = accelerator.is_main_process
-    run_dir = _run_dir(cfg, broadcast_object_list)
-    cfg.run_dir = str(run_dir)
+    run = RunDir(_run_dir(cfg, broadcast_object_list))  # after the Accelerator: its process group broadcasts
+    cfg.run_dir = str(run.path)
+    if cfg.resume and (done := _already_finished(run, tc.epochs)) is not None:
+        return done  # nothing to train: no checkpoint loaded, no W&B run opened
+    setup = _build(cfg, accelerator)
+    state = load_last(accelerator, run.path) if cfg.resume else TrainState()
+    s = _Session(cfg, run, accelerator, setup, build_tracker(cfg.tracker, is_main_process=accelerator.is_main_process),
+                 to_yaml(cfg), started)  # fmt: skip
+    _open_run(s, state)
+    status, reason = "completed", ""
+    try:
+        for epoch in range(state.epoch + 1, tc.epochs + 1):
+            t0 = time.perf_counter()
+            train_m = _train_one_epoch(s, state, epoch)
+            state.global_step, state.train_images = train_m["global_step"], state.train_images + train_m["images"]
+            state.train_s += time.perf_counter() - t0
+            if train_m["diverged"]:
+                status, reason = "diverged", _diverged_reason(epoch, state)
+                break
+            # plain cross-entropy (no label smoothing): validation losses compare across runs
+            val_m = evaluate(setup.model, setup.val_loader, torch.nn.CrossEntropyLoss(), accelerator.device,
+                             accelerator=accelerator, max_batches=tc.limit_val_batches)  # fmt: skip
+            metrics = _epoch_metrics(epoch, train_m, val_m, setup.optimizer, time.perf_counter() - t0)
+            if not math.isfinite(val_m["loss"]):
+                status, reason = "diverged", f"non-finite validation loss after epoch {epoch}: lower optim.lr"
+                break
+            _keep_best(s, state, metrics)
+            early = _early_stop(state, metrics, tc)  # both run every epoch: the callback reports every epoch
+            stop = _callback_decision(on_epoch_end, epoch, metrics) or early
+            if stop is not None:
+                status, reason = stop
+            state.epoch, state.last_metrics = epoch, metrics
+            s.lap(state)
+            _record_epoch(s, state, metrics, status if stop else None)
+            _log_epoch(s, metrics, train_m["grad_norms"], epoch)
+            if on_epoch_end is None:  # a caller with a callback says how far it got itself (sweeps: per trial)
+                accelerator.print(epoch_line(metrics, tc.epochs, train_m["images"]), flush=True)
+            if stop is not None:
+                break
+    except BaseException as exc:
+        _finish_failed(s, state, exc)  # raises
 
-    # --- model, data, optimizer, schedule ---------------------------------------------------------------------
+    if status == "completed":
+        reason = f"trained {plural(state.epoch, 'epoch')}"
+    if status != "diverged" and accelerator.is_main_process:
+        _write_final_bias(accelerator.unwrap_model(setup.model, keep_torch_compile=False), run)
+    s.lap(state)
+    result = _result(s, state, status, reason)
+    if accelerator.is_main_process:
+        run.write_summary(result)
+    s.tracker.finish(status, summary=result)
+    accelerator.wait_for_everyone()
+    return result
+
+
+# --- setup ----------------------------------------------------------------------------------------------------
+def _build(cfg: DictConfig, accelerator: Any) -> _Setup:
+    """Model, optimizer, data and schedule, prepared by Accelerate (same initial weights on every process)."""
+    from accelerate.utils import set_seed
+
+    from experiments.data import build_dataloaders
+    from experiments.optimizers import build_optimizer, build_scheduler
+
+    tc = cfg.trainer
     set_seed(cfg.seed)  # same initial weights on every process and in every run with this seed
     model = build_model(cfg)
+    num_params = sum(p.numel() for p in model.parameters() if p.requires_grad)  # trainable, as timm counts them
     optimizer = build_optimizer(model, cfg.optim)
     try:
         train_loader, val_loader = build_dataloaders(cfg.data, seed=cfg.seed)
@@ -82,150 +186,69 @@ def train(cfg: DictConfig, on_epoch_end: EpochCallback | None = None) -> dict[st
     if tc.limit_train_batches is not None and tc.limit_train_batches < max_batches:
         max_batches = max(tc.grad_accum_steps, tc.limit_train_batches // tc.grad_accum_steps * tc.grad_accum_steps)
     steps_per_epoch = math.ceil(max_batches / tc.grad_accum_steps)
+    # Over trainer.epochs as configured now: a run extended with a larger trainer.epochs gets the longer curve.
     scheduler = build_scheduler(
         optimizer, cfg.schedule, base_lr=cfg.optim.lr, steps_per_epoch=steps_per_epoch, epochs=tc.epochs
     )
     scheduler = accelerator.prepare(scheduler)  # saved and restored with the state; stepped by train_epoch
-    train_criterion = torch.nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
-    val_criterion = torch.nn.CrossEntropyLoss()  # plain cross-entropy: comparable across label smoothing
-
-    # --- run folder, resume, tracker -------------------------------------------------------------------------
-    config_yaml = to_yaml(cfg)  # resolved, secrets masked: saved with the run and with every checkpoint
-    plain_config = OmegaConf.to_container(OmegaConf.create(config_yaml))
-    state = TrainState()
-    if cfg.resume:
-        state = load_last(accelerator, run_dir)
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", config_yaml)
-        truncate_jsonl(run_dir / "metrics.jsonl", state.epoch)
-    tracker = build_tracker(cfg.tracker, is_main_process=is_main)
-    tracker.start(plain_config, run_dir)
-    # Heatmaps and bias statistics only for a tracker that keeps them (not for tracker=none, W&B mode=disabled, ...)
-    log_images = is_main and not isinstance(tracker, NoOpTracker)
-
-    def log(metrics: dict[str, float], step: int) -> None:  # the one place metrics leave the loop
-        tracker.log(metrics, step=step)
-
-    result = _result(cfg, state, "running", "", tracker)
-    if is_main:
-        atomic_write_text(run_dir / "summary.json", json.dumps(result, indent=2))
-    status, reason, stopping = "completed", f"trained {tc.epochs} epochs", False
-    try:
-        for epoch in range(state.epoch + 1, tc.epochs + 1):
-            t0 = time.perf_counter()
-            train_loader.set_epoch(epoch)  # shuffle order = f(seed, epoch): same on resume and on N processes
-            bar = tqdm(
-                total=max_batches,
-                desc=f"epoch {epoch}/{tc.epochs}",
-                leave=False,
-                disable=not (is_main and tc.progress_bar),
-            )
-            train_m = train_epoch(
-                model, train_loader, train_criterion, optimizer, accelerator.device, epoch,
-                accelerator=accelerator, scheduler=scheduler, clip_grad_norm=tc.clip_grad_norm,
-                max_batches=max_batches, global_step=state.global_step,
-                log_every_n_steps=tc.log_every_n_steps, log_step=lambda step, m: log(m, step), progress=bar,
-            )  # fmt: skip
-            bar.close()
-            state.global_step = train_m["global_step"]
-            if train_m["diverged"]:
-                status = "diverged"
-                reason = (
-                    f"non-finite training loss in epoch {epoch} (by step {state.global_step}); the last good "
-                    f"checkpoint is epoch {state.epoch}: lower optim.lr or set trainer.clip_grad_norm"
-                )
-                break
-            val_m = evaluate(
-                model,
-                val_loader,
-                val_criterion,
-                accelerator.device,
-                accelerator=accelerator,
-                max_batches=tc.limit_val_batches,
-            )
-            metrics = {
-                "epoch": epoch,
-                "train_loss": train_m["loss"],
-                "train_accuracy": train_m["accuracy"],
-                "val_loss": val_m["loss"],
-                "val_accuracy": val_m["accuracy"],
-                "learning_rate": optimizer.param_groups[0]["lr"],
-                "epoch_time": time.perf_counter() - t0,
-            }
-            if not math.isfinite(val_m["loss"]):
-                status, reason = "diverged", f"non-finite validation loss after epoch {epoch}: lower optim.lr"
-                break
-
-            # Best model by val accuracy; early stopping on the monitor (the guide's patience recipe).
-            if metrics["val_accuracy"] > state.best_val_accuracy:
-                state.best_val_accuracy, state.best_epoch = metrics["val_accuracy"], epoch
-                if is_main and tc.save_checkpoints:
-                    best_model = accelerator.unwrap_model(model, keep_torch_compile=False)
-                    best_path = run_dir / "checkpoints" / "best.pt"
-                    save_checkpoint(best_model, None, epoch, metrics, best_path, config=plain_config)
-            sign = 1.0 if tc.early_stopping_monitor == "val_loss" else -1.0  # lower is better after the sign
-            if state.best_monitor is None or sign * metrics[tc.early_stopping_monitor] < sign * state.best_monitor:
-                state.best_monitor, state.bad_epochs = metrics[tc.early_stopping_monitor], 0
-            else:
-                state.bad_epochs += 1
-            if tc.early_stopping_patience is not None and state.bad_epochs >= tc.early_stopping_patience:
-                status, stopping = "early_stopped", True
-                reason = f"{tc.early_stopping_monitor} did not improve for {state.bad_epochs} epochs (best {state.best_monitor:.4f})"
-
-            decision = [on_epoch_end(epoch, dict(metrics)) if on_epoch_end is not None else None]
-            broadcast_object_list(decision, from_process=0)  # every process follows the main one
-            if decision[0] is not None:
-                status, stopping = str(decision[0]), True
-                reason = f"on_epoch_end returned {decision[0]!r} after epoch {epoch}"
-
-            state.epoch, state.last_metrics = epoch, metrics
-            # The epoch's record first, then its checkpoint: a kill in between leaves a record beyond the
-            # checkpoint, which resume drops (truncate_jsonl) and writes again, never an epoch without a record.
-            if is_main:
-                append_jsonl(run_dir / "metrics.jsonl", metrics | ({"status": status} if stopping else {}))
-                # kept current while the run goes on: a run killed mid-way still says how far it got
-                progress = _result(cfg, state, "running", f"epoch {epoch}/{tc.epochs}", tracker)
-                atomic_write_text(run_dir / "summary.json", json.dumps(progress, indent=2))
-            if tc.save_checkpoints:
-                save_last(accelerator, run_dir, state, config_yaml)
-            epoch_log = {k: v for k, v in metrics.items() if k != "epoch"}
-            epoch_log |= {f"grad_norm/{k}": v for k, v in train_m["grad_norms"].items()}
-            if log_images and tc.heatmap_every_n_epochs and epoch % tc.heatmap_every_n_epochs == 0:
-                epoch_log |= _log_bias(accelerator.unwrap_model(model, keep_torch_compile=False), tracker, epoch)
-            log(epoch_log, epoch)
-            accelerator.print(_summary_line(metrics, tc.epochs, train_m["images"]), flush=True)
-            if stopping:
-                break
-    except BaseException as exc:
-        failed = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        result = _result(cfg, state, failed, f"{type(exc).__name__}: {exc}", tracker)
-        if is_main:
-            atomic_write_text(run_dir / "summary.json", json.dumps(result, indent=2))
-        tracker.finish(failed, summary=result)
-        raise
-
-    if status == "diverged":
-        accelerator.print(f"[rpb-train] diverged: {reason}.")
-    elif is_main:
-        _write_final_bias(accelerator.unwrap_model(model, keep_torch_compile=False), run_dir)
-    result = _result(cfg, state, status, reason, tracker)
-    if is_main:
-        atomic_write_text(run_dir / "summary.json", json.dumps(result, indent=2))
-    tracker.finish(status, summary=result)
-    accelerator.wait_for_everyone()
-    return result
+    return _Setup(model, optimizer, scheduler, train_loader, val_loader, max_batches, num_params)
 
 
 def _resume_config(cfg: DictConfig) -> DictConfig:
     """The config saved in the run dir named by `cfg.resume` (the run continues there as it was configured)."""
-    run_dir = Path(cfg.resume)
-    saved = run_dir / "config.yaml"
-    if not saved.is_file():
-        raise ConfigError(f"resume={str(run_dir)!r} is not a run folder (no config.yaml): give the folder of a run.")
-    resumed = validate_config(OmegaConf.load(saved))
-    resumed.run_dir, resumed.resume = str(run_dir), str(run_dir)
+    run = _existing_run(cfg.resume)
+    resumed = validate_config(OmegaConf.load(run.config))
+    resumed.run_dir, resumed.resume = str(run), str(run)
     return resumed
+
+
+def _existing_run(path: str | Path) -> RunDir:
+    run = RunDir(path)
+    if not run.config.is_file():
+        raise ConfigError(f"resume={str(run)!r} is not a run folder (no config.yaml): give the folder of a run.")
+    return run
+
+
+def extend_run(run_dir: str | Path, epochs: int) -> None:
+    """Let the run in `run_dir` train to `epochs` in total when resumed (its saved trainer.epochs is rewritten).
+
+    The schedule follows `SCHEDULE_ON_EXTEND`. Raises ConfigError when `epochs` is not above the epochs the run
+    has trained (its last checkpoint) or the folder is not a run.
+    """
+    run = _existing_run(run_dir)
+    trained = TrainState.read(last_checkpoint(run.path)).epoch if last_checkpoint(run.path) else 0
+    if epochs <= trained:
+        raise ConfigError(
+            f"trainer.epochs={epochs} does not extend resume={run}: it has trained {plural(trained, 'epoch')}; "
+            f"give trainer.epochs above {trained}, or drop the override to resume it as it was configured."
+        )
+    saved = OmegaConf.load(run.config)
+    saved.trainer.epochs = int(epochs)
+    run.write_config(OmegaConf.to_yaml(saved))
+
+
+def _already_finished(run: RunDir, epochs: int) -> dict[str, Any] | None:
+    """The saved result of a run that ended by its own decision and is not extended (None: it goes on)."""
+    saved = run.read_summary()
+    if saved.get("status") not in FINAL_STATUSES or epochs > saved.get("epochs", saved.get("epochs_run", 0)):
+        return None
+    why, trained = saved.get("reason") or saved["status"], saved.get("epochs_run", 0)
+    return {**saved, "reason": f"already finished ({why}); nothing trained (trainer.epochs above {trained} extends it)"}
+
+
+def _open_run(s: _Session, state: TrainState) -> None:
+    """The run folder before this session's first epoch (config, metrics up to the checkpoint, W&B record, summary)
+    and the trackers (a resumed run continues its W&B run: see WandbTracker)."""
+    run = s.run
+    if s.accelerator.is_main_process:
+        run.path.mkdir(parents=True, exist_ok=True)
+        run.write_config(s.config_yaml)
+        run.truncate_metrics(state.epoch)  # a resumed run rewrites the records after its checkpoint
+        if not s.cfg.resume:
+            run.forget_wandb_run()  # a fresh run in a used folder opens a new W&B run
+    s.tracker.start(OmegaConf.to_container(OmegaConf.create(s.config_yaml)), run.path)
+    if s.accelerator.is_main_process:
+        run.write_summary(_result(s, state, "running", ""))
 
 
 def _run_dir(cfg: DictConfig, broadcast: Callable) -> Path:
@@ -235,6 +258,94 @@ def _run_dir(cfg: DictConfig, broadcast: Callable) -> Path:
     stamp = [datetime.now().strftime("%Y%m%d-%H%M%S-%f")]
     broadcast(stamp, from_process=0)
     return Path(cfg.output_dir) / f"{cfg.name}-{stamp[0]}"
+
+
+# --- one epoch ------------------------------------------------------------------------------------------------
+def _train_one_epoch(s: _Session, state: TrainState, epoch: int) -> dict[str, Any]:
+    """`engine.train_epoch` with the run's settings; a progress bar only on a terminal (not in logs)."""
+    from tqdm.auto import tqdm
+
+    tc, setup, accelerator = s.cfg.trainer, s.setup, s.accelerator
+    setup.train_loader.set_epoch(epoch)  # shuffle order = f(seed, epoch): same on resume and on N processes
+    show = accelerator.is_main_process and tc.progress_bar and sys.stderr.isatty()
+    with tqdm(total=setup.max_batches, desc=f"epoch {epoch}/{tc.epochs}", leave=False, disable=not show) as bar:
+        return train_epoch(
+            setup.model, setup.train_loader, torch.nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing),
+            setup.optimizer, accelerator.device, epoch, accelerator=accelerator, scheduler=setup.scheduler,
+            clip_grad_norm=tc.clip_grad_norm, max_batches=setup.max_batches, global_step=state.global_step,
+            log_every_n_steps=tc.log_every_n_steps, log_step=lambda step, m: s.tracker.log(m, step=step),
+            progress=bar,
+        )  # fmt: skip
+
+
+def _epoch_metrics(epoch: int, train_m: dict, val_m: dict, optimizer, seconds: float) -> dict[str, float]:
+    return {
+        "epoch": epoch,
+        "train_loss": train_m["loss"],
+        "train_accuracy": train_m["accuracy"],
+        "val_loss": val_m["loss"],
+        "val_accuracy": val_m["accuracy"],
+        "learning_rate": optimizer.param_groups[0]["lr"],
+        "epoch_time": seconds,
+    }
+
+
+def _keep_best(s: _Session, state: TrainState, metrics: dict[str, float]) -> None:
+    """Best model by val accuracy -> checkpoints/best.pt (the guide's save_checkpoint format)."""
+    if metrics["val_accuracy"] <= state.best_val_accuracy:
+        return
+    state.best_val_accuracy, state.best_epoch = metrics["val_accuracy"], metrics["epoch"]
+    if s.accelerator.is_main_process and s.cfg.trainer.save_checkpoints:
+        best_model = s.accelerator.unwrap_model(s.setup.model, keep_torch_compile=False)
+        config = OmegaConf.to_container(OmegaConf.create(s.config_yaml))
+        save_checkpoint(best_model, None, metrics["epoch"], metrics, s.run.best_checkpoint, config=config)
+
+
+def _early_stop(state: TrainState, metrics, tc) -> tuple[str, str] | None:
+    """The guide's patience recipe on trainer.early_stopping_monitor; ("early_stopped", reason) when it stops."""
+    sign = 1.0 if tc.early_stopping_monitor == "val_loss" else -1.0  # lower is better after the sign
+    if state.best_monitor is None or sign * metrics[tc.early_stopping_monitor] < sign * state.best_monitor:
+        state.best_monitor, state.bad_epochs = metrics[tc.early_stopping_monitor], 0
+    else:
+        state.bad_epochs += 1
+    if tc.early_stopping_patience is None or state.bad_epochs < tc.early_stopping_patience:
+        return None
+    return "early_stopped", (
+        f"{tc.early_stopping_monitor} did not improve for {plural(state.bad_epochs, 'epoch')} "
+        f"(best {state.best_monitor:.4f})"
+    )
+
+
+def _callback_decision(on_epoch_end: EpochCallback | None, epoch: int, metrics) -> tuple[str, str] | None:
+    """The main process's answer of `on_epoch_end`, followed by every process: (status, reason) or None."""
+    from accelerate.utils import broadcast_object_list
+
+    decision = [on_epoch_end(epoch, dict(metrics)) if on_epoch_end is not None else None]
+    broadcast_object_list(decision, from_process=0)
+    return None if decision[0] is None else (str(decision[0]), f"{decision[0]} at epoch {epoch}")
+
+
+def _record_epoch(s: _Session, state: TrainState, metrics: dict[str, float], stop_status: str | None) -> None:
+    """The epoch's record first, then its checkpoint: a kill in between leaves a record beyond the checkpoint,
+    which resume drops and writes again, never an epoch without a record."""
+    if s.accelerator.is_main_process:
+        s.run.append_metrics(metrics | ({"status": stop_status} if stop_status else {}))
+        # kept current while the run goes on: a run killed mid-way still says how far it got
+        s.run.write_summary(_result(s, state, "running", f"epoch {state.epoch}/{s.cfg.trainer.epochs}"))
+    if s.cfg.trainer.save_checkpoints:
+        save_last(s.accelerator, s.run.path, state, s.config_yaml)
+
+
+def _log_epoch(s: _Session, metrics: dict[str, float], grad_norms: dict[str, float], epoch: int) -> None:
+    """The epoch's scalars, gradient norms and (every heatmap_every_n_epochs) bias heatmaps and statistics."""
+    from experiments.tracking import NoOpTracker
+
+    tc = s.cfg.trainer
+    row = {k: v for k, v in metrics.items() if k != "epoch"} | {f"grad_norm/{k}": v for k, v in grad_norms.items()}
+    keeps_images = s.accelerator.is_main_process and not isinstance(s.tracker, NoOpTracker)
+    if keeps_images and tc.heatmap_every_n_epochs and epoch % tc.heatmap_every_n_epochs == 0:
+        row |= _log_bias(s.accelerator.unwrap_model(s.setup.model, keep_torch_compile=False), s.tracker, epoch)
+    s.tracker.log(row, step=epoch)
 
 
 def _log_bias(model: torch.nn.Module, tracker: Any, epoch: int) -> dict[str, float]:
@@ -251,7 +362,48 @@ def _log_bias(model: torch.nn.Module, tracker: Any, epoch: int) -> dict[str, flo
     return {f"bias_stats/{k}": v for k, v in bias_statistics(model).items()}
 
 
-def _write_final_bias(model: torch.nn.Module, run_dir: Path) -> None:
+# --- the end ---------------------------------------------------------------------------------------------------
+def _diverged_reason(epoch: int, state: TrainState) -> str:
+    return (
+        f"non-finite training loss in epoch {epoch} (by step {state.global_step}); the last good checkpoint is "
+        f"epoch {state.epoch}: lower optim.lr or set trainer.clip_grad_norm"
+    )
+
+
+@contextlib.contextmanager
+def _no_interrupts() -> Iterator[None]:
+    """Ignore a second Ctrl-C while the trackers close (W&B needs about a second to finish its run)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _finish_failed(s: _Session, state: TrainState, exc: BaseException) -> None:
+    """Record the run as "interrupted" (Ctrl-C: raises RunInterrupted) or "failed" (re-raises `exc`)."""
+    interrupted = isinstance(exc, KeyboardInterrupt)
+    s.lap(state)
+    if interrupted:
+        kept = f"the checkpoint of epoch {state.epoch} is kept" if last_checkpoint(s.run.path) else "no checkpoint yet"
+        reason = f"stopped with Ctrl-C in epoch {state.epoch + 1}; {kept}"
+    else:
+        reason = f"{type(exc).__name__}: {exc}"
+    status = "interrupted" if interrupted else "failed"
+    result = _result(s, state, status, reason)
+    with _no_interrupts():
+        if s.accelerator.is_main_process:
+            s.run.write_summary(result)
+        s.tracker.finish(status, summary=result)
+    if interrupted:
+        raise RunInterrupted(result) from None
+    raise exc
+
+
+def _write_final_bias(model: torch.nn.Module, run: RunDir) -> None:
     from rpb.inspect import bias_offset_maps
 
     maps = bias_offset_maps(model)
@@ -259,12 +411,12 @@ def _write_final_bias(model: torch.nn.Module, run_dir: Path) -> None:
         return
     from rpb.plot import save_bias_heatmaps
 
-    (run_dir / "bias").mkdir(parents=True, exist_ok=True)
-    torch.save(maps, run_dir / "bias" / "offset_maps.pt")
-    save_bias_heatmaps(model, run_dir / "bias")
+    run.bias.mkdir(parents=True, exist_ok=True)
+    torch.save(maps, run.offset_maps)
+    save_bias_heatmaps(model, run.bias)
 
 
-def _result(cfg: DictConfig, state: TrainState, status: str, reason: str, tracker: Any) -> dict[str, Any]:
+def _result(s: _Session, state: TrainState, status: str, reason: str) -> dict[str, Any]:
     last = state.last_metrics
     return {
         "status": status,
@@ -272,17 +424,28 @@ def _result(cfg: DictConfig, state: TrainState, status: str, reason: str, tracke
         "best_val_accuracy": max(state.best_val_accuracy, 0.0),
         "best_epoch": state.best_epoch,
         "epochs_run": state.epoch,
+        "epochs": int(s.cfg.trainer.epochs),
         "val_accuracy": last.get("val_accuracy"),
         "val_loss": last.get("val_loss"),
         "train_loss": last.get("train_loss"),
-        "run_dir": str(cfg.run_dir),
-        "wandb_run_id": getattr(tracker, "run_id", None),
+        "num_params": s.setup.num_params,  # the model's trainable parameters (a cost comparison's size axis)
+        "train_images_per_s": state.train_images / state.train_s if state.train_s > 0 else None,
+        "wall_s": state.wall_s,  # every session of the run, setup and evaluation included
+        "run_dir": str(s.run.path),
+        "wandb_run_id": getattr(s.tracker, "run_id", None),
     }
 
 
-def _summary_line(m: dict[str, float], epochs: int, images: int) -> str:
+def plural(n: int, noun: str) -> str:
+    """ "1 epoch", "2 epochs"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def epoch_line(m: dict[str, float], epochs: int, images: int | None = None) -> str:
+    """The console line of one epoch's metrics (`images`: trained images, for the throughput; None leaves it out)."""
+    speed = f"{images / max(m['epoch_time'], 1e-9):.0f} img/s | " if images is not None else ""
     return (
         f"epoch {m['epoch']}/{epochs} | train loss {m['train_loss']:.4f} acc {m['train_accuracy']:.4f} | "
         f"val loss {m['val_loss']:.4f} acc {m['val_accuracy']:.4f} | lr {m['learning_rate']:.2e} | "
-        f"{images / max(m['epoch_time'], 1e-9):.0f} img/s | {m['epoch_time']:.1f}s"
+        f"{speed}{m['epoch_time']:.1f}s"
     )

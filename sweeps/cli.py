@@ -6,11 +6,14 @@
     accelerate launch --num_processes 2 -m sweeps.cli    # every trial on 2 processes (rank 0 owns the study)
 
 A mistake in the sweep (a misspelt sampler, an inverted range, a window the grid cannot take, a database that
-cannot be reached) is one sentence on stderr and exit status 2, before any trial starts.
+cannot be reached) is one sentence on stderr and exit status 2, before any trial starts. Ctrl-C ends with one line
+(what was kept, the command that continues the study) and exit status 130. `ablate_main` is `rpb-ablate`'s entry
+point around `sweeps.ablate.main`, with the same help and Ctrl-C handling.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -18,6 +21,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from experiments.cli import EXIT_INTERRUPTED, render_help
 from experiments.config import CONF_DIR, ConfigError
 from sweeps import distributed
 from sweeps.space import SweepConfigError
@@ -38,14 +42,12 @@ def _summary(checked) -> None:
 
 def sweep_main(cfg: DictConfig) -> int:
     """Run the study of `cfg` and print its summary; returns the exit status."""
-    import optuna
-
     from sweeps.config import check_sweep
+    from sweeps.objective import quiet_optuna
     from sweeps.study import StudyAlreadyDone, run_study
 
-    optuna.logging.set_verbosity(optuna.logging.INFO)
-    is_main = distributed.rank() == 0
-    code = 0
+    quiet_optuna()  # one line per finished trial (Objective.announce) instead of Optuna's INFO lines
+    is_main, checked = distributed.rank() == 0, None
     try:
         checked = check_sweep(cfg)  # once per command: the workers, the summary and best.yaml get this one
         run_study(checked)
@@ -57,11 +59,53 @@ def sweep_main(cfg: DictConfig) -> int:
             print(f"rpb-sweep: {e}")
         return 0
     except KeyboardInterrupt:
-        print("rpb-sweep: interrupted; the running trial is recorded, run the same command to resume.", file=sys.stderr)
-        code = 130
+        if is_main:
+            if checked is not None:
+                with contextlib.suppress(Exception):  # the study so far; the storage may be gone
+                    _summary(checked)
+            say_interrupted("rpb-sweep", checked.sweep if checked is not None else None)  # the last line
+        return EXIT_INTERRUPTED
     if is_main:
         _summary(checked)
-    return code
+    return 0
+
+
+def _interrupted_trials(sweep) -> list[str]:
+    """What each trial this Ctrl-C stopped continues from (best effort: [] when the storage is gone)."""
+    try:
+        import optuna
+
+        from sweeps.storage import build_storage
+
+        study = optuna.load_study(study_name=sweep.study_name, storage=build_storage(sweep, heartbeat=False))
+        stopped = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("status") == "interrupted"]
+        retried = {n for t in study.get_trials(deepcopy=False) for n in t.system_attrs.get("retry_history", [])}
+    except Exception:
+        return []
+    return [_resumes(t.number, t.user_attrs.get("run_dir")) for t in stopped if t.number not in retried]
+
+
+def _resumes(number: int, run_dir: str | None) -> str:
+    """ "trial N continues after epoch E" (its checkpoint), or "trial N starts over" (none written yet)."""
+    from experiments.checkpoint import TrainState, last_checkpoint
+
+    last = last_checkpoint(run_dir) if run_dir else None
+    if last is None:
+        return f"trial {number} starts over (stopped before its first checkpoint)"
+    return f"trial {number} continues after epoch {TrainState.read(last).epoch}"
+
+
+def say_interrupted(tool: str, sweep) -> None:
+    """Ctrl-C of a study: one line on stderr, what was kept and the exact command that continues the study."""
+    import shlex
+
+    command = shlex.join([tool, *sys.argv[1:]])
+    if sweep is None:  # before the study was opened
+        print(f"{tool}: interrupted before the study started; nothing saved; start it with: {command}", file=sys.stderr)
+        return
+    stopped = _interrupted_trials(sweep)
+    kept = ", ".join(stopped) if stopped else "finished trials are kept"
+    print(f"{tool}: interrupted; study {sweep.study_name!r}: {kept}; continue with: {command}", file=sys.stderr)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="sweep", version_base="1.3")
@@ -77,10 +121,87 @@ def _app(cfg: DictConfig) -> None:
         sys.exit(code)
 
 
-def main() -> None:
-    # Compose once before Hydra does: a config mistake (a misspelt key) is one sentence and exit 2, not Hydra's
-    # multi-line report and exit 1. Flags (--help, --cfg job, -m ...) are Hydra's own business.
+def sweep_help() -> str:
+    """`rpb-sweep --help`: its purpose, usage and conf/sweep/default.yaml with its comments."""
+    usage = """\
+  rpb-sweep [sweep.KEY=VALUE ...] [KEY=VALUE ...]   run (or continue) the study; other keys are every trial's base
+  rpb-sweep sweep.workers=2                          two local worker processes on one journal file
+  rpb-sweep sweep.storage=postgresql://user@host/db  join a study on PostgreSQL from any machine
+  accelerate launch --num_processes 2 -m sweeps.cli  every trial on 2 processes (rank 0 owns the study)
+  rpb-sweep --cfg job                                print the composed config; --hydra-help: Hydra's own flags"""
+    notes = (
+        "Training keys (model.*, optim.*, trainer.*, data=..., tracker.*) are those of rpb-train: see rpb-train --help.\n"
+        "Each finished trial prints one line; the end prints the summary table and writes <output_dir>/<study>/best.yaml.\n"
+        "Exit status: 0 done, 2 a config mistake (one sentence), 130 Ctrl-C (the line says how to continue)."
+    )
+    return render_help(
+        "rpb-sweep",
+        "an Optuna study over the training config: each trial trains with its sampled params, pruned epoch by epoch.",
+        usage,
+        [("sweep", CONF_DIR / "sweep" / "default.yaml")],
+        notes,
+    )
+
+
+def ablate_help() -> str:
+    """`rpb-ablate --help`: its purpose, usage and conf/ablation/window_size.yaml with its comments."""
+    usage = """\
+  rpb-ablate [ablation.KEY=VALUE ...] [KEY=VALUE ...]   run (or continue) the ablation grid
+  rpb-ablate 'ablation.bias_types=[2d,1d,none]' trainer.epochs=5
+  rpb-report --storage runs/sweeps/rpb-ablate.journal   the comparison, as an HTML page"""
+    notes = (
+        "sweep.* keys set the storage and workers (rpb-sweep --help); training keys are those of rpb-train --help.\n"
+        "Exit status: 0 done, 2 a config mistake (one sentence), 130 Ctrl-C (the line says how to continue)."
+    )
+    return render_help(
+        "rpb-ablate",
+        "the window-size ablation: every (setting, seed) of the grid trains once, through the sweep machinery.",
+        usage,
+        [("ablation", CONF_DIR / "ablation" / "window_size.yaml")],
+        notes,
+    )
+
+
+def ablate_main() -> None:
+    """`rpb-ablate`: its help, then `sweeps.ablate.main`; Ctrl-C is one line and exit status 130."""
     args = sys.argv[1:]
+    if {"-h", "--help"} & set(args):
+        print(ablate_help(), end="")
+        return
+    try:
+        from sweeps import ablate
+
+        code = ablate.main(args)
+    except KeyboardInterrupt:
+        if distributed.rank() == 0:
+            say_interrupted("rpb-ablate", _ablation_sweep(args))  # composed again: cheap, and never half-done
+        code = EXIT_INTERRUPTED
+    sys.exit(code)
+
+
+def _ablation_sweep(args: list[str]):
+    """The sweep node rpb-ablate ran with these arguments (for the Ctrl-C line)."""
+    from experiments.config import compose_config
+    from sweeps.ablate import ablation_config
+
+    return ablation_config(compose_config(args, config_name="ablate")).sweep
+
+
+def main() -> None:
+    try:
+        _main()
+    except KeyboardInterrupt:  # while starting (imports, composing): no study yet
+        say_interrupted("rpb-sweep", None)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def _main() -> None:
+    # Compose once before Hydra does: a config mistake (a misspelt key) is one sentence and exit 2, not Hydra's
+    # multi-line report and exit 1. Flags (--cfg job, -m ...) are Hydra's own business.
+    args = sys.argv[1:]
+    if {"-h", "--help"} & set(args):
+        print(sweep_help(), end="")
+        return
     if not any(a.startswith("-") for a in args):
         from experiments.config import compose_unvalidated
 

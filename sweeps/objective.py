@@ -19,6 +19,7 @@ from typing import Any
 import optuna
 from omegaconf import DictConfig, OmegaConf
 
+from experiments.run_dir import RunDir
 from sweeps.recovery import worker_identity
 from sweeps.samplers import held_params, params_key
 from sweeps.space import Dimension, SweepConfigError, apply_params, fixed_values, window_label
@@ -106,21 +107,23 @@ def _resume_dir(trial: optuna.Trial) -> str | None:
 def seed_resume(old_run_dir: str, cfg: DictConfig) -> str:
     """Copy a killed trial's last checkpoint into the retry's run dir, with the retry's config; returns that dir.
 
-    train(resume=<dir>) continues in <dir> with <dir>/config.yaml, so the retry keeps its own run dir, name and
-    W&B run while starting from the epoch the old trial had reached.
+    train(resume=<dir>) continues in <dir> with <dir>/config.yaml, so the retry keeps its own run dir and name
+    while starting from the epoch the old trial had reached; the W&B run record comes along, so the retry
+    continues the old trial's W&B run (one W&B run per trial cell, its steps increasing across the retry).
     """
     from experiments.config import to_yaml
+    from experiments.run_dir import RunDir
 
-    old, new = Path(old_run_dir), Path(cfg.run_dir)
-    if new.exists():
-        shutil.rmtree(new / "checkpoints", ignore_errors=True)
-    (new / "checkpoints").mkdir(parents=True, exist_ok=True)
-    shutil.copytree(old / "checkpoints" / "last", new / "checkpoints" / "last")
-    if (old / "metrics.jsonl").exists():
-        shutil.copy2(old / "metrics.jsonl", new / "metrics.jsonl")
+    old, new = RunDir(old_run_dir), RunDir(cfg.run_dir)
+    shutil.rmtree(new.checkpoints, ignore_errors=True)
+    new.checkpoints.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(old.last_checkpoint, new.last_checkpoint)
+    for name in ("metrics", "wandb_run_file"):
+        if getattr(old, name).exists():
+            shutil.copy2(getattr(old, name), getattr(new, name))
     cfg = cfg.copy()
     cfg.resume = None
-    (new / "config.yaml").write_text(to_yaml(cfg))
+    new.write_config(to_yaml(cfg))
     return str(new)
 
 
@@ -129,8 +132,46 @@ def _reason(e: BaseException) -> str:
     return mask_secrets(f"{type(e).__name__}: {text}" if text else type(e).__name__)
 
 
+def progress_due(epoch: int, epochs: int, lines: int = 5) -> bool:
+    """Whether a trial prints its progress line after `epoch`: the first epoch, then about `lines` more, evenly
+    spaced, the last included (20 epochs: 1, 4, 8, 12, 16, 20), so a study's console stays a page long."""
+    every = max(1, math.ceil(epochs / lines))
+    return epoch == 1 or epoch % every == 0 or epoch == epochs
+
+
 class DuplicateTrial(RuntimeError):
     """A sampled trial that repeats an earlier trial's parameters (failed before it trains)."""
+
+
+class _DropSaidFailures:
+    """Logging filter: Optuna's two warnings (its traceback, then "failed with value None") about a trial stopped
+    with Ctrl-C or refused as a duplicate; the trial's own line and the Ctrl-C line say it. A trial that crashed
+    keeps its traceback."""
+
+    def __init__(self) -> None:
+        self.dropped: set[str] = set()  # "Trial N " prefixes whose follow-up warning goes too
+
+    def filter(self, record) -> bool:
+        exc = record.exc_info[0] if record.exc_info else None
+        message = record.getMessage()
+        if exc is not None and issubclass(exc, (KeyboardInterrupt, DuplicateTrial)):
+            self.dropped.add(" ".join(message.split()[:2]))
+            return False
+        head = " ".join(message.split()[:2])
+        if head in self.dropped and "failed with value" in message:
+            self.dropped.discard(head)
+            return False
+        return True
+
+
+def quiet_optuna() -> None:
+    """Optuna's own per-trial INFO lines off (`Objective.announce` prints one line per finished trial) and its
+    tracebacks of Ctrl-C'd or duplicate trials dropped; its warnings and errors stay. Idempotent; every worker
+    process calls it."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for handler in optuna.logging.get_logger("optuna").handlers:  # records of optuna.* loggers reach these
+        if not any(isinstance(f, _DropSaidFailures) for f in handler.filters):
+            handler.addFilter(_DropSaidFailures())
 
 
 def trial_origin(system_attrs: dict[str, Any]) -> str:
@@ -182,6 +223,9 @@ class Objective:
         else:
             self._refuse_second_claim(trial)
         if old_run_dir:
+            previous = RunDir(old_run_dir).wandb_run()
+            if previous is not None:  # the retry continues its predecessor's W&B run
+                spec.wandb_id = previous.id
             spec.resume = seed_resume(old_run_dir, trial_config(self.base, self.sweep, spec))
             trial.set_user_attr("resumed_from", old_run_dir)
         for key, value in (
@@ -194,8 +238,13 @@ class Objective:
         if self.broadcast is not None:
             self.broadcast(spec)
         history: list[float] = []
+        epochs = int(spec.params.get("trainer.epochs", self.base.trainer.epochs))
 
         def on_epoch_end(epoch: int, metrics: dict[str, float]) -> str | None:
+            if progress_due(epoch, epochs):
+                from experiments.train import epoch_line
+
+                print(f"[trial {trial.number}] {epoch_line(metrics, epochs)}", flush=True)
             value = float(metrics[self.sweep.metric])
             if not math.isfinite(value):
                 return None  # train() reports the divergence itself
@@ -226,6 +275,12 @@ class Objective:
         if status not in COMPLETE_STATUSES:
             raise RuntimeError(f"train() ended with status {status!r} ({reason})")
         return self.value(history, result)
+
+    def announce(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """`study.optimize` callback: one line per finished trial (`sweeps.summary.trial_line`)."""
+        from sweeps.summary import trial_line
+
+        print(trial_line(trial, self.sweep.metric), flush=True)
 
     def _refuse_duplicate(self, trial: optuna.Trial, params: dict[str, Any]) -> None:
         """Fail a sampled trial, before it trains, whose parameters an earlier trial already holds.

@@ -2,7 +2,10 @@
 
 Layouts (all run the same command against the same storage):
 - one worker: the loop below in this process;
-- `sweep.workers=N`: the study is created here once, then N spawned worker processes run the loop;
+- `sweep.workers=N`: the study is created here once, then N spawned worker processes run the loop, worker k on
+  its own GPU(s) (`sweeps.devices`);
+- `sweep/launcher=slurm`: the study is created here once, then cluster jobs run this same sweep on their nodes
+  (`sweeps.cluster`);
 - several machines: each runs the command against one SQLAlchemy URL (PostgreSQL) and joins the study, at any
   time, also while it runs;
 - K processes per trial (`accelerate launch` / `torchrun`): rank 0 runs the loop, the others follow it.
@@ -36,8 +39,9 @@ from sweeps.config import (
     load_train_fn,
     study_class,
 )
+from sweeps.devices import assign_worker_devices, visible_devices
 from sweeps.identity import check_identity
-from sweeps.objective import COMPLETE_STATUSES, PRUNED_STATUSES, Objective, TrainFn
+from sweeps.objective import COMPLETE_STATUSES, PRUNED_STATUSES, Objective, TrainFn, quiet_optuna
 from sweeps.recovery import (
     fail_dead_worker_trials,
     mark_stale_heartbeat_trials,
@@ -152,6 +156,9 @@ def prepare_study(cfg) -> optuna.Study:
         study.set_user_attr("creator", worker_identity())
         for key, value in (("kind", sweep.kind), ("metric", sweep.metric), ("output_dir", sweep.output_dir)):
             study.set_user_attr(key, value)
+        with warnings.catch_warnings():  # experimental since Optuna 3.2; labels the objective in optuna-dashboard
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([sweep.metric])
     check_identity(study, checked)
     if created:
         _enqueue_first_trials(study, checked, missing_only=False)
@@ -232,6 +239,7 @@ def worker_loop(cfg, train_fn: TrainFn | None = None, *, worker_index: int = 0) 
         if distributed.rank() != 0:
             return distributed.follow(base, sweep, train_fn)
     study = open_study(checked)
+    quiet_optuna()  # here: spawned workers are processes of their own
     objective = Objective(base, sweep, dims, train_fn, broadcast=distributed.broadcast_spec if multi else None)
     journal = journal_path(sweep.storage, sweep.output_dir, sweep.study_name) is not None
     deadline = time.monotonic() + sweep.timeout if sweep.timeout else None
@@ -252,7 +260,9 @@ def worker_loop(cfg, train_fn: TrainFn | None = None, *, worker_index: int = 0) 
                 time.sleep(_POLL_S)
                 continue
             try:
-                study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+                study.optimize(
+                    objective, n_trials=1, catch=(Exception,), gc_after_trial=True, callbacks=[objective.announce]
+                )
             except NothingQueued:  # another worker popped the last queued cell first
                 continue
             ran += 1
@@ -314,9 +324,11 @@ def run_study(cfg, train_fn: TrainFn | None = None) -> optuna.Study | None:
     sweep = checked.sweep
     if sweep.workers > 1 and distributed.world_size() > 1:
         raise SweepConfigError("sweep.workers>1 cannot be combined with a multi-process launch; use one of the two.")
+    local_workers = sweep.workers > 1 and sweep.launcher.name == "local"
+    worker_cuda = assign_worker_devices(sweep.workers, sweep.devices) if local_workers else []  # checked first
     if train_fn is None:
         load_train_fn(sweep.train_fn)  # fail on a bad train_fn before the study exists
-    elif sweep.workers > 1:
+    elif sweep.workers > 1 or sweep.launcher.name != "local":
         sweep = sweep.copy()
         sweep.train_fn = _importable_name(train_fn)  # the same, for the workers that will import it by name
         checked = checked._replace(sweep=sweep)
@@ -327,14 +339,20 @@ def run_study(cfg, train_fn: TrainFn | None = None) -> optuna.Study | None:
             distributed.init_process_group(checked.base)
             distributed.broadcast_spec(None)  # the other ranks have nothing to follow
         raise StudyAlreadyDone(message, study)
+    if sweep.launcher.name == "slurm":  # the workers are cluster jobs (sweeps.cluster)
+        from sweeps.cluster import submit_workers
+
+        submit_workers(checked, study)
+        return study
     if sweep.workers == 1:
         worker_loop(checked, train_fn)
         return study
     threads = max(1, (os.cpu_count() or 1) // sweep.workers)
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_spawned_worker, args=(checked, i, threads)) for i in range(sweep.workers)]
-    for p in procs:
-        p.start()
+    for p, cuda_devices in zip(procs, worker_cuda):
+        with visible_devices(cuda_devices):  # worker k: its own GPU(s) (sweeps.devices)
+            p.start()
     try:
         for p in procs:
             p.join()

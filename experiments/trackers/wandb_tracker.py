@@ -1,4 +1,4 @@
-"""W&B tracker: one run per start/finish, offline unless configured, never a login prompt."""
+"""W&B tracker: one W&B run per run folder, offline unless configured, never a login prompt, quiet unless asked."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from experiments.run_dir import RunDir, WandbRun
 from experiments.trackers.common import (
     EPOCH_GLOBS,
     EPOCH_KEYS,
@@ -23,10 +24,17 @@ from experiments.trackers.common import (
 
 
 class WandbTracker:
-    """One W&B run per `start`/`finish` pair (`reinit="create_new"`, so a sweep can run many in one process).
+    """One W&B run per run folder (`reinit="create_new"`, so a sweep can run many in one process).
 
     The mode is always explicit, so W&B never prompts for a login: `offline` (default; the run lands in
     `<run_dir>/wandb/offline-run-*`, `wandb sync` uploads it later) or `online`.
+
+    The run's id and last step live in the run folder (`RunDir.wandb_run_file`). `start` in a folder that holds
+    one continues that W&B run (`resume="allow"`, as W&B documents resuming by id) with steps after its last one,
+    so an interrupted run that is resumed, or a retried sweep trial seeded with its predecessor's folder, stays one
+    W&B run; `experiments.train` removes the record before a fresh (not resumed) run. Every row is logged with an
+    explicit W&B step (offline runs do not know the step a resumed run reached). W&B prints nothing unless
+    `verbose` (banners, run summaries: about 30 lines per run).
     """
 
     def __init__(
@@ -41,6 +49,7 @@ class WandbTracker:
         name: str | None = None,  # None: the run folder's name
         id: str | None = None,
         notes: str | None = None,
+        verbose: bool = False,
         extra_config: Mapping[str, Any] | None = None,
     ) -> None:
         if mode not in ("offline", "online"):
@@ -50,33 +59,44 @@ class WandbTracker:
         self.init_kwargs["notes"] = notes
         self.tags = [str(t) for t in tags]
         self.extra_config = to_plain(extra_config or {})
+        self.verbose = bool(verbose)
         self.run = None
         self.run_id: str | None = None
+        self._run_dir: RunDir | None = None
+        self._step = -1  # the last W&B step logged
         self._best_val_accuracy = -math.inf
         self._history_keys: set[str] = set()
 
     def start(self, config: Mapping[str, Any], run_dir: Path) -> None:
         import wandb
 
-        run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        folder = RunDir(run_dir)
+        folder.path.mkdir(parents=True, exist_ok=True)
         # Online without credentials would prompt on a terminal (and block forever unattended): refuse instead.
         if self.mode == "online" and wandb.run is None and not wandb.login(prompt=False, verify=False):
             raise ValueError(
                 "tracker.wandb.mode=online found no W&B credentials (or WANDB_MODE=offline is set): run `wandb login` "
                 "or set WANDB_API_KEY, or use tracker.wandb.mode=offline and `wandb sync` later."
             )
+        previous = folder.wandb_run()
+        init_kwargs = {**self.init_kwargs, "name": self.init_kwargs["name"] or folder.path.name}
+        if previous is not None:
+            init_kwargs["id"] = previous.id
+        self._step = previous.step if previous is not None else -1
         self.run = wandb.init(
             mode=self.mode,
-            dir=str(run_dir),
+            dir=str(folder.path),
             config=mask_secrets(merge_config(to_plain(config), self.extra_config)),
             tags=self.tags,
             reinit="create_new",
+            resume="allow" if previous is not None else None,
             # Console capture would copy every progress-bar line into the run; the loop logs what matters.
-            settings=wandb.Settings(console="off"),
-            **{k: v for k, v in {**self.init_kwargs, "name": self.init_kwargs["name"] or run_dir.name}.items() if v},
+            settings=wandb.Settings(console="off", silent=not self.verbose),
+            **{k: v for k, v in init_kwargs.items() if v},
         )
+        self._run_dir = folder
         self.run_id = self.run.id
+        folder.write_wandb_run(WandbRun(self.run_id, self._step))
         run = self.run
         run.define_metric("global_step", hidden=True)
         run.define_metric("epoch", hidden=True)
@@ -96,7 +116,7 @@ class WandbTracker:
             self._history_keys.update(row)
             if step is not None:
                 row.setdefault(step_key, step)
-            self.run.log(row)
+            self._log(row)
         val_accuracy = scalar(metrics.get("val_accuracy"))
         if val_accuracy is not None and val_accuracy > self._best_val_accuracy:
             self._best_val_accuracy = val_accuracy
@@ -111,7 +131,14 @@ class WandbTracker:
         row: dict[str, Any] = {k: wandb.Image(np.asarray(v), caption=caption) for k, v in images.items()}
         if step is not None:
             row["epoch"] = step
-        self.run.log(row)
+        self._log(row)
+
+    def _log(self, row: dict[str, Any]) -> None:
+        """One history row at the next W&B step, recorded in the run folder for a later resume."""
+        self._step += 1
+        self.run.log(row, step=self._step)
+        if self._run_dir is not None:
+            self._run_dir.write_wandb_run(WandbRun(self.run_id, self._step))
 
     def finish(self, state: str, summary: Mapping[str, Any] | None = None) -> None:
         if self.run is None:

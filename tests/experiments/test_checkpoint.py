@@ -8,17 +8,9 @@ import shutil
 import torch
 from accelerate import Accelerator
 
-from experiments.checkpoint import (
-    TrainState,
-    append_jsonl,
-    last_checkpoint,
-    load_best,
-    load_last,
-    save_checkpoint,
-    save_last,
-    truncate_jsonl,
-)
+from experiments.checkpoint import TrainState, last_checkpoint, load_best, load_last, save_checkpoint, save_last
 from experiments.precision import make_accelerator
+from experiments.run_dir import RunDir
 
 
 def _prepared(accelerator: Accelerator):
@@ -68,20 +60,22 @@ def test_save_checkpoint_is_the_guides_and_loads_with_weights_only(tmp_path):
     assert not list(path.parent.glob(".*tmp"))
 
 
-def test_truncate_jsonl_keeps_the_checkpointed_epochs_and_drops_a_torn_last_line(tmp_path):
-    path = tmp_path / "metrics.jsonl"
+def test_truncate_metrics_keeps_the_checkpointed_epochs_and_drops_a_torn_last_line(tmp_path):
+    run = RunDir(tmp_path)
+    path = run.metrics
     for epoch in (1, 2, 3):
-        append_jsonl(path, {"epoch": epoch, "val_accuracy": epoch / 10})
+        run.append_metrics({"epoch": epoch, "val_accuracy": epoch / 10})
     with open(path, "a") as f:  # a run killed while appending epoch 4
         f.write('{"epoch": 4, "val_accu')
-    truncate_jsonl(path, 2)
+    run.truncate_metrics(2)
     assert [json.loads(line) for line in path.read_text().splitlines()] == [
         {"epoch": 1, "val_accuracy": 0.1},
         {"epoch": 2, "val_accuracy": 0.2},
     ]
     with open(path, "a") as f:
         f.write('{"epoch": 3, "val_accu')
-    truncate_jsonl(path, 5)  # the torn line goes even when its epoch would be kept
+    assert [r["epoch"] for r in run.read_metrics()] == [1, 2]  # the torn line is skipped when read
+    run.truncate_metrics(5)  # the torn line goes even when its epoch would be kept
     assert [json.loads(line)["epoch"] for line in path.read_text().splitlines()] == [1, 2]
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from experiments.cli import main
+from tests.scripts import console_script
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["model.depth=1", "model.embed_dim=32", "model.num_heads=2", "model.head_dim=null", "trainer.epochs=1",
@@ -22,7 +23,7 @@ def test_rpb_train_runs_with_overrides_and_leaves_nothing_but_the_run_dir(tmp_pa
     (run,) = (tmp_path / "runs").iterdir()  # <output_dir>/<name>-<timestamp>
     assert run.name.startswith("cli-") and sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
-    assert "[rpb-train] completed" in capsys.readouterr().out
+    assert "[rpb-train] completed: trained 1 epoch |" in capsys.readouterr().out
 
     record = (run / "metrics.jsonl").read_text()
     main([f"resume={run}", "trainer.epochs=1"])  # nothing left to do: ends at once, completed
@@ -34,7 +35,7 @@ def test_rpb_train_runs_with_overrides_and_leaves_nothing_but_the_run_dir(tmp_pa
         main([f"resume={run}", "trainer.epochs=3", "optim.lr=0.01"])
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert "trainer.epochs, optim.lr would change it; drop those overrides" in err
+    assert "and optim.lr would change it; drop those overrides (only trainer.epochs may change" in err
     assert (run / "metrics.jsonl").read_text() == record
 
 
@@ -94,8 +95,37 @@ def test_guide_sequence_length_must_match_the_grid(tmp_path):
 
 
 def test_console_script_refuses_a_misspelt_key_with_exit_2(tmp_path):
-    proc = subprocess.run([str(REPO / ".venv" / "bin" / "rpb-train"), "trainer.epoch=3"],
+    proc = subprocess.run([console_script("rpb-train"), "trainer.epoch=3"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "Unknown config key 'trainer.epoch' (did you mean 'epochs'?)" in proc.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_rpb_train_extends_a_finished_run_with_the_schedule_over_the_new_length(tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from experiments.optimizers import lr_factor
+
+    run = tmp_path / "run"
+    main([*TINY, "schedule.warmup_epochs=0", f"run_dir={run}"])  # 1 epoch = 2 steps: the cosine ends at min_lr
+    main([f"resume={run}", "trainer.epochs=3"])
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["status"], summary["epochs_run"], summary["epochs"]) == ("completed", 3, 3)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    saved = OmegaConf.load(run / "config.yaml")
+    lr, min_lr = saved.optim.lr, saved.schedule.min_lr
+    assert records[0]["learning_rate"] == pytest.approx(min_lr)  # the 1-epoch curve's end
+    # recomputed over 3 epochs (6 steps): after step 4 the cosine is back up near a quarter of the base lr
+    factor = lr_factor(4, warmup_steps=0, total_steps=6, start_factor=0.1, min_factor=min_lr / lr, cosine=True)
+    assert records[1]["learning_rate"] == pytest.approx(lr * factor) and factor == pytest.approx(0.25, abs=0.01)
+    assert "trainer:\n  epochs: 3" in (run / "config.yaml").read_text()
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:  # not above what it trained: refused by name
+        main([f"resume={run}", "trainer.epochs=2"])
+    assert info.value.code == 2
+    assert "trainer.epochs=2 does not extend resume=" in capsys.readouterr().err
+    main([f"resume={run}"])  # finished and not extended: nothing trained
+    assert "already finished (trained 3 epochs)" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""Configs: every group composes and builds a model, the defaults are the guide's, mistakes are refused by name."""
+"""Configs: every group composes and builds a model, the defaults and the guide's presets, mistakes refused by name."""
 
 from __future__ import annotations
 
@@ -38,9 +38,26 @@ def test_every_group_option_composes_and_builds_a_model(group, option):
     assert model.grid_size == (grid, grid)
 
 
-def test_defaults_reproduce_the_guides_rpb_config():
+def test_defaults_are_the_short_recipe_that_learns_digits_in_two_minutes():
+    # The recipe chosen for issue 13 (experiments/bench_defaults.py measures it): a smaller model than the guide's,
+    # no dropout, more epochs, label smoothing; the bias stays on, with no absolute position embedding.
     cfg = compose_config()
-    assert (cfg.seed, cfg.data.batch_size) == (42, 32)
+    m, t = cfg.model, cfg.trainer
+    assert (cfg.seed, cfg.data.name, cfg.data.batch_size, cfg.data.augment) == (42, "digits", 32, True)
+    assert (cfg.data.img_size // m.patch_size) ** 2 == 49  # the guide's 7x7 token grid: windows 3, 5, 7 all fit
+    assert (m.embed_dim, m.depth, m.num_heads, m.head_dim, m.drop_rate, m.attn_drop_rate) == (64, 4, 4, 16, 0.0, 0.0)
+    assert (m.rpb.enabled, list(m.rpb.window_size), m.pos_embed) == (True, [7, 7], "none")
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay) == ("adamw", 1e-3, 0.05)
+    assert (cfg.schedule.name, cfg.schedule.warmup_epochs) == ("warmup_cosine", 2.0)
+    assert (t.epochs, t.label_smoothing, t.mixed_precision, t.clip_grad_norm) == (40, 0.1, "no", 1.0)
+    small, guide = (build_model(c) for c in (cfg, compose_config(["experiment=guide"])))
+    n_small, n_guide = (sum(p.numel() for p in model.parameters()) for model in (small, guide))
+    assert n_small < 0.5 * n_guide  # 4 blocks of width 64 against 6 of width 96
+
+
+def test_experiment_guide_reproduces_the_guides_rpb_config_and_training_loop():
+    cfg = compose_config(["experiment=guide"])
+    assert (cfg.name, cfg.seed, cfg.data.batch_size) == ("guide", 42, 32)
     assert (cfg.data.img_size // cfg.model.patch_size) ** 2 == 49  # sequence_length 49: a 7x7 token grid
     assert (cfg.model.embed_dim, cfg.model.num_heads, cfg.model.head_dim) == (96, 4, 24)
     assert cfg.model.drop_rate == cfg.model.attn_drop_rate == 0.1
@@ -51,11 +68,30 @@ def test_defaults_reproduce_the_guides_rpb_config():
     bias = build_model(cfg).blocks[0].attn.relative_position_bias
     assert bias.relative_position_bias_table.shape == (13 * 13 + 3, 4)
     assert 0.005 < bias.relative_position_bias_table.std().item() < 0.03
+    # the guide's loop: AdamW 1e-3, weight decay 0.05, 100 epochs, 10 of LinearLR warmup from 0.1, cosine to 0
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, cfg.trainer.epochs) == ("adamw", 1e-3, 0.05, 100)
+    s = cfg.schedule
+    assert (s.name, s.warmup_epochs, s.warmup_start_factor, s.min_lr) == ("warmup_cosine", 10.0, 0.1, 0.0)
+    assert (cfg.trainer.clip_grad_norm, cfg.trainer.label_smoothing, cfg.model.depth) == (1.0, 0.0, 6)
+
+
+def test_experiment_guide_agrees_with_the_guides_own_yaml_file():
+    """conf/guide/rpb_config.yaml (the guide's keys, through --guide-config) and experiment=guide set the same model."""
+    from experiments.guide_config import compose_guide_config
+
+    preset, from_file = (
+        compose_config(["experiment=guide"]),
+        compose_guide_config(CONF_DIR / "guide" / "rpb_config.yaml"),
+    )
+    for key in ("seed", "data.batch_size", "data.img_size", "model.embed_dim", "model.num_heads", "model.head_dim",
+                "model.drop_rate", "model.attn_drop_rate", "model.scale", "model.rpb"):  # fmt: skip
+        assert OmegaConf.select(preset, key) == OmegaConf.select(from_file, key), key
 
 
 def test_experiment_presets_reproduce_the_guides_my_experiment_and_vit_b16():
     cfg = compose_config(["experiment=guide_my_experiment"])
     assert (cfg.name, cfg.seed, cfg.data.batch_size) == ("my_experiment", 123, 64)
+    assert (cfg.trainer.epochs, cfg.schedule.warmup_epochs, cfg.model.depth) == (100, 10.0, 6)  # the guide's loop
     assert (cfg.model.embed_dim, cfg.model.num_heads, list(cfg.model.rpb.window_size)) == (192, 8, [14, 14])
     assert cfg.data.img_size // cfg.model.patch_size == 14  # 56x56 digits, patch 4
     cfg = compose_config(["experiment=vit_b16"])

@@ -67,7 +67,7 @@ def test_known_keys_come_from_the_composed_node():
     known = _known(_error(["sweep.smapler.name=grid"], "sweep"))
     assert {"study_name", "n_trials", "storage"} <= set(known)
     assert _known(_error(["ablation.window_size=[3,5]"], "ablate")) == [
-        "study_name", "window_sizes", "bias_types", "modes", "seeds", "workers", "prune",
+        "study_name", "window_sizes", "bias_types", "modes", "pos_embeds", "seeds", "baseline", "workers", "prune",
     ]  # fmt: skip
     assert _known(_error(["sweep.space.model.rpb.int_std={type: float}"], "sweep")) == ["window_size", "init_std"]
     root = _known(_error(["traner.epochs=3"]))

@@ -1,7 +1,7 @@
 """Trackers on a tiny fake training sequence: W&B offline runs read back without network, TensorBoard events."""
 
 import json
-import shutil
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from experiments.tracking import CompositeTracker, NoOpTracker, build_tracker, mask_secrets
+from tests.scripts import console_script
 
+REPO = Path(__file__).resolve().parents[2]
 BLOCKS = 2
 EPOCHS = 2
 STEPS_PER_EPOCH = 3
@@ -90,10 +92,12 @@ def fake_training(tracker, run_dir: Path, state="completed", val_accuracies=(0.5
 def leet(run_dir: Path, *args: str):
     """`wandb leet inspect` on the run's offline folder (no network)."""
     [offline] = (run_dir / "wandb").glob("offline-run-*")
-    exe = Path(sys.executable).with_name("wandb")
-    exe = str(exe) if exe.exists() else shutil.which("wandb")
     out = subprocess.run(
-        [exe, "leet", "inspect", *args, "--json", str(offline)], capture_output=True, text=True, check=True, timeout=60
+        [console_script("wandb"), "leet", "inspect", *args, "--json", str(offline)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     ).stdout
     return json.loads(out) if "--summary" in args else [json.loads(line) for line in out.splitlines() if line]
 
@@ -304,3 +308,20 @@ def test_online_without_credentials_is_refused_not_prompted(tmp_path, monkeypatc
     with pytest.raises(ValueError, match=r"tracker\.wandb\.mode=online found no W&B credentials"):
         tracker.start({"seed": 0}, tmp_path / "run")
     assert not list((tmp_path / "run").glob("wandb/*run-*"))
+
+
+def test_wandb_speaks_when_verbose(tmp_path):
+    # A process of its own: W&B keeps the console settings of its first run in a process (and WANDB_SILENT, which
+    # conftest sets, would silence it anyway). That it is quiet by default is checked by tests/test_sigint.py.
+    script = (
+        "import sys\n"
+        "from experiments.tracking import build_tracker\n"
+        "from tests.experiments.test_tracking import tracker_cfg\n"
+        "tracker = build_tracker(tracker_cfg(tensorboard=False, verbose=True), is_main_process=True)\n"
+        "tracker.start({'seed': 0}, sys.argv[1])\n"
+        "tracker.finish('completed', {})\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SILENT"} | {"WANDB_MODE": "offline"}
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "run")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
+    assert any(line.startswith("wandb:") for line in (proc.stdout + proc.stderr).splitlines())

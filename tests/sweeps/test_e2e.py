@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
 
 from sweeps.study import run_study
+from tests.experiments.test_continuity import WANDB, assert_one_continued_run, interrupt_in_epoch, offline_runs
+from tests.scripts import console_script
 
 pytestmark = pytest.mark.slow
 
@@ -43,16 +43,19 @@ TINY_STUDY = (
 def leet(run_dir: Path, *args: str) -> str:
     """`wandb leet inspect --json` on the trial's offline run (no network): its JSON text."""
     [offline] = (run_dir / "wandb").glob("offline-run-*")
-    exe = Path(sys.executable).with_name("wandb")
-    exe = str(exe) if exe.exists() else shutil.which("wandb")
-    cmd = [exe, "leet", "inspect", *args, "--json", str(offline)]
+    cmd = [console_script("wandb"), "leet", "inspect", *args, "--json", str(offline)]
     return subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=60).stdout
 
 
-def test_real_study_prunes_and_every_trial_has_its_wandb_run(compose_sweep):
+def test_real_study_prunes_and_every_trial_has_its_wandb_run(compose_sweep, capsys):
     study = run_study(compose_sweep(*TINY_STUDY, fake=False))
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.PRUNED]
+    out = capsys.readouterr().out  # one line per finished trial, after its epoch lines
+    lines = [line for line in out.splitlines() if line.startswith("trial ")]
+    assert lines[0].startswith(f"trial 0 complete: val_loss {trials[0].value:.3g} after 2 epochs | lr ")
+    assert lines[1].startswith("trial 1 pruned at epoch 1 (val_loss ") and len(lines) == 3
+    assert "[trial 2] epoch 1/2 | train loss" in out and "on_epoch_end" not in out
     for t in trials:
         run_dir = Path(t.user_attrs["run_dir"])
         run = json.loads(leet(run_dir, "--summary"))
@@ -69,3 +72,20 @@ def test_real_study_prunes_and_every_trial_has_its_wandb_run(compose_sweep):
         assert (run_dir / "summary.json").exists() and (run_dir / "checkpoints" / "last").exists()
     records = leet(Path(trials[0].user_attrs["run_dir"]))  # every record, one JSON object a line
     assert '"group":"rpb-sweep"' in records and '"job_type":"trial"' in records
+
+
+def test_a_retried_trial_continues_its_predecessors_wandb_run(compose_sweep, monkeypatch):
+    cfg = compose_sweep("tracker.tensorboard.enabled=false", "sweep.n_trials=1", "sweep.pruner.name=none",
+                        *WANDB[1:], "model.num_heads=2", "model.head_dim=null", fake=False)  # fmt: skip
+    interrupt_in_epoch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(cfg)
+    monkeypatch.undo()
+    study = run_study(cfg)  # the interrupted trial 0 is retried as trial 1, from its checkpoint
+    killed, retry = study.get_trials()
+    assert (killed.state, retry.state) == (TrialState.FAIL, TrialState.COMPLETE)
+    assert retry.user_attrs["resumed_from"] == killed.user_attrs["run_dir"]
+    run_id = killed.user_attrs["wandb_run_id"]
+    assert retry.user_attrs["wandb_run_id"] == run_id
+    parts = [*offline_runs(killed.user_attrs["run_dir"]), *offline_runs(retry.user_attrs["run_dir"])]
+    assert_one_continued_run(parts, run_id, epochs=2)

@@ -1,0 +1,51 @@
+"""Each console script's --help: headed with its own name and purpose, its own group's YAML with the comments."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from experiments.config import CONF_DIR
+from tests.scripts import console_script
+
+
+def _comment_lines(path) -> list[str]:
+    return [line.strip() for line in path.read_text().splitlines() if "#" in line]
+
+
+@pytest.mark.parametrize(
+    ("tool", "purpose", "group_file", "within"),
+    [
+        ("rpb-train", "train a Vision Transformer with relative position bias", "trainer/default.yaml", 40),
+        ("rpb-sweep", "an Optuna study over the training config", "sweep/default.yaml", 12),
+        ("rpb-ablate", "the window-size ablation", "ablation/window_size.yaml", 10),
+    ],
+)
+def test_help_is_the_tools_own(tool, purpose, group_file, within, capsys):
+    from experiments.cli import train_help
+    from sweeps.cli import ablate_help, sweep_help
+
+    text = {"rpb-train": train_help, "rpb-sweep": sweep_help, "rpb-ablate": ablate_help}[tool]()
+    lines = text.splitlines()
+    assert lines[0].startswith(f"{tool}: {purpose}")
+    header = f"{group_file.split('/')[0]}.* keys (conf/{group_file}; "
+    at = next(i for i, line in enumerate(lines) if line.startswith(header))
+    assert at < within, f"{group_file} should come near the top of {tool} --help (line {at})"
+    shown = [line.strip() for line in lines[at + 1 :]]
+    for comment in _comment_lines(CONF_DIR / group_file):  # every key and comment of the file, in order
+        assert comment in shown, comment
+    others = {"rpb-train", "rpb-sweep", "rpb-ablate"} - {tool}
+    assert not any(line.startswith(f"{other}:") for other in others for line in lines)
+
+
+def test_help_of_the_console_scripts(tmp_path):
+    def help_of(tool: str) -> str:
+        return subprocess.run([console_script(tool), "--help"], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=60, check=True).stdout  # fmt: skip
+
+    train = help_of("rpb-train")
+    assert train.startswith("rpb-train: ") and "resume=RUN_DIR trainer.epochs=N" in train
+    assert "warm-up is kept, the cosine decays over the new total" in train  # the schedule's rule when extending
+    assert help_of("rpb-sweep").startswith("rpb-sweep: ")
+    assert not list(tmp_path.iterdir())  # --help writes nothing

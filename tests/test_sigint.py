@@ -1,0 +1,90 @@
+"""Ctrl-C on each tool: once the first epoch line is out, SIGINT to the tool's process group (as a terminal sends it)
+ends it with exit status 130 and one line that says what was kept and the command that continues it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.scripts import console_script
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+# Long enough never to finish on its own, small enough that an epoch takes about a second. rpb-train keeps W&B on
+# (its run is finished as "interrupted" under the same SIGINT); the studies run without it.
+TINY = ["model.depth=1", "model.embed_dim=16", "model.num_heads=2", "model.head_dim=null", "trainer.epochs=50",
+        "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "tracker.tensorboard.enabled=false"]  # fmt: skip
+ABLATE = "from sweeps.cli import ablate_main; ablate_main()"  # rpb-ablate's entry point
+
+
+def _terminal_sigint() -> None:
+    """SIGINT as a terminal gives it (a suite started in the background inherits SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def interrupt_after_first_epoch(cmd: list[str], cwd: Path, saved: Path, timeout: float = 120) -> tuple[int, str, str]:
+    """Run `cmd`; once a line "... epoch 1/..." is printed and the run folder `saved` holds its checkpoint, send
+    SIGINT to its process group; returns (exit status, stdout, stderr)."""
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
+    env.pop("WANDB_SILENT", None)  # the tools must be quiet by themselves
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, preexec_fn=_terminal_sigint)  # fmt: skip
+    timer = threading.Timer(timeout, lambda: os.killpg(proc.pid, signal.SIGKILL))
+    timer.start()
+    out = []
+    try:
+        for line in proc.stdout:
+            out.append(line)
+            if "epoch 1/" in line:
+                while not (saved / "checkpoints" / "last" / "train_state.json").is_file() and proc.poll() is None:
+                    time.sleep(0.05)
+                os.killpg(proc.pid, signal.SIGINT)
+                break
+        rest, err = proc.communicate()
+    finally:
+        timer.cancel()
+    return proc.returncode, "".join(out) + rest, err
+
+
+def the_line(err: str, tool: str) -> str:
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith(f"{tool}: interrupted")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_rpb_train(tmp_path):
+    run = tmp_path / "run"
+    code, out, err = interrupt_after_first_epoch([console_script("rpb-train"), *TINY, f"run_dir={run}"], tmp_path, run)
+    line = the_line(err, "rpb-train")
+    assert code == 130, out + err
+    assert not [x for x in (out + err).splitlines() if x.startswith("wandb:")]  # W&B quiet unless asked
+    assert line.endswith(f"is saved in {run}; continue with: rpb-train resume={run}"), line
+
+
+def test_rpb_sweep(tmp_path):
+    args = [f"sweep.output_dir={tmp_path}/sweeps", "sweep.n_trials=2", "tracker.wandb.enabled=false", *TINY]
+    trial = tmp_path / "sweeps" / "rpb-sweep" / "trial-0"
+    code, out, err = interrupt_after_first_epoch([console_script("rpb-sweep"), *args], tmp_path, trial)
+    line = the_line(err, "rpb-sweep")
+    assert code == 130, out + err
+    assert "study 'rpb-sweep': trial 0 continues after epoch " in line, line
+    assert line.endswith("continue with: rpb-sweep " + " ".join(args)), line
+
+
+def test_rpb_ablate(tmp_path):
+    args = [f"sweep.output_dir={tmp_path}/sweeps", "ablation.window_sizes=[3]", "ablation.bias_types=[2d]",
+            "ablation.seeds=[0]", "tracker.wandb.enabled=false", *TINY]  # fmt: skip
+    trial = tmp_path / "sweeps" / "rpb-ablate" / "trial-0"
+    code, out, err = interrupt_after_first_epoch([sys.executable, "-c", ABLATE, *args], tmp_path, trial)
+    line = the_line(err, "rpb-ablate")
+    assert code == 130, out + err
+    assert "study 'rpb-ablate': trial 0 continues after epoch " in line, line
+    assert "continue with: rpb-ablate sweep.output_dir=" in line, line

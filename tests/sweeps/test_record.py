@@ -156,7 +156,7 @@ def test_a_changed_sweep_is_refused_naming_what_changed(compose_sweep):
         "+sweep.space.model.drop_path_rate={type: float, low: 0.0, high: 0.2}": "sweep.space.model.drop_path_rate added",
         "+sweep.fixed.optim.lr=0.003": "sweep.space.optim.lr removed, sweep.fixed.optim.lr added",
         "sweep.metric=val_loss": "sweep.metric val_accuracy -> val_loss",
-        "trainer.epochs=7": "trainer.epochs 5 -> 7",
+        "trainer.epochs=7": "trainer.epochs 35 -> 7",
         "sweep.value=last": "sweep.value best -> last",
     }
     for override, named in cases.items():
@@ -174,10 +174,10 @@ def test_a_changed_sweep_is_refused_naming_what_changed(compose_sweep):
 def test_allow_space_change_is_recorded_on_the_study(compose_sweep):
     run_study(compose_sweep("sweep.n_trials=2"))
     study = run_study(compose_sweep("sweep.n_trials=3", "trainer.epochs=7", "sweep.allow_space_change=true"))
-    assert study.user_attrs["identity_changes"] == [{"from_trial": 2, "changes": ["trainer.epochs 5 -> 7"]}]
+    assert study.user_attrs["identity_changes"] == [{"from_trial": 2, "changes": ["trainer.epochs 35 -> 7"]}]
     assert study.user_attrs["identity"]["base"]["trainer.epochs"] == 7
     assert len(study.trials) == 3
-    with pytest.raises(ConfigError, match=r"trainer\.epochs 7 -> 5"):  # the new config is the study's now
+    with pytest.raises(ConfigError, match=r"trainer\.epochs 7 -> 35"):  # the new config is the study's now
         run_study(compose_sweep("sweep.n_trials=4"))
 
 
@@ -208,7 +208,7 @@ def test_rerunning_a_finished_study_says_so_in_one_sentence(tmp_path):
     )
     changed = run_cli(tmp_path, "sweep.n_trials=3", "sweep.study_name=done", "trainer.epochs=9")
     assert changed.returncode == 2 and len(changed.stderr.strip().splitlines()) == 1
-    assert "trainer.epochs 5 -> 9" in changed.stderr
+    assert "trainer.epochs 35 -> 9" in changed.stderr
 
 
 @pytest.mark.slow

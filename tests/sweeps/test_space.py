@@ -19,9 +19,9 @@ def test_default_space_and_guide_defaults(compose_sweep):
     assert (lr.type, lr.log) == ("float", True)
     # The defaults trial: the training guide's values, window as the matching choice.
     assert config_params(dims, base) == {
-        "optim.lr": 1e-3,
+        "optim.lr": 2e-3,
         "optim.weight_decay": 0.05,
-        "model.drop_rate": 0.1,
+        "model.drop_rate": 0.0,
         "model.rpb.window_size": "7x7",
         "model.rpb.init_std": 0.02,
     }

@@ -24,9 +24,9 @@ def test_study_prunes_records_and_resumes(compose_sweep, tmp_path, capsys):
     assert len(trials) == 8
     first = trials[0]
     assert first.params == {
-        "optim.lr": 1e-3,
+        "optim.lr": 2e-3,
         "optim.weight_decay": 0.05,
-        "model.drop_rate": 0.1,
+        "model.drop_rate": 0.0,
         "model.rpb.window_size": "7x7",
         "model.rpb.init_std": 0.02,
     }

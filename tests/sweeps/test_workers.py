@@ -36,7 +36,7 @@ def _check_no_loss(study: optuna.Study, n_trials: int, workers: int) -> None:
 
 def test_local_workers_on_journal(compose_sweep, monkeypatch):
     monkeypatch.setenv("FAKE_TRAIN_SLEEP", "0.1")
-    cfg = compose_sweep("sweep.workers=2", "sweep.n_trials=6")
+    cfg = compose_sweep("sweep.workers=2", "sweep.n_trials=6", "trainer.epochs=5")
     run_study(cfg)
     study = optuna.load_study(study_name="rpb-sweep", storage=build_storage(cfg.sweep, heartbeat=False))
     _check_no_loss(study, 6, 2)

@@ -156,14 +156,11 @@ def print_summary(cfg: DictConfig | CheckedSweep, study: optuna.Study, console=N
     table = Table(title=f"Study {sweep.study_name} — {describe_storage(sweep)}", show_header=False)
     table.add_column("", style="bold", no_wrap=True)
     table.add_column("", overflow="fold")
-    table.add_row(
-        "trials",
-        f"{counts['complete']} complete, {counts['pruned']} pruned ({counts['diverged']} diverged), "
-        f"{counts['fail']} failed"
-        + (f" ({counts['retried']} retried)" if counts["retried"] else "")
-        + (f", {counts['running']} running" if counts["running"] else "")
-        + (f", {counts['waiting']} waiting" if counts["waiting"] else ""),
-    )
+    # One short row per line of counts, so that none wraps in 80 columns (a wrapped row is hard to read and to grep).
+    table.add_row("trials", f"{counts['complete']} complete, {counts['pruned']} pruned ({counts['diverged']} diverged)")
+    table.add_row("failed", f"{counts['fail']}" + (f" ({counts['retried']} retried)" if counts["retried"] else ""))
+    if counts["running"] or counts["waiting"]:
+        table.add_row("in progress", f"{counts['running']} running, {counts['waiting']} waiting")
     if best is None:
         table.add_row("best", "no complete trial yet")
     else:

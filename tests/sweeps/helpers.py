@@ -113,7 +113,10 @@ def study_storage(tmp_path: Path, study_name: str, url: str | None = None):
     return build_storage(OmegaConf.create(node), heartbeat=False)
 
 
-TRIALS_ROW_RE = r"trials\W+(\d+) complete, (\d+) pruned \((\d+) diverged\), (\d+) failed(?: \((\d+) retried\))?(?:, (\d+) running)?(?:, (\d+) waiting)?"
+TRIALS_ROW_RE = (  # the rows "trials", "failed" and (when any) "in progress" of the summary table
+    r"trials\W+(\d+) complete, (\d+) pruned \((\d+) diverged\)[^\n]*\n[^\n]*failed\W+(\d+)(?: \((\d+) retried\))?"
+    r"(?:[^\n]*\n[^\n]*in progress\W+(\d+) running, (\d+) waiting)?"
+)
 
 
 def summary_row_counts(stdout: str) -> dict[str, int] | None:

@@ -261,3 +261,8 @@ def test_position_axis_trains_the_four_settings(tmp_path):
     settings = sorted((r.config["model"]["pos_embed"], r.config["model"]["rpb"]["enabled"]) for _, r in runs)
     assert settings == [("learned", False), ("learned", True), ("none", False), ("none", True)]
     assert all(len(r.history) == 1 and 0.0 <= r.history[0]["val_accuracy"] <= 1.0 for _, r in runs)
+    # The report names each of the four settings plainly, in its verdict against the baseline "none" and beside cost.
+    assert report_main(["--storage", str(tmp_path / "pos.journal"), "--out", str(tmp_path / "report")]) == 0
+    page = (tmp_path / "report" / "index.html").read_text()
+    verdict = page[page.index("Verdict") : page.index("Verdict") + 20000]
+    assert all(label in verdict for label in ("abs (learned)", "rpb 2d 7x7", "abs (learned)+rpb 2d 7x7"))

@@ -441,11 +441,23 @@ def plural(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def epoch_line(m: dict[str, float], epochs: int, images: int | None = None) -> str:
-    """The console line of one epoch's metrics (`images`: trained images, for the throughput; None leaves it out)."""
-    speed = f"{images / max(m['epoch_time'], 1e-9):.0f} img/s | " if images is not None else ""
-    return (
-        f"epoch {m['epoch']}/{epochs} | train loss {m['train_loss']:.4f} acc {m['train_accuracy']:.4f} | "
-        f"val loss {m['val_loss']:.4f} acc {m['val_accuracy']:.4f} | lr {m['learning_rate']:.2e} | "
-        f"{speed}{m['epoch_time']:.1f}s"
+def epoch_line(m: dict[str, float], epochs: int, images: int | None = None, epoch: int | None = None) -> str:
+    """The console line of one epoch's metrics (`images`: trained images, for the throughput; None leaves it out).
+
+    Metrics missing from `m` are left out of the line (a sweep's `train_fn` may report only some of them); `epoch`
+    stands in for ``m["epoch"]``."""
+
+    def part(fmt: str, *keys: str) -> list[str]:
+        return [fmt.format(*(m[k] for k in keys))] if all(k in m for k in keys) else []
+
+    seconds = m.get("epoch_time")
+    return " | ".join(
+        [
+            f"epoch {m.get('epoch', epoch)}/{epochs}",
+            *part("train loss {:.4f} acc {:.4f}", "train_loss", "train_accuracy"),
+            *part("val loss {:.4f} acc {:.4f}", "val_loss", "val_accuracy"),
+            *part("lr {:.2e}", "learning_rate"),
+            *([f"{images / max(seconds, 1e-9):.0f} img/s"] if images is not None and seconds else []),
+            *([f"{seconds:.1f}s"] if seconds is not None else []),
+        ]
     )

@@ -179,6 +179,7 @@ def run_ablation(cfg: DictConfig):
 def main(argv: list[str] | None = None) -> int:
     """`rpb-ablate [hydra overrides]`: compose conf/ablate.yaml, run the ablation, say how to look at it."""
     from experiments.config import compose_config
+    from sweeps.objective import quiet_optuna
     from sweeps.storage import describe_storage
     from sweeps.study import StudyAlreadyDone, run_study
 
@@ -186,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     if {"-h", "--help"} & set(overrides):
         print(__doc__)
         return 0
+    quiet_optuna()  # one line per finished trial, as rpb-sweep (not Optuna's "A new study created" INFO line)
     try:
         cfg = ablation_config(compose_config(overrides, config_name="ablate"))
         study = run_study(cfg)  # run_ablation without converting the config a second time

@@ -244,7 +244,7 @@ class Objective:
             if progress_due(epoch, epochs):
                 from experiments.train import epoch_line
 
-                print(f"[trial {trial.number}] {epoch_line(metrics, epochs)}", flush=True)
+                print(f"[trial {trial.number}] {epoch_line(metrics, epochs, epoch=epoch)}", flush=True)
             value = float(metrics[self.sweep.metric])
             if not math.isfinite(value):
                 return None  # train() reports the divergence itself

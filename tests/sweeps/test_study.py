@@ -137,3 +137,21 @@ def test_summary_reads_a_journal_file(compose_sweep, tmp_path):
     run_study(cfg)
     storage = build_storage(cfg.sweep, heartbeat=False)
     assert len(optuna.load_study(study_name="rpb-sweep", storage=storage).trials) == 2
+
+
+def _metric_only_train(cfg, on_epoch_end=None):
+    """A train_fn that keeps only the contract's minimum: the sweep's metric each epoch, a status at the end."""
+    for epoch in range(1, int(cfg.trainer.epochs) + 1):
+        if on_epoch_end is not None and on_epoch_end(epoch, {"val_accuracy": 0.1 * epoch}) is not None:
+            return {"status": "pruned"}
+    return {"status": "completed", "val_accuracy": 0.1 * int(cfg.trainer.epochs)}
+
+
+def test_a_train_fn_that_reports_only_the_metric_completes(compose_sweep, capsys):
+    """The progress lines print what a train_fn reports; missing metrics (losses, lr, time) are left out."""
+    study = run_study(
+        compose_sweep("sweep.n_trials=2", "trainer.epochs=2", "sweep.pruner.name=none"), _metric_only_train
+    )
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    out = capsys.readouterr().out
+    assert "[trial 0] epoch 1/2\n" in out and "[trial 1] epoch 2/2\n" in out  # no loss, lr or time reported

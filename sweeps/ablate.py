@@ -185,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = sys.argv[1:] if argv is None else argv
     if {"-h", "--help"} & set(overrides):
-        print(__doc__)
+        from sweeps.cli import ablate_help  # the one help text of rpb-ablate
+
+        print(ablate_help(), end="")
         return 0
     quiet_optuna()  # one line per finished trial, as rpb-sweep (not Optuna's "A new study created" INFO line)
     try:

@@ -6,7 +6,7 @@
     rpb-train --guide-config conf/guide/rpb_config.yaml [overrides...]   # the guide's own YAML files
     rpb-train resume=runs/rpb-vit-20260101-120000-000000                  # continue a run
     rpb-train resume=runs/rpb-vit-20260101-120000-000000 trainer.epochs=20   # extend it to 20 epochs
-    accelerate launch --multi_gpu --num_processes 2 -m experiments.cli trainer.cpu=true   # N processes
+    rpb-launch --multi_gpu --num_processes 2 --num_machines 1 -m experiments.cli trainer.cpu=true   # N processes
 
 A config mistake prints one sentence and exits with status 2 (no traceback); a diverged run exits with 3; Ctrl-C
 prints one line (what was saved, the command that continues it) and exits with 130.
@@ -15,7 +15,6 @@ prints one line (what was saved, the command that continues it) and exits with 1
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,10 +24,10 @@ from omegaconf import DictConfig
 
 from experiments.config import CONF_DIR, compose_config
 from experiments.config_errors import ConfigError
+from experiments.launch import EXIT_CONFIG, EXIT_DIVERGED, EXIT_INTERRUPTED, relaunch_command, say_once
 
 __all__ = ["EXIT_INTERRUPTED", "main", "render_help"]
 
-EXIT_CONFIG, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130  # 130 = 128 + SIGINT, as shells report Ctrl-C
 GUIDE_EXAMPLE = "conf/guide/rpb_config.yaml"
 
 
@@ -90,11 +89,8 @@ def _check_resume_overrides(cfg: DictConfig) -> int | None:
 
 
 def _continue_command(run_dir: str) -> str:
-    """The command that continues the run in `run_dir` (the same launch: one process or N)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        return f"accelerate launch --multi_gpu --num_processes {world} -m experiments.cli resume={shlex.quote(run_dir)}"
-    return f"rpb-train resume={shlex.quote(run_dir)}"
+    """The command that continues the run in `run_dir`, launched as this one was (one process, N, rpb-launch)."""
+    return relaunch_command("rpb-train", "experiments.cli", [f"resume={run_dir}"])
 
 
 def _has_checkpoint(run_dir: str) -> bool:
@@ -105,24 +101,23 @@ def _has_checkpoint(run_dir: str) -> bool:
 
 def _say_interrupted(result: dict | None) -> None:
     """Ctrl-C: one line on the main process (what was saved, the command that continues it), exit 130."""
-    if int(os.environ.get("RANK", "0")) == 0:
-        if result is not None and _has_checkpoint(result["run_dir"]):
-            line = (
-                f"rpb-train: interrupted in epoch {result['epochs_run'] + 1}; epoch {result['epochs_run']} is saved "
-                f"in {result['run_dir']}; continue with: {_continue_command(result['run_dir'])}"
-            )
-        else:
-            where = f" ({result['run_dir']} holds no checkpoint)" if result else ""
-            line = (
-                f"rpb-train: interrupted before a checkpoint was written; nothing to continue{where}; start again with: "
-                f"rpb-train {shlex.join(sys.argv[1:])}".rstrip()
-            )
-        print(line, file=sys.stderr)
+    if result is not None and _has_checkpoint(result["run_dir"]):
+        line = (
+            f"rpb-train: interrupted in epoch {result['epochs_run'] + 1}; epoch {result['epochs_run']} is saved "
+            f"in {result['run_dir']}; continue with: {_continue_command(result['run_dir'])}"
+        )
+    else:
+        where = f" ({result['run_dir']} holds no checkpoint)" if result else ""
+        line = (
+            f"rpb-train: interrupted before a checkpoint was written; nothing to continue{where}; start again with: "
+            f"{relaunch_command('rpb-train', 'experiments.cli', sys.argv[1:])}"
+        )
+    say_once(line)
     _exit(EXIT_INTERRUPTED)
 
 
 def _fail(sentence: str) -> None:
-    print(f"rpb-train: {sentence}", file=sys.stderr)
+    say_once(f"rpb-train: {sentence}")
     _exit(EXIT_CONFIG)
 
 
@@ -187,6 +182,9 @@ def train_help() -> str:
   rpb-train resume=RUN_DIR trainer.epochs=N      extend a run to N epochs in all (N above what it trained):
 {extend}
   rpb-train --cfg job [KEY=VALUE ...]            print the composed config; --hydra-help: Hydra's own flags
+  rpb-launch --multi_gpu --num_processes N -m experiments.cli [KEY=VALUE ...]
+                                                 N processes (GPUs; add trainer.cpu=true --num_machines 1 for CPU):
+                                                 accelerate launch's flags, Ctrl-C ends with the one line
 
 Config groups (GROUP=OPTION):
 {_groups_line()}"""

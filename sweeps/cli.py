@@ -3,7 +3,7 @@
     rpb-sweep                                            # the default study: digits, 12 trials, journal file
     rpb-sweep sweep.workers=2                            # two local worker processes on one journal file
     rpb-sweep sweep.storage=postgresql://user@host/db   # join a study on PostgreSQL from any machine
-    accelerate launch --num_processes 2 -m sweeps.cli    # every trial on 2 processes (rank 0 owns the study)
+    rpb-launch --multi_gpu --num_processes 2 -m sweeps.cli   # every trial on 2 processes (rank 0 owns the study)
 
 A mistake in the sweep (a misspelt sampler, an inverted range, a window the grid cannot take, a database that
 cannot be reached) is one sentence on stderr and exit status 2, before any trial starts. Ctrl-C ends with one line
@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 
 from experiments.cli import EXIT_INTERRUPTED, render_help
 from experiments.config import CONF_DIR, ConfigError
+from experiments.launch import say_once
 from sweeps import distributed
 from sweeps.space import SweepConfigError
 
@@ -52,7 +53,7 @@ def sweep_main(cfg: DictConfig) -> int:
         checked = check_sweep(cfg)  # once per command: the workers, the summary and best.yaml get this one
         run_study(checked)
     except (SweepConfigError, ConfigError) as e:
-        print(f"rpb-sweep: error: {e}", file=sys.stderr)
+        say_once(f"rpb-sweep: error: {e}")
         return 2
     except StudyAlreadyDone as e:
         if is_main:
@@ -97,9 +98,9 @@ def _resumes(number: int, run_dir: str | None) -> str:
 
 def say_interrupted(tool: str, sweep) -> None:
     """Ctrl-C of a study: one line on stderr, what was kept and the exact command that continues the study."""
-    import shlex
+    from experiments.launch import relaunch_command
 
-    command = shlex.join([tool, *sys.argv[1:]])
+    command = relaunch_command(tool, {"rpb-ablate": "sweeps.ablate"}.get(tool, "sweeps.cli"), sys.argv[1:])
     if sweep is None:  # before the study was opened
         print(f"{tool}: interrupted before the study started; nothing saved; start it with: {command}", file=sys.stderr)
         return
@@ -113,7 +114,7 @@ def _app(cfg: DictConfig) -> None:
     code = sweep_main(cfg)
     if distributed.world_size() > 1:
         # gloo may abort a rank at interpreter exit: leave the group, flush, and exit hard.
-        distributed.shutdown()
+        distributed.shutdown(barrier=code != EXIT_INTERRUPTED)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
@@ -127,7 +128,8 @@ def sweep_help() -> str:
   rpb-sweep [sweep.KEY=VALUE ...] [KEY=VALUE ...]   run (or continue) the study; other keys are every trial's base
   rpb-sweep sweep.workers=2                          two local worker processes on one journal file
   rpb-sweep sweep.storage=postgresql://user@host/db  join a study on PostgreSQL from any machine
-  accelerate launch --num_processes 2 -m sweeps.cli  every trial on 2 processes (rank 0 owns the study)
+  rpb-launch --multi_gpu --num_processes 2 -m sweeps.cli   every trial on 2 processes (rank 0 owns the study;
+                                                     rpb-launch is accelerate launch with a one-line Ctrl-C)
   rpb-sweep --cfg job                                print the composed config; --hydra-help: Hydra's own flags"""
     notes = (
         "Training keys (model.*, optim.*, trainer.*, data=..., tracker.*) are those of rpb-train: see rpb-train --help.\n"
@@ -208,7 +210,7 @@ def _main() -> None:
         try:
             compose_unvalidated(args, config_name="sweep")
         except ConfigError as e:
-            print(f"rpb-sweep: error: {e}", file=sys.stderr)
+            say_once(f"rpb-sweep: error: {e}")
             sys.exit(2)
     _app()
 

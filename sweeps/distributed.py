@@ -56,12 +56,14 @@ def follow(base: DictConfig, sweep: DictConfig, train_fn: TrainFn) -> int:
     return trained
 
 
-def shutdown() -> None:
-    """Leave the process group cleanly (gloo may abort a rank at interpreter exit otherwise)."""
+def shutdown(barrier: bool = True) -> None:
+    """Leave the process group cleanly (gloo may abort a rank at interpreter exit otherwise). `barrier=False` after
+    Ctrl-C: the ranks stopped at different points, and waiting for each other could wait forever."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         try:
-            dist.barrier()
+            if barrier:
+                dist.barrier()
         finally:
             dist.destroy_process_group()

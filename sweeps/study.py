@@ -243,7 +243,7 @@ def worker_loop(cfg, train_fn: TrainFn | None = None, *, worker_index: int = 0) 
     objective = Objective(base, sweep, dims, train_fn, broadcast=distributed.broadcast_spec if multi else None)
     journal = journal_path(sweep.storage, sweep.output_dir, sweep.study_name) is not None
     deadline = time.monotonic() + sweep.timeout if sweep.timeout else None
-    ran, crashes, said_wait = 0, 0, False
+    ran, crashes, said_wait, interrupted = 0, 0, False, False
     try:
         while True:
             if deadline is not None and time.monotonic() >= deadline:
@@ -273,8 +273,11 @@ def worker_loop(cfg, train_fn: TrainFn | None = None, *, worker_index: int = 0) 
             if crashes >= sweep.max_failures:
                 log.error("%d trials in a row crashed; this worker stops (see the trials' `reason`)", crashes)
                 break
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
-        if multi:
+        if multi and not interrupted:  # after Ctrl-C the other ranks have stopped listening: nothing to say
             distributed.broadcast_spec(None)
     return ran
 

@@ -48,4 +48,6 @@ def test_help_of_the_console_scripts(tmp_path):
     assert train.startswith("rpb-train: ") and "resume=RUN_DIR trainer.epochs=N" in train
     assert "warm-up is kept, the cosine decays over the new total" in train  # the schedule's rule when extending
     assert help_of("rpb-sweep").startswith("rpb-sweep: ")
+    launch = help_of("rpb-launch")  # its own head, then accelerate launch's options
+    assert launch.startswith("rpb-launch: accelerate launch, ended by Ctrl-C") and "--num_processes" in launch
     assert not list(tmp_path.iterdir())  # --help writes nothing

@@ -88,3 +88,34 @@ def test_rpb_ablate(tmp_path):
     assert code == 130, out + err
     assert "study 'rpb-ablate': trial 0 continues after epoch " in line, line
     assert "continue with: rpb-ablate sweep.output_dir=" in line, line
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_rpb_launch(tmp_path, processes):
+    """`rpb-launch` (accelerate launch's own launcher) ends a Ctrl-C with the training's one line: no traceback from
+    the launcher (KeyboardInterrupt with one process, torch elastic's SignalException with two), exit 130, and
+    the command that continues the run launches it the same way."""
+    run = tmp_path / "run"
+    launch = (
+        ["--num_processes", "1"] if processes == 1 else ["--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    )
+    cmd = [console_script("rpb-launch"), *launch, "-m", "experiments.cli", "trainer.cpu=true", *TINY, f"run_dir={run}"]
+    code, out, err = interrupt_after_first_epoch(cmd, tmp_path, run)
+    line = the_line(err, "rpb-train")
+    assert code == 130, out + err
+    assert "death signal" not in err and "closing signal" not in err, err  # torch elastic's shutdown warnings
+    assert line.endswith(f"continue with: rpb-launch {' '.join(launch)} -m experiments.cli resume={run}"), line
+
+
+def test_rpb_launch_sweep(tmp_path):
+    """A study whose every trial runs on 2 processes: Ctrl-C stops both ranks at once (neither waits for the
+    other in a collective), rank 0 prints the summary and the line, and the trial continues from its checkpoint."""
+    launch = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "-m", "sweeps.cli"]
+    args = ["trainer.cpu=true", f"sweep.output_dir={tmp_path}/sweeps", "sweep.n_trials=2", "tracker.wandb.enabled=false",
+            *TINY]  # fmt: skip
+    trial = tmp_path / "sweeps" / "rpb-sweep" / "trial-0"
+    code, out, err = interrupt_after_first_epoch([console_script("rpb-launch"), *launch, *args], tmp_path, trial)
+    line = the_line(err, "rpb-sweep")
+    assert code == 130, out + err
+    assert "study 'rpb-sweep': trial 0 continues after epoch " in line, line
+    assert line.endswith("continue with: rpb-launch " + " ".join([*launch, *args])), line

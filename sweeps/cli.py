@@ -77,13 +77,13 @@ def _interrupted_trials(sweep) -> list[str]:
         import optuna
 
         from sweeps.storage import build_storage
+        from sweeps.summary import interrupted_trials
 
         study = optuna.load_study(study_name=sweep.study_name, storage=build_storage(sweep, heartbeat=False))
-        stopped = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("status") == "interrupted"]
-        retried = {n for t in study.get_trials(deepcopy=False) for n in t.system_attrs.get("retry_history", [])}
+        stopped = interrupted_trials(study)
     except Exception:
         return []
-    return [_resumes(t.number, t.user_attrs.get("run_dir")) for t in stopped if t.number not in retried]
+    return [_resumes(t.number, t.user_attrs.get("run_dir")) for t in stopped]
 
 
 def _resumes(number: int, run_dir: str | None) -> str:

@@ -37,6 +37,14 @@ def state_counts(study: optuna.Study) -> dict[str, int]:
     return {k: counts.get(k, 0) for k in keys}
 
 
+def interrupted_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Failed trials stopped by Ctrl-C (status "interrupted") that no later trial has retried yet: the next run of
+    the study retries each from its checkpoint."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    return [t for t in trials if t.user_attrs.get("status") == "interrupted" and t.number not in retried]
+
+
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
     try:
         return study.best_trial
@@ -158,7 +166,10 @@ def print_summary(cfg: DictConfig | CheckedSweep, study: optuna.Study, console=N
     table.add_column("", overflow="fold")
     # One short row per line of counts, so that none wraps in 80 columns (a wrapped row is hard to read and to grep).
     table.add_row("trials", f"{counts['complete']} complete, {counts['pruned']} pruned ({counts['diverged']} diverged)")
-    table.add_row("failed", f"{counts['fail']}" + (f" ({counts['retried']} retried)" if counts["retried"] else ""))
+    failed = f"{counts['fail']}" + (f" ({counts['retried']} retried)" if counts["retried"] else "")
+    if stopped := len(interrupted_trials(study)):
+        failed += f", {stopped} stopped by Ctrl-C (the next run retries them)"
+    table.add_row("failed", failed)
     if counts["running"] or counts["waiting"]:
         table.add_row("in progress", f"{counts['running']} running, {counts['waiting']} waiting")
     if best is None:

@@ -160,8 +160,9 @@ class RunDir:
         self.wandb_run_file.unlink(missing_ok=True)
 
     def write_wandb_run(self, run: WandbRun) -> None:
-        # Rewritten after every W&B log call: no fsync (a crash may lose the last step, never the file).
-        atomic_write_text(self.wandb_run_file, json.dumps({"id": run.id, "step": run.step}), fsync=False)
+        # Rewritten after every W&B log call (a few per epoch), flushed to disk each time: after a machine's death the
+        # resumed run must start above the last step W&B holds, or W&B drops its first logs as out of order.
+        atomic_write_text(self.wandb_run_file, json.dumps({"id": run.id, "step": run.step}))
 
 
 def _json_lines(lines: Iterable[str]) -> list[dict[str, Any]]:

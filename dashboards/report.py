@@ -28,6 +28,7 @@ import yaml
 from dashboards import figures, html
 from dashboards.ablation import DEFAULT_BASELINE, summarise, verdict
 from dashboards.ablation_page import ablation_section, verdict_section
+from dashboards.cli_parser import ToolParser
 from dashboards.figures import PageFigures
 from dashboards.load import (
     LocalRunReader,
@@ -285,24 +286,10 @@ def build_report(
     return index
 
 
-class _Parser(argparse.ArgumentParser):
-    """Help headed by the tool's name and purpose; usage errors as one "rpb-report: error: ..." line, exit 2."""
-
-    def format_help(self) -> str:
-        return (
-            super()
-            .format_help()
-            .replace("usage: ", "", 1)
-            .replace(f"{self.prog} ", f"{__doc__.splitlines()[0]}\n\nusage: {self.prog} ", 1)
-        )
-
-    def error(self, message: str):
-        self.exit(2, f"rpb-report: error: {message} (rpb-report --help lists the options)\n")
-
-
 def _parser() -> argparse.ArgumentParser:
-    doc = __doc__.split("\n", 2)[2]  # the purpose line heads the help (format_help), the rest follows the usage
-    p = _Parser(prog="rpb-report", description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    purpose, _, doc = __doc__.split("\n", 2)  # the purpose line heads the help, the rest follows the usage
+    p = ToolParser("rpb-report", purpose.removeprefix("rpb-report: "), description=doc,
+                   formatter_class=argparse.RawTextHelpFormatter)  # fmt: skip
     p.add_argument("--storage", help="Optuna journal file or database URL of the study")
     p.add_argument("--study", help="study name (optional when the storage holds one study)")
     p.add_argument("--out", help="output folder (default: reports/<study name>)")

@@ -4,7 +4,7 @@ Offline (the default) it writes the definitions to a JSON file and prints how to
 ``--publish`` (and a W&B login) it saves the workspace view and the report to the entity/project.
 
     rpb-wandb-workspace --out runs/wandb_dashboards.json --group my-ablation
-    WANDB_API_KEY=... rpb-wandb-workspace --publish --entity me --project rpb-lab --group my-ablation \
+    WANDB_API_KEY=... rpb-wandb-workspace --publish --entity me --project rpb-lab --group my-ablation \\
         --storage runs/sweeps/my-ablation.journal       # the report opens with the ablation's verdict table
 
 The keys below are the ones training logs (experiments.train, experiments.tracking): per-step ``train/*`` against
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from dashboards.ablation import Verdict
+from dashboards.cli_parser import ToolParser
 from sweeps.objective import COMPLETE_STATUSES, PRUNED_STATUSES
 from sweeps.stats import METHOD
 
@@ -326,7 +327,9 @@ def to_json(workspace: Any, report: Any) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="rpb-wandb-workspace", description=__doc__.split("\n\n")[0])
+    purpose, _, doc = __doc__.partition("\n\n")  # the purpose line heads the help, the rest follows the usage
+    p = ToolParser("rpb-wandb-workspace", purpose.removeprefix("rpb-wandb-workspace: "), description=doc,
+                   formatter_class=argparse.RawTextHelpFormatter)  # fmt: skip
     p.add_argument("--entity", default=os.environ.get("WANDB_ENTITY"), help="W&B entity (user or team)")
     p.add_argument("--project", default=os.environ.get("WANDB_PROJECT", "rpb-lab"), help="W&B project")
     p.add_argument("--group", default="rpb-ablate", help="the ablation's study name (its runs' W&B group)")

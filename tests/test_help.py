@@ -50,4 +50,17 @@ def test_help_of_the_console_scripts(tmp_path):
     assert help_of("rpb-sweep").startswith("rpb-sweep: ")
     launch = help_of("rpb-launch")  # its own head, then accelerate launch's options
     assert launch.startswith("rpb-launch: accelerate launch, ended by Ctrl-C") and "--num_processes" in launch
+    assert help_of("rpb-report").startswith("rpb-report: write a study's report")
+    assert help_of("rpb-wandb-workspace").startswith("rpb-wandb-workspace: the W&B sweep workspace")
     assert not list(tmp_path.iterdir())  # --help writes nothing
+
+
+def test_every_console_script_is_headed_by_its_name():
+    """Each console script the installed package declares: `--help` starts with "NAME: " (a new one cannot skip it)."""
+    from importlib.metadata import distribution
+
+    scripts = [ep.name for ep in distribution("rpb-lab").entry_points if ep.group == "console_scripts"]
+    assert {"rpb-train", "rpb-sweep", "rpb-ablate", "rpb-launch", "rpb-report", "rpb-wandb-workspace"} <= set(scripts)
+    for name in scripts:
+        out = subprocess.run([console_script(name), "--help"], capture_output=True, text=True, timeout=60, check=True)
+        assert out.stdout.startswith(f"{name}: "), (name, out.stdout[:200])

@@ -1,0 +1,21 @@
+"""The argument parser of the argparse-based console scripts (`rpb-report`, `rpb-wandb-workspace`)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+class ToolParser(argparse.ArgumentParser):
+    """An ArgumentParser whose help is headed by the tool's name and purpose (`"NAME: purpose"`, then argparse's
+    usage, description and options), and whose usage errors are one line, `NAME: error: ... (NAME --help lists the
+    options)`, with exit status 2, as the Hydra-based tools report a config mistake."""
+
+    def __init__(self, prog: str, purpose: str, **kwargs) -> None:
+        super().__init__(prog=prog, **kwargs)
+        self.purpose = purpose
+
+    def format_help(self) -> str:
+        return f"{self.prog}: {self.purpose}\n\n{super().format_help()}"
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help lists the options)\n")

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.run_dir import RunDir
 from sweeps.recovery import worker_identity
-from sweeps.samplers import held_params, params_key
+from sweeps.samplers import held_params, params_key, trial_origin
 from sweeps.space import Dimension, SweepConfigError, apply_params, fixed_values, window_label
 from sweeps.storage import mask_secrets
 
@@ -172,14 +172,6 @@ def quiet_optuna() -> None:
     for handler in optuna.logging.get_logger("optuna").handlers:  # records of optuna.* loggers reach these
         if not any(isinstance(f, _DropSaidFailures) for f in handler.filters):
             handler.addFilter(_DropSaidFailures())
-
-
-def trial_origin(system_attrs: dict[str, Any]) -> str:
-    """Where a trial's parameters come from: "retry" (of a killed or interrupted trial), "enqueued" (a grid
-    cell, the defaults, sweep.enqueue) or "sampled"."""
-    if "retry_history" in system_attrs or "failed_trial" in system_attrs:
-        return "retry"
-    return "enqueued" if "fixed_params" in system_attrs else "sampled"
 
 
 class Objective:

@@ -10,12 +10,15 @@ Two kinds of study, chosen by `sweep.sampler.name`:
   workers with different seeds (and, in Optuna's words, "duplicated suggestions" under parallel workers) disagree
   on which cell a `grid_id` is, and it counts failed cells as visited.
 - **Searched studies** (`tpe`, `random`, `gp`, `cmaes`): `TrialSeededSampler` gives every trial a sampler of its
-  own, seeded from (`sweep.sampler.seed`, trial number), that draws the whole parameter set at once and draws again
-  (a new seed) while the set is one the study already holds.
+  own, seeded from (`sweep.sampler.seed`, draw index), that draws the whole parameter set at once and draws again
+  (a new seed) while the set is one the study already holds. The draw index is the trial number less the retries
+  before it (`draw_index`): a retry of a killed or interrupted trial takes a trial number but draws nothing, so
+  the trials after it draw what they would have drawn without the interruption.
 
 Reproducibility, as far as Optuna allows it:
 - The same seed, the same space and one worker give the same sequence of parameter sets, whether the study runs in
-  one command or is stopped and continued (trial n's sampler depends only on the seed, n and the trials before n;
+  one command or is stopped and continued, between trials or in the middle of one (the k-th drawn trial's sampler
+  depends only on the seed, k and the finished trials before it, where a retry finishes as its original would;
   no sampler keeps state in memory between trials). This holds for TPE, random, GP and CMA-ES (CMA-ES keeps its
   state in the trials' system attrs, as Optuna stores it).
 - A grid runs its cells in an order fixed by the seed (unshuffled without one).
@@ -72,6 +75,27 @@ def params_key(params: dict[str, Any], names: Iterable[str]) -> tuple:
     return tuple((name, repr(params.get(name))) for name in names)
 
 
+def trial_origin(system_attrs: dict[str, Any]) -> str:
+    """Where a trial's parameters come from: "retry" (of a killed or interrupted trial), "enqueued" (a grid
+    cell, the defaults, sweep.enqueue) or "sampled"."""
+    if "retry_history" in system_attrs or "failed_trial" in system_attrs:
+        return "retry"
+    return "enqueued" if "fixed_params" in system_attrs else "sampled"
+
+
+def draw_index(study: Study, trial: FrozenTrial) -> int:
+    """The place of `trial` in the study's sequence of draws: its number less the retries numbered before it.
+
+    Enqueued trials (the defaults, grid cells) keep their place: they are part of the plan whatever happens. A
+    retry exists only because a trial was killed or stopped, so it takes no place; without this, a study stopped
+    in the middle of trial k and continued would seed every later trial one number off and draw other points.
+    """
+    retries = sum(
+        t.number < trial.number and trial_origin(t.system_attrs) == "retry" for t in study.get_trials(deepcopy=False)
+    )
+    return trial.number - retries
+
+
 def trial_seed(seed: int | None, number: int, attempt: int = 0) -> int | None:
     """The seed of trial `number`'s sampler (None: not reproducible), independent of which worker runs it.
 
@@ -123,7 +147,7 @@ def exhausted(study: Study, dims: Sequence[Dimension]) -> bool:
 
 
 class TrialSeededSampler(BaseSampler):
-    """A sampler per trial, seeded from (seed, trial number), that never proposes a parameter set already held.
+    """A sampler per trial, seeded from (seed, `draw_index`), that never proposes a parameter set already held.
 
     Args:
         factory: `factory(seed) -> sampler`: TPE, random, GP or CMA-ES as configured (`sweeps.config`).
@@ -143,7 +167,7 @@ class TrialSeededSampler(BaseSampler):
         self._space: dict[str, BaseDistribution] = {d.path: d.distribution() for d in self._dims}
         self._inner: dict[int, BaseSampler] = {}
 
-    def reseed_rng(self) -> None:  # the seeds come from the trial numbers
+    def reseed_rng(self) -> None:  # the seeds come from the draw indices
         pass
 
     @staticmethod
@@ -157,13 +181,14 @@ class TrialSeededSampler(BaseSampler):
         if not search_space:
             return {}
         held = set(held_params(study, self._names, exclude=trial.number))  # later trials too: other workers'
+        index = draw_index(study, trial)
         for attempt in range(self._max_attempts):
-            inner = self._factory(trial_seed(self._seed, trial.number, attempt))
+            inner = self._factory(trial_seed(self._seed, index, attempt))
             params = self._draw(inner, study, trial)
             if params_key(params, self._names) not in held:
                 self._inner[trial.number] = inner
                 return params
-        return self._fallback(study, trial, held)
+        return self._fallback(study, trial, held, index)
 
     def _draw(self, inner: BaseSampler, study: Study, trial: FrozenTrial) -> dict[str, Any]:
         """The inner sampler's full parameter set: its relative params, then each remaining one independently."""
@@ -175,9 +200,9 @@ class TrialSeededSampler(BaseSampler):
                 params[name] = inner.sample_independent(study, trial, name, dist)
         return params
 
-    def _fallback(self, study: Study, trial: FrozenTrial, held: set[tuple]) -> dict[str, Any]:
+    def _fallback(self, study: Study, trial: FrozenTrial, held: set[tuple], index: int) -> dict[str, Any]:
         size = space_size(self._dims)
-        rng = np.random.default_rng(trial_seed(self._seed, trial.number, self._max_attempts))
+        rng = np.random.default_rng(trial_seed(self._seed, index, self._max_attempts))
         if size is not None and size <= _MAX_ENUMERATED:
             free = [p for p in space_points(self._dims) if params_key(p, self._names) not in held]
             if free:
@@ -193,7 +218,7 @@ class TrialSeededSampler(BaseSampler):
 
     def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str, param_distribution):
         # Only for parameters outside the configured space (none in rpb-sweep): one seeded random draw.
-        seed = trial_seed(self._seed, trial.number, self._max_attempts + 1)
+        seed = trial_seed(self._seed, draw_index(study, trial), self._max_attempts + 1)
         return optuna.samplers.RandomSampler(seed=seed).sample_independent(study, trial, param_name, param_distribution)
 
     def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None):

@@ -55,6 +55,36 @@ def test_same_seed_same_trials_whether_run_at_once_or_continued(compose_sweep, t
     assert [t.params for t in other.get_trials()][1:] != [t.params for t in once.get_trials()][1:]
 
 
+def test_a_study_stopped_inside_a_trial_and_continued_runs_the_same_trials(compose_sweep):
+    """Ctrl-C in the middle of trial 2, then the same command: trial 2's retry takes number 3 but no draw, so every
+    later trial gets the parameters (and the pruning decision) it had in the study that ran at once. Seeding by
+    trial number shifted every later trial by one and drew other points."""
+    once = run_study(compose_sweep("sweep.n_trials=8", "sweep.study_name=once"))
+    interrupted = []
+
+    def ctrl_c_in_trial_2(cfg, on_epoch_end=None):
+        def hook(epoch, metrics):
+            decision = on_epoch_end(epoch, metrics)
+            if cfg.run_dir.endswith("trial-2") and epoch == 2 and not interrupted:
+                interrupted.append(epoch)
+                raise KeyboardInterrupt
+            return decision
+
+        return fake_train.train(cfg, hook)
+
+    cfg = compose_sweep("sweep.n_trials=8", "sweep.study_name=twice")
+    with pytest.raises(KeyboardInterrupt):
+        run_study(cfg, train_fn=ctrl_c_in_trial_2)
+    twice = run_study(cfg)
+    stopped, *_ = [t for t in twice.get_trials() if t.state == TrialState.FAIL]
+    assert stopped.number == 2 and stopped.user_attrs["status"] == "interrupted"
+    finished = [t for t in twice.get_trials() if t.state != TrialState.FAIL]
+    assert finished[2].user_attrs["retry_of"] == 2
+    assert [t.params for t in finished] == [t.params for t in once.get_trials()]
+    assert [t.state for t in finished] == [t.state for t in once.get_trials()]
+    assert any(t.state == TrialState.PRUNED for t in finished)  # the pruner took part
+
+
 @pytest.mark.parametrize("name", ["tpe", "random", "gp", "cmaes"])
 def test_every_sampler_draws_only_new_points_of_a_small_space(compose_sweep, name):
     """A 3-point space and n_trials=5: each point runs once, then the study is whole (nothing is drawn twice)."""

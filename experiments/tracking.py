@@ -23,6 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from experiments.config_errors import ConfigError
 from experiments.trackers.common import FAILED_STATES, mask_secrets, to_plain
 from experiments.trackers.heatmaps import bias_heatmap_images
 from experiments.trackers.tensorboard_tracker import TensorBoardTracker
@@ -129,7 +130,7 @@ def build_tracker(tracker_cfg: Mapping[str, Any] | None, *, is_main_process: boo
     if wandb_cfg.pop("enabled", False):
         mode = wandb_cfg.pop("mode", "offline")
         if mode not in WANDB_MODES:
-            raise ValueError(f"tracker.wandb.mode={mode!r} is not a W&B mode: use one of {', '.join(WANDB_MODES)}.")
+            raise ConfigError(f"tracker.wandb.mode={mode!r} is not a W&B mode: use one of {', '.join(WANDB_MODES)}.")
         # disabled writes nothing and logs nothing: skip W&B entirely (and its ~1 s import).
         if mode != "disabled":
             trackers.append(WandbTracker(mode=mode, extra_config=tracker_cfg.get("extra_config") or {}, **wandb_cfg))

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from experiments.config_errors import ConfigError
 from experiments.run_dir import RunDir, WandbRun
 from experiments.trackers.common import (
     EPOCH_GLOBS,
@@ -74,7 +75,7 @@ class WandbTracker:
         folder.path.mkdir(parents=True, exist_ok=True)
         # Online without credentials would prompt on a terminal (and block forever unattended): refuse instead.
         if self.mode == "online" and wandb.run is None and not wandb.login(prompt=False, verify=False):
-            raise ValueError(
+            raise ConfigError(
                 "tracker.wandb.mode=online found no W&B credentials (or WANDB_MODE=offline is set): run `wandb login` "
                 "or set WANDB_API_KEY, or use tracker.wandb.mode=offline and `wandb sync` later."
             )

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from experiments.config_errors import ConfigError
 from experiments.tracking import CompositeTracker, NoOpTracker, build_tracker, mask_secrets
 from tests.scripts import console_script
 
@@ -305,8 +306,8 @@ def test_online_without_credentials_is_refused_not_prompted(tmp_path, monkeypatc
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
     tracker = build_tracker(tracker_cfg(mode="online", tensorboard=False), is_main_process=True)
-    with pytest.raises(ValueError, match=r"tracker\.wandb\.mode=online found no W&B credentials"):
-        tracker.start({"seed": 0}, tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"tracker\.wandb\.mode=online found no W&B credentials"):
+        tracker.start({"seed": 0}, tmp_path / "run")  # a ConfigError: rpb-train says it in one sentence, exit 2
     assert not list((tmp_path / "run").glob("wandb/*run-*"))
 
 

@@ -20,6 +20,7 @@ journal file or SQLite database is refused with this launcher.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,20 @@ def check_launcher(sweep: DictConfig) -> None:
                          ("resubmit", 0)):  # fmt: skip
         if launcher[key] < minimum:
             raise SweepConfigError(f"sweep.launcher.{key}={launcher[key]} must be at least {minimum}.")
+
+
+def check_cluster_commands(sweep: DictConfig) -> None:
+    """With `sweep.launcher.cluster=slurm`: SLURM's `sbatch` and `srun` on this machine's PATH (submitit submits and
+    runs the jobs with them), checked before the study is created so that a mistake leaves nothing behind."""
+    if sweep.launcher.name != "slurm" or sweep.launcher.cluster != "slurm":
+        return
+    missing = [command for command in ("sbatch", "srun") if shutil.which(command) is None]
+    if missing:
+        raise SweepConfigError(
+            f"sweep/launcher=slurm submits jobs with SLURM's {' and '.join(missing)}, which this machine does not have "
+            "on its PATH: run the command on the cluster's login node, or set sweep.launcher.cluster=local to run "
+            "the jobs as processes of this machine."
+        )
 
 
 def log_folder(sweep: DictConfig) -> Path:

@@ -29,6 +29,7 @@ import optuna
 from optuna.trial import TrialState
 
 from sweeps import distributed
+from sweeps.cluster import check_cluster_commands
 from sweeps.config import (
     CheckedSweep,
     build_pruner,
@@ -335,6 +336,7 @@ def run_study(cfg, train_fn: TrainFn | None = None) -> optuna.Study | None:
         sweep = sweep.copy()
         sweep.train_fn = _importable_name(train_fn)  # the same, for the workers that will import it by name
         checked = checked._replace(sweep=sweep)
+    check_cluster_commands(sweep)  # sbatch and srun, before the study exists
     is_main = distributed.rank() == 0
     study = prepare_study(checked) if is_main else None
     if study is not None and (message := done_message(study, checked)) is not None:

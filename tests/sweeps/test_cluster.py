@@ -27,6 +27,18 @@ def test_slurm_refuses_storages_other_hosts_cannot_share(compose_sweep, tmp_path
         check_sweep(cfg)
 
 
+def test_slurm_without_its_commands_is_one_sentence_and_no_study(compose_sweep, tmp_path, monkeypatch):
+    """On a machine without sbatch/srun (not the login node): refused before the study is created (the storage is
+    never opened: this URL does not even resolve)."""
+    from sweeps.study import run_study
+
+    monkeypatch.setenv("PATH", str(tmp_path / "no-slurm-here"))
+    cfg = compose_sweep("sweep/launcher=slurm", "sweep.storage=postgresql://u@no-such-host.invalid/optuna")
+    with pytest.raises(SweepConfigError, match=r"^sweep/launcher=slurm submits jobs with SLURM's sbatch and srun, "):
+        run_study(cfg)
+    assert not (tmp_path / "sweeps").exists()
+
+
 def test_slurm_job_parameters(compose_sweep):
     from sweeps.cluster import executor_parameters, log_folder
 

@@ -326,6 +326,30 @@ def to_json(workspace: Any, report: Any) -> dict[str, Any]:
     }
 
 
+def _publish(args, result) -> int:
+    """Save the workspace and the report to W&B: one sentence (exit 2 without credentials, 1 when W&B refuses or
+    cannot be reached) instead of wandb's traceback."""
+    import wandb
+
+    if not wandb.login(prompt=False, verify=False):
+        print("rpb-wandb-workspace: error: --publish found no W&B credentials: run `wandb login` or set "
+              "WANDB_API_KEY (or leave out --publish to write the definitions to a file).", file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        workspace, report = definitions(
+            args.entity, args.project, args.group, args.depth, args.study, online=True, verdict=result
+        )
+        workspace.save()
+        report.save()
+    except (wandb.errors.Error, OSError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        print(f"rpb-wandb-workspace: error: W&B did not save the workspace ({type(err).__name__}: {first}); check "
+              "the API key, --entity and the network, or leave out --publish to write a file.", file=sys.stderr)  # fmt: skip
+        return 1
+    print(f"workspace: {workspace.url}\nreport: {report.url}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     purpose, _, doc = __doc__.partition("\n\n")  # the purpose line heads the help, the rest follows the usage
     p = ToolParser("rpb-wandb-workspace", purpose.removeprefix("rpb-wandb-workspace: "), description=doc,
@@ -351,13 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.publish:
         if not args.entity:
             raise SystemExit("--entity is required with --publish (or set WANDB_ENTITY): the user or team to save to.")
-        workspace, report = definitions(
-            args.entity, args.project, args.group, args.depth, args.study, online=True, verdict=result
-        )
-        workspace.save()
-        report.save()
-        print(f"workspace: {workspace.url}\nreport: {report.url}")
-        return 0
+        return _publish(args, result)
     entity = args.entity or "YOUR_ENTITY"
     workspace, report = definitions(entity, args.project, args.group, args.depth, args.study, verdict=result)
     out = Path(args.out)

@@ -194,3 +194,13 @@ def test_the_wandb_report_opens_with_the_verdict(ablation_journal, tmp_path, cap
     assert capsys.readouterr().err.startswith("rpb-wandb-workspace: error: --study 'nope' is not in the storage")
     report = ablation_report("me", "p", "g", runset_project=False)  # without a study: says how to add it
     assert "rpb-wandb-workspace --storage" in json.dumps(to_json(sweep_workspace("me", "p"), report)["report"])
+
+
+def test_publish_without_credentials_is_one_sentence(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    assert main(["--publish", "--entity", "me", "--group", "g"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rpb-wandb-workspace: error: --publish found no W&B credentials: run `wandb login`"), err
+    assert "Traceback" not in err

@@ -190,8 +190,16 @@ def print_summary(cfg: DictConfig | CheckedSweep, study: optuna.Study, console=N
     columns = [("#", 0), ("state", 2), (sweep.metric, 0), ("epochs", 1)]
     columns += [(name, 3 + i) for i, name in enumerate(short_names(names))]
     for title, trials, value_of in (
-        (f"Top {min(top, len(complete))} complete trials, ranked by {sweep.metric}", complete[:top], lambda t: t.value),
-        (f"Pruned trials (stopped early, not ranked): last reported {sweep.metric}", pruned[:top], _last_value),
+        (
+            f"Top {min(top, len(complete))} complete trials, ranked by {sweep.metric}{_more(top, complete)}",
+            complete[:top],
+            lambda t: t.value,
+        ),
+        (
+            f"Pruned trials (stopped early, not ranked): last reported {sweep.metric}{_more(top, pruned)}",
+            pruned[:top],
+            _last_value,
+        ),
     ):
         if not trials:
             continue
@@ -209,6 +217,11 @@ def print_summary(cfg: DictConfig | CheckedSweep, study: optuna.Study, console=N
         console.print(f"Best config: {path}\nTrain it:    rpb-train --config-dir={path.parent} --config-name=best",
                       soft_wrap=True)  # fmt: skip
     return path
+
+
+def _more(top: int, trials: Sequence) -> str:
+    """A table title's note when it keeps only the first `top` of `trials`: " (10 of 14 shown)"."""
+    return f" ({top} of {len(trials)} shown)" if len(trials) > top else ""
 
 
 def trial_setting(params: Mapping[str, Any]) -> Setting:

@@ -66,6 +66,15 @@ def test_trials_table_fits_the_terminal(compose_sweep, width):
         assert "lr" in header
 
 
+def test_a_table_that_keeps_the_first_trials_says_how_many_it_left_out(compose_sweep):
+    console = _console(120)
+    print_summary(compose_sweep(), _sweep_study(), console=console, top=4)
+    assert "Top 4 complete trials, ranked by val_accuracy (4 of 6 shown)" in [x.strip() for x in _lines(console)]
+    console = _console(120)
+    print_summary(compose_sweep(), _sweep_study(), console=console)  # top=10: all six, no note
+    assert "Top 6 complete trials, ranked by val_accuracy" in [x.strip() for x in _lines(console)]
+
+
 def test_fitted_table_drops_by_priority_and_keeps_priority_zero():
     console = _console(30)
     columns = [("#", 0), ("value", 0), ("low", 1), ("wide column", 2)]

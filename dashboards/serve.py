@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -72,11 +74,25 @@ def wait_for_http(url: str, timeout: float = 30.0, process: subprocess.Popen | N
 
 
 def serve(cmd: list[str]) -> int:
-    """Run a server in the foreground until Ctrl-C; returns its exit code."""
+    """Run a server in the foreground until Ctrl-C or SIGTERM (`kill`, `timeout`); returns its exit code. Either
+    way the server goes down with this process: a SIGTERM to this one alone no longer leaves it holding the port."""
     print("running:", " ".join(cmd), flush=True)
     process = subprocess.Popen(cmd)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    main = threading.current_thread() is threading.main_thread()  # signal handlers live in the main thread only
+    previous = signal.signal(signal.SIGTERM, stop) if main else None
     try:
         return process.wait()
     except KeyboardInterrupt:
         process.terminate()
-        return process.wait(timeout=10)
+        try:
+            return process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait()
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)

@@ -101,19 +101,20 @@ def _has_checkpoint(run_dir: str) -> bool:
 
 def _say_interrupted(result: dict | None) -> None:
     """Ctrl-C: one line on the main process (what was saved, the command that continues it), exit 130."""
+    by = "" if _STOPPED_BY[0] == "Ctrl-C" else f" by {_STOPPED_BY[0]}"
     if result is not None and _has_checkpoint(result["run_dir"]):
         line = (
-            f"rpb-train: interrupted in epoch {result['epochs_run'] + 1}; epoch {result['epochs_run']} is saved "
+            f"rpb-train: interrupted{by} in epoch {result['epochs_run'] + 1}; epoch {result['epochs_run']} is saved "
             f"in {result['run_dir']}; continue with: {_continue_command(result['run_dir'])}"
         )
     else:
         where = f" ({result['run_dir']} holds no checkpoint)" if result else ""
         line = (
-            f"rpb-train: interrupted before a checkpoint was written; nothing to continue{where}; start again with: "
+            f"rpb-train: interrupted{by} before a checkpoint was written; nothing to continue{where}; start again with: "
             f"{relaunch_command('rpb-train', 'experiments.cli', sys.argv[1:])}"
         )
     say_once(line)
-    _exit(EXIT_INTERRUPTED)
+    _exit(EXIT_INTERRUPTED if _STOPPED_BY[0] == "Ctrl-C" else 128 + 15)
 
 
 def _fail(sentence: str) -> None:
@@ -201,8 +202,21 @@ Config groups (GROUP=OPTION):
     )
 
 
+_STOPPED_BY = ["Ctrl-C"]  # what stopped the run, for its one line: "Ctrl-C", or "SIGTERM" once one arrived
+
+
+def _on_sigterm(signum, frame) -> None:
+    """SIGTERM (`kill`, `timeout`, a scheduler, torch elastic passing one on) stops the run as Ctrl-C does: the
+    run is recorded as interrupted, the line says what was saved, and the exit status is 143 (128 + 15)."""
+    _STOPPED_BY[0] = "SIGTERM"
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Check the config first (one sentence, exit 2 on a mistake), then hand the overrides to Hydra."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         _main(argv)
     except KeyboardInterrupt:  # before train() started (imports, composing): nothing was saved

@@ -302,5 +302,15 @@ def trial_line(trial: FrozenTrial, metric: str) -> str:
         head = f"{status} at epoch {epochs} ({metric} {format_number(_last_value(trial))})"
     else:
         head = f"{status}: {trial.user_attrs.get('reason') or 'see the study record'}"
-    params = ", ".join(f"{name.split('.')[-1]} {format_number(value)}" for name, value in trial.params.items())
-    return f"trial {trial.number} {head}" + (f" | {params}" if params else "")
+    return f"trial {trial.number} {head}" + (f" | {params}" if (params := _params_text(trial.params)) else "")
+
+
+def _params_text(params: Mapping[str, Any]) -> str:
+    """A trial's params for its line: "lr 0.002, window_size 7x7, ..."; an ablation cell by its setting and seed
+    ("setting none, seed 0"), since a run without a bias still carries the window and bias type of its config."""
+    from sweeps.ablate import ENABLED, SEED
+
+    if ENABLED in params:
+        rest = {k: v for k, v in params.items() if k == SEED or not k.startswith(("model.rpb.", "model.pos_embed"))}
+        params = {"setting": trial_setting(params).label, **rest}
+    return ", ".join(f"{name.split('.')[-1]} {format_number(value)}" for name, value in params.items())

@@ -29,7 +29,9 @@ def _terminal_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def interrupt_after_first_epoch(cmd: list[str], cwd: Path, saved: Path, timeout: float = 120) -> tuple[int, str, str]:
+def interrupt_after_first_epoch(
+    cmd: list[str], cwd: Path, saved: Path, timeout: float = 120, sig: int = signal.SIGINT
+) -> tuple[int, str, str]:
     """Run `cmd`; once a line "... epoch 1/..." is printed and the run folder `saved` holds its checkpoint, send
     SIGINT to its process group; returns (exit status, stdout, stderr)."""
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
@@ -45,7 +47,7 @@ def interrupt_after_first_epoch(cmd: list[str], cwd: Path, saved: Path, timeout:
             if "epoch 1/" in line:
                 while not (saved / "checkpoints" / "last" / "train_state.json").is_file() and proc.poll() is None:
                     time.sleep(0.05)
-                os.killpg(proc.pid, signal.SIGINT)
+                os.killpg(proc.pid, sig)
                 break
         rest, err = proc.communicate()
     finally:
@@ -67,6 +69,20 @@ def test_rpb_train(tmp_path):
     assert code == 130, out + err
     assert not [x for x in (out + err).splitlines() if x.startswith("wandb:")]  # W&B quiet unless asked
     assert line.endswith(f"is saved in {run}; continue with: rpb-train resume={run}"), line
+
+
+def test_rpb_train_sigterm(tmp_path):
+    """SIGTERM (`kill`, `timeout`, a scheduler) stops a run as Ctrl-C does: recorded as interrupted, one line, and
+    exit status 143; it used to die silently, leaving summary.json "running"."""
+    import json
+
+    run = tmp_path / "run"
+    cmd = [console_script("rpb-train"), *TINY, "tracker.wandb.enabled=false", f"run_dir={run}"]
+    code, out, err = interrupt_after_first_epoch(cmd, tmp_path, run, sig=signal.SIGTERM)
+    lines = [line for line in err.splitlines() if line.startswith("rpb-train: interrupted by SIGTERM in epoch ")]
+    assert code == 143 and len(lines) == 1 and "Traceback" not in err, out + err
+    assert lines[0].endswith(f"continue with: rpb-train resume={run}"), lines[0]
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
 
 
 def test_rpb_sweep(tmp_path):

@@ -71,3 +71,28 @@ def wait_for_runs(port: int, timeout: float = 30.0) -> set[str]:
             runs = set(json.load(r))
         time.sleep(0.3)
     return runs
+
+
+@pytest.mark.slow
+def test_a_sigterm_to_rpb_report_serve_stops_its_server(sweep_journal):
+    """`kill` (SIGTERM) of `rpb-report --serve` alone: the optuna-dashboard it started stops with it and the port
+    is free again (it used to keep serving, orphaned)."""
+    import signal
+
+    from tests.scripts import console_script
+
+    port = free_port()
+    cmd = [console_script("rpb-report"), "--serve", "optuna", "--storage", str(sweep_journal), "--port", str(port)]
+    with running(cmd) as process:
+        assert wait_for_http(f"http://127.0.0.1:{port}/dashboard", timeout=60, process=process) == 200
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=20)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/dashboard", timeout=1)
+            except OSError:
+                break  # nothing answers: the server went down with rpb-report
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"optuna-dashboard still answers on port {port} after rpb-report got SIGTERM")

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from sweeps.ablate import BIAS, ENABLED, MODE, SEED, WINDOW
 from sweeps.space import SweepConfigError
-from sweeps.summary import check_baseline, fitted_table, print_summary, print_verdict
+from sweeps.summary import check_baseline, fitted_table, print_summary, print_verdict, trial_line
 
 SPACE = {  # conf/sweep/default.yaml's dimensions
     "optim.lr": FloatDistribution(1e-4, 1e-2, log=True),
@@ -142,3 +142,18 @@ def test_the_study_names_its_objective_for_optuna_dashboard(compose_sweep):
 
     study = prepare_study(compose_sweep())
     assert study.metric_names == ["val_accuracy"]  # optuna-dashboard's axis label, not "Objective 0"
+
+
+def test_an_ablation_trial_line_names_its_setting_not_the_unused_window():
+    """A run without a bias still carries its config's window and bias type: its line names the setting."""
+
+    def finished(params, value, **kw):
+        dists = {k: CategoricalDistribution([v]) for k, v in params.items()}
+        return optuna.trial.create_trial(params=params, distributions=dists, value=value, **kw)
+
+    params = {WINDOW: "3x3", BIAS: "2d", MODE: "clip", ENABLED: False, SEED: 0}
+    line = trial_line(finished(params, 0.95, user_attrs={"epochs_run": 20}), "val_accuracy")
+    assert line.endswith("after 20 epochs | setting none, seed 0"), line
+    line = trial_line(finished({**params, ENABLED: True, WINDOW: "5x5"}, 0.97), "val_accuracy")
+    assert line.endswith("| setting rpb 2d 5x5, seed 0"), line
+    assert trial_line(finished({"optim.lr": 0.002}, 0.9), "val_accuracy").endswith("| lr 0.002")

@@ -24,7 +24,16 @@ from omegaconf import DictConfig
 
 from experiments.config import CONF_DIR, compose_config
 from experiments.config_errors import ConfigError
-from experiments.launch import EXIT_CONFIG, EXIT_DIVERGED, EXIT_INTERRUPTED, relaunch_command, say_once
+from experiments.launch import (
+    EXIT_CONFIG,
+    EXIT_DIVERGED,
+    EXIT_INTERRUPTED,
+    interrupted_status,
+    relaunch_command,
+    say_once,
+    stop_on_sigterm,
+    stopped_by,
+)
 
 __all__ = ["EXIT_INTERRUPTED", "main", "render_help"]
 
@@ -101,7 +110,7 @@ def _has_checkpoint(run_dir: str) -> bool:
 
 def _say_interrupted(result: dict | None) -> None:
     """Ctrl-C: one line on the main process (what was saved, the command that continues it), exit 130."""
-    by = "" if _STOPPED_BY[0] == "Ctrl-C" else f" by {_STOPPED_BY[0]}"
+    by = stopped_by()
     if result is not None and _has_checkpoint(result["run_dir"]):
         line = (
             f"rpb-train: interrupted{by} in epoch {result['epochs_run'] + 1}; epoch {result['epochs_run']} is saved "
@@ -114,7 +123,7 @@ def _say_interrupted(result: dict | None) -> None:
             f"{relaunch_command('rpb-train', 'experiments.cli', sys.argv[1:])}"
         )
     say_once(line)
-    _exit(EXIT_INTERRUPTED if _STOPPED_BY[0] == "Ctrl-C" else 128 + 15)
+    _exit(interrupted_status())
 
 
 def _fail(sentence: str) -> None:
@@ -202,21 +211,9 @@ Config groups (GROUP=OPTION):
     )
 
 
-_STOPPED_BY = ["Ctrl-C"]  # what stopped the run, for its one line: "Ctrl-C", or "SIGTERM" once one arrived
-
-
-def _on_sigterm(signum, frame) -> None:
-    """SIGTERM (`kill`, `timeout`, a scheduler, torch elastic passing one on) stops the run as Ctrl-C does: the
-    run is recorded as interrupted, the line says what was saved, and the exit status is 143 (128 + 15)."""
-    _STOPPED_BY[0] = "SIGTERM"
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     """Check the config first (one sentence, exit 2 on a mistake), then hand the overrides to Hydra."""
-    import signal
-
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    stop_on_sigterm()  # kill / timeout / a scheduler: recorded and said as Ctrl-C is, exit 143
     try:
         _main(argv)
     except KeyboardInterrupt:  # before train() started (imports, composing): nothing was saved

@@ -65,6 +65,35 @@ def relaunch_command(tool: str, module: str, args: Sequence[str]) -> str:
     return shlex.join([tool, *args])
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt (`stop_on_sigterm`), so both stop a run the same way."""
+
+
+_STOPPED_BY_SIGTERM = [False]
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (`kill`, `timeout`, a scheduler, torch elastic passing one on) stop this process as Ctrl-C does:
+    `Terminated` is raised in the main thread, runs and trials are recorded as interrupted, and the tool prints its
+    one line (`stopped_by`) and exits `interrupted_status()` (143 = 128 + SIGTERM). Call it in the main thread."""
+
+    def handler(signum, frame):
+        _STOPPED_BY_SIGTERM[0] = True
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def stopped_by() -> str:
+    """For a tool's interrupted line: "" after Ctrl-C, " by SIGTERM" after a SIGTERM."""
+    return " by SIGTERM" if _STOPPED_BY_SIGTERM[0] else ""
+
+
+def interrupted_status() -> int:
+    """130 after Ctrl-C, 143 after SIGTERM (128 + the signal, as shells report it)."""
+    return 128 + signal.SIGTERM if _STOPPED_BY_SIGTERM[0] else EXIT_INTERRUPTED
+
+
 def say_once(line: str) -> None:
     """Print `line` to stderr from the main process only (RANK 0): under a launcher every process meets the same
     mistake or Ctrl-C, and the user should read its sentence once."""

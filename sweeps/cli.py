@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 from experiments.cli import EXIT_INTERRUPTED, render_help
 from experiments.config import CONF_DIR, ConfigError
-from experiments.launch import say_once
+from experiments.launch import interrupted_status, relaunch_command, say_once, stop_on_sigterm, stopped_by
 from sweeps import distributed
 from sweeps.space import SweepConfigError
 
@@ -65,7 +65,7 @@ def sweep_main(cfg: DictConfig) -> int:
                 with contextlib.suppress(Exception):  # the study so far; the storage may be gone
                     _summary(checked)
             say_interrupted("rpb-sweep", checked.sweep if checked is not None else None)  # the last line
-        return EXIT_INTERRUPTED
+        return interrupted_status()
     if is_main:
         _summary(checked)
     return 0
@@ -98,15 +98,15 @@ def _resumes(number: int, run_dir: str | None) -> str:
 
 def say_interrupted(tool: str, sweep) -> None:
     """Ctrl-C of a study: one line on stderr, what was kept and the exact command that continues the study."""
-    from experiments.launch import relaunch_command
-
     command = relaunch_command(tool, {"rpb-ablate": "sweeps.ablate"}.get(tool, "sweeps.cli"), sys.argv[1:])
     if sweep is None:  # before the study was opened
-        print(f"{tool}: interrupted before the study started; nothing saved; start it with: {command}", file=sys.stderr)
+        print(f"{tool}: interrupted{stopped_by()} before the study started; nothing saved; start it with: {command}",
+              file=sys.stderr)  # fmt: skip
         return
     stopped = _interrupted_trials(sweep)
     kept = ", ".join(stopped) if stopped else "finished trials are kept"
-    print(f"{tool}: interrupted; study {sweep.study_name!r}: {kept}; continue with: {command}", file=sys.stderr)
+    print(f"{tool}: interrupted{stopped_by()}; study {sweep.study_name!r}: {kept}; continue with: {command}",
+          file=sys.stderr)  # fmt: skip
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="sweep", version_base="1.3")
@@ -114,7 +114,7 @@ def _app(cfg: DictConfig) -> None:
     code = sweep_main(cfg)
     if distributed.world_size() > 1:
         # gloo may abort a rank at interpreter exit: leave the group, flush, and exit hard.
-        distributed.shutdown(barrier=code != EXIT_INTERRUPTED)
+        distributed.shutdown(barrier=code not in (EXIT_INTERRUPTED, interrupted_status()))
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
@@ -170,6 +170,7 @@ def ablate_main() -> None:
     if {"-h", "--help"} & set(args):
         print(ablate_help(), end="")
         return
+    stop_on_sigterm()  # kill / timeout / a scheduler: the trials are recorded and the line said as for Ctrl-C
     try:
         from sweeps import ablate
 
@@ -177,7 +178,7 @@ def ablate_main() -> None:
     except KeyboardInterrupt:
         if distributed.rank() == 0:
             say_interrupted("rpb-ablate", _ablation_sweep(args))  # composed again: cheap, and never half-done
-        code = EXIT_INTERRUPTED
+        code = interrupted_status()
     sys.exit(code)
 
 
@@ -190,11 +191,12 @@ def _ablation_sweep(args: list[str]):
 
 
 def main() -> None:
+    stop_on_sigterm()  # kill / timeout / a scheduler: the trials are recorded and the line said as for Ctrl-C
     try:
         _main()
     except KeyboardInterrupt:  # while starting (imports, composing): no study yet
         say_interrupted("rpb-sweep", None)
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(interrupted_status())
 
 
 def _main() -> None:

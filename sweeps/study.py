@@ -22,12 +22,14 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import signal
 import time
 import warnings
 
 import optuna
 from optuna.trial import TrialState
 
+from experiments.launch import Terminated
 from sweeps import distributed
 from sweeps.cluster import check_cluster_commands
 from sweeps.config import (
@@ -361,7 +363,10 @@ def run_study(cfg, train_fn: TrainFn | None = None) -> optuna.Study | None:
     try:
         for p in procs:
             p.join()
-    except KeyboardInterrupt:  # the workers got the same SIGINT: let them record their trials
+    except KeyboardInterrupt as stop:  # Ctrl-C reached the workers too; a SIGTERM to this process alone did not
+        for p in procs:
+            if isinstance(stop, Terminated) and p.is_alive():
+                os.kill(p.pid, signal.SIGINT)  # stop as for Ctrl-C: each records its trial as interrupted
         for p in procs:
             p.join(timeout=60)
         raise

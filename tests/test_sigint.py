@@ -30,7 +30,7 @@ def _terminal_sigint() -> None:
 
 
 def interrupt_after_first_epoch(
-    cmd: list[str], cwd: Path, saved: Path, timeout: float = 120, sig: int = signal.SIGINT
+    cmd: list[str], cwd: Path, saved: Path, timeout: float = 120, sig: int = signal.SIGINT, group: bool = True
 ) -> tuple[int, str, str]:
     """Run `cmd`; once a line "... epoch 1/..." is printed and the run folder `saved` holds its checkpoint, send
     SIGINT to its process group; returns (exit status, stdout, stderr)."""
@@ -47,7 +47,7 @@ def interrupt_after_first_epoch(
             if "epoch 1/" in line:
                 while not (saved / "checkpoints" / "last" / "train_state.json").is_file() and proc.poll() is None:
                     time.sleep(0.05)
-                os.killpg(proc.pid, sig)
+                os.killpg(proc.pid, sig) if group else os.kill(proc.pid, sig)  # group: as a terminal does
                 break
         rest, err = proc.communicate()
     finally:
@@ -94,6 +94,26 @@ def test_rpb_sweep(tmp_path):
     assert "study 'rpb-sweep': trial 0 continues after epoch " in line, line
     assert line.endswith("continue with: rpb-sweep " + " ".join(args)), line
     assert "1, 1 stopped by Ctrl-C (the next run retries them)" in out, out  # the summary's "failed" row
+
+
+def test_rpb_sweep_sigterm_to_the_command_alone(tmp_path):
+    """`kill PID` of an rpb-sweep with 2 workers: the command passes the stop on to its workers, each records its
+    trial as interrupted, and the line says so (exit 143); the workers used to keep training, orphaned."""
+    import optuna
+
+    args = [f"sweep.output_dir={tmp_path}/sweeps", "sweep.n_trials=4", "sweep.workers=2", "tracker.wandb.enabled=false",
+            *TINY]  # fmt: skip
+    trial = tmp_path / "sweeps" / "rpb-sweep" / "trial-0"
+    cmd = [console_script("rpb-sweep"), *args]
+    code, out, err = interrupt_after_first_epoch(cmd, tmp_path, trial, sig=signal.SIGTERM, group=False)
+    lines = [line for line in err.splitlines() if line.startswith("rpb-sweep: interrupted by SIGTERM; study ")]
+    assert code == 143 and len(lines) == 1 and "Traceback" not in err, out + err
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "sweeps" / "rpb-sweep.journal"))
+    )
+    trials = optuna.load_study(study_name="rpb-sweep", storage=storage).get_trials()
+    assert trials and all(t.state != optuna.trial.TrialState.RUNNING for t in trials), [t.state for t in trials]
+    assert any(t.user_attrs.get("status") == "interrupted" for t in trials)
 
 
 def test_rpb_ablate(tmp_path):

@@ -5,6 +5,7 @@ tests/sweeps/test_e2e.py, extending a run in tests/experiments/test_cli.py."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -33,7 +34,10 @@ def records(offline: Path) -> list[dict]:
 
 def assert_one_continued_run(offlines: list[Path], run_id: str, epochs: int) -> None:
     """Two offline parts of one W&B run: same id, the second resumed, W&B steps and both x-axes increasing."""
-    assert len(offlines) == 2 and all(p.name.endswith(f"-{run_id}") for p in offlines)
+    # offline-run-<time>-<id>; W&B adds "-1" when both parts start within the same second (its x_sync_dir_suffix)
+    assert len(offlines) == 2 and all(
+        re.fullmatch(rf"offline-run-\d{{8}}_\d{{6}}-{run_id}(-\d+)?", p.name) for p in offlines
+    )
     first, second = (records(p) for p in offlines)
 
     def field(recs, kind, key):

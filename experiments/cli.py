@@ -109,7 +109,8 @@ def _has_checkpoint(run_dir: str) -> bool:
 
 
 def _say_interrupted(result: dict | None) -> None:
-    """Ctrl-C: one line on the main process (what was saved, the command that continues it), exit 130."""
+    """Ctrl-C or SIGTERM: one line on the main process (what was saved, the command that continues it), exit 130
+    (143 after SIGTERM)."""
     by = stopped_by()
     if result is not None and _has_checkpoint(result["run_dir"]):
         line = (

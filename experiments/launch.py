@@ -84,6 +84,11 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def stop_signal() -> str:
+    """What stopped this process: "SIGTERM" once one arrived (`stop_on_sigterm`), else "Ctrl-C"."""
+    return "SIGTERM" if _STOPPED_BY_SIGTERM[0] else "Ctrl-C"
+
+
 def stopped_by() -> str:
     """For a tool's interrupted line: "" after Ctrl-C, " by SIGTERM" after a SIGTERM."""
     return " by SIGTERM" if _STOPPED_BY_SIGTERM[0] else ""

@@ -27,6 +27,7 @@ from experiments.checkpoint import TrainState, last_checkpoint, load_last, save_
 from experiments.config import build_model, to_yaml, validate_config
 from experiments.config_errors import ConfigError
 from experiments.engine import evaluate, train_epoch
+from experiments.launch import stop_signal
 from experiments.run_dir import FINAL_STATUSES, RunDir
 
 __all__ = ["SCHEDULE_ON_EXTEND", "EpochCallback", "RunInterrupted", "epoch_line", "extend_run", "plural", "train"]
@@ -389,7 +390,7 @@ def _finish_failed(s: _Session, state: TrainState, exc: BaseException) -> None:
     s.lap(state)
     if interrupted:
         kept = f"the checkpoint of epoch {state.epoch} is kept" if last_checkpoint(s.run.path) else "no checkpoint yet"
-        reason = f"stopped with Ctrl-C in epoch {state.epoch + 1}; {kept}"
+        reason = f"stopped with {stop_signal()} in epoch {state.epoch + 1}; {kept}"
     else:
         reason = f"{type(exc).__name__}: {exc}"
     status = "interrupted" if interrupted else "failed"

@@ -21,7 +21,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from experiments.cli import EXIT_INTERRUPTED, render_help
+from experiments.cli import render_help
 from experiments.config import CONF_DIR, ConfigError
 from experiments.launch import interrupted_status, relaunch_command, say_once, stop_on_sigterm, stopped_by
 from sweeps import distributed
@@ -114,7 +114,7 @@ def _app(cfg: DictConfig) -> None:
     code = sweep_main(cfg)
     if distributed.world_size() > 1:
         # gloo may abort a rank at interpreter exit: leave the group, flush, and exit hard.
-        distributed.shutdown(barrier=code not in (EXIT_INTERRUPTED, interrupted_status()))
+        distributed.shutdown(barrier=code != interrupted_status())  # Ctrl-C, SIGTERM: no rank waits for another
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -19,6 +19,7 @@ from typing import Any
 import optuna
 from omegaconf import DictConfig, OmegaConf
 
+from experiments.launch import stop_signal
 from experiments.run_dir import RunDir
 from sweeps.recovery import worker_identity
 from sweeps.samplers import held_params, params_key, trial_origin
@@ -247,7 +248,7 @@ class Objective:
         try:
             result = run_trial(self.base, self.sweep, spec, self.train_fn, on_epoch_end)
         except KeyboardInterrupt:
-            self._record(trial, "interrupted", "KeyboardInterrupt: stopped with Ctrl-C")
+            self._record(trial, "interrupted", f"KeyboardInterrupt: stopped with {stop_signal()}")
             raise
         except SweepConfigError as e:
             self._record(trial, "failed", str(e))

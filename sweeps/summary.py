@@ -31,17 +31,22 @@ def state_counts(study: optuna.Study) -> dict[str, int]:
     trials = study.get_trials(deepcopy=False)
     counts = Counter(t.state.name.lower() for t in trials)
     counts["diverged"] = sum(t.user_attrs.get("status") == "diverged" for t in trials)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    retried = _retried_numbers(trials)
     counts["retried"] = sum(t.state == TrialState.FAIL and t.number in retried for t in trials)
     keys = ("complete", "pruned", "fail", "running", "waiting", "diverged", "retried")
     return {k: counts.get(k, 0) for k in keys}
 
 
+def _retried_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
+    """Numbers of the trials a later trial retries (each retry lists its predecessors in `retry_history`)."""
+    return {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+
+
 def interrupted_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Failed trials stopped by Ctrl-C (status "interrupted") that no later trial has retried yet: the next run of
-    the study retries each from its checkpoint."""
+    """Failed trials stopped by Ctrl-C or SIGTERM (status "interrupted") that no later trial has retried yet: the
+    next run of the study retries each from its checkpoint."""
     trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    retried = _retried_numbers(trials)
     return [t for t in trials if t.user_attrs.get("status") == "interrupted" and t.number not in retried]
 
 
@@ -168,7 +173,7 @@ def print_summary(cfg: DictConfig | CheckedSweep, study: optuna.Study, console=N
     table.add_row("trials", f"{counts['complete']} complete, {counts['pruned']} pruned ({counts['diverged']} diverged)")
     failed = f"{counts['fail']}" + (f" ({counts['retried']} retried)" if counts["retried"] else "")
     if stopped := len(interrupted_trials(study)):
-        failed += f", {stopped} stopped by Ctrl-C (the next run retries them)"
+        failed += f", {stopped} interrupted (the next run retries them)"
     table.add_row("failed", failed)
     if counts["running"] or counts["waiting"]:
         table.add_row("in progress", f"{counts['running']} running, {counts['waiting']} waiting")

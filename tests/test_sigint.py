@@ -93,7 +93,7 @@ def test_rpb_sweep(tmp_path):
     assert code == 130, out + err
     assert "study 'rpb-sweep': trial 0 continues after epoch " in line, line
     assert line.endswith("continue with: rpb-sweep " + " ".join(args)), line
-    assert "1, 1 stopped by Ctrl-C (the next run retries them)" in out, out  # the summary's "failed" row
+    assert "1, 1 interrupted (the next run retries them)" in out, out  # the summary's "failed" row
 
 
 def test_rpb_sweep_sigterm_to_the_command_alone(tmp_path):

@@ -11,7 +11,17 @@ from typing import Any
 import optuna
 
 from dashboards.load import RunData, params_cell
-from sweeps.stats import DEFAULT_BASELINE, NO_BIAS, Comparison, Setting, find_setting, mean_interval, verdict_table
+from experiments.metrics import metric_direction
+from sweeps.stats import (
+    DEFAULT_BASELINE,
+    NO_BIAS,
+    Comparison,
+    Setting,
+    find_setting,
+    mean_interval,
+    metric_range,
+    verdict_table,
+)
 from sweeps.stats import setting_of as setting_of_rpb
 
 __all__ = ["DEFAULT_BASELINE", "NO_BIAS", "Setting", "SettingSummary", "Verdict", "setting_of", "summarise", "verdict"]
@@ -22,7 +32,8 @@ class SettingSummary:
     """The seeds of one setting: accuracy statistics and training cost (means over its seeds).
 
     Attributes:
-        mean, ci_low, ci_high: best validation accuracy, its mean and 95% interval (`sweeps.stats.mean_interval`).
+        accuracies: each run's best value of the summarised metric (`summarise`; validation accuracy by default).
+        mean, ci_low, ci_high: their mean and 95% interval (`sweeps.stats.mean_interval`).
         bias_params: parameters of all bias tables of the model.
         num_params: trainable parameters of the model (summary.json ``num_params``); NaN when no run recorded it.
         images_per_s: training images per second (summary.json ``train_images_per_s``); NaN when not recorded.
@@ -52,6 +63,11 @@ def _get(config: dict[str, Any], dotted: str, default: Any = None) -> Any:
     return node
 
 
+def study_metric(study: optuna.Study) -> tuple[str, str]:
+    """(metric, direction) of a study: what its trials' values are and which way they improve."""
+    return str(study.user_attrs.get("metric", "val_accuracy")), study.direction.name.lower()
+
+
 def setting_of(run: RunData) -> Setting:
     """The ablation factors of a run, read from its resolved config (``model.rpb.*``, ``model.pos_embed``)."""
     return setting_of_rpb(_get(run.config, "model.rpb", {}) or {}, _get(run.config, "model.pos_embed"))
@@ -65,13 +81,17 @@ def ablation_cell(trial: optuna.trial.FrozenTrial, run: RunData | None) -> objec
     return ("ablation", setting_of(run), int(run.config["seed"]))
 
 
-def run_accuracy(run: RunData) -> float:
-    """Best validation accuracy of a run: the summary's, else the best epoch's (a run cut off before its summary)."""
-    best = run.summary.get("best_val_accuracy")
+def run_value(run: RunData, metric: str = "val_accuracy", direction: str | None = None) -> float:
+    """The best `metric` of a run (in `direction`, default the metric's): the summary's ``best_<metric>``, else the
+    best epoch's (a run cut off before its summary, or one from before train() kept that key); NaN without any."""
+    best = run.summary.get(f"best_{metric}")
     if isinstance(best, (int, float)) and math.isfinite(best):
         return float(best)
-    values = [row["val_accuracy"] for row in run.history if isinstance(row.get("val_accuracy"), (int, float))]
-    return max(values) if values else math.nan
+    values = [row[metric] for row in run.history if isinstance(row.get(metric), (int, float))]
+    values = [v for v in values if math.isfinite(v)]
+    if not values:
+        return math.nan
+    return min(values) if (direction or metric_direction(metric)) == "minimize" else max(values)
 
 
 def bias_table_params(config: dict[str, Any]) -> int:
@@ -109,8 +129,9 @@ def wall_time(run: RunData) -> float:
     return math.nan if run.study_wall_s is None else float(run.study_wall_s)
 
 
-def summarise(runs: list[RunData]) -> list[SettingSummary]:
-    """Group runs by setting (in grid order) and compute accuracy statistics and cost per setting.
+def summarise(runs: list[RunData], metric: str = "val_accuracy", direction: str | None = None) -> list[SettingSummary]:
+    """Group runs by setting (in grid order) and compute the statistics of each run's best `metric` (in
+    `direction`: the study's) and the cost per setting.
 
     `runs` are results of complete trials, one per (setting, seed): `dashboards.load.trial_runs` (the rule is in
     `dashboards.load.results`). Runs of pruned or failed trials must not be passed in: they would enter the mean.
@@ -121,9 +142,9 @@ def summarise(runs: list[RunData]) -> list[SettingSummary]:
         group = groups.setdefault(setting, SettingSummary(setting=setting))
         group.runs.append(run)
         group.seeds.append(int(run.config.get("seed", -1)))
-        group.accuracies.append(run_accuracy(run))
+        group.accuracies.append(run_value(run, metric, direction))
     for group in groups.values():
-        group.mean, group.ci_low, group.ci_high = mean_interval(group.accuracies)
+        group.mean, group.ci_low, group.ci_high = mean_interval(group.accuracies, bounds=metric_range(metric))
         group.bias_params = bias_table_params(group.runs[0].config)
         group.epochs = _mean([float(r.summary.get("epochs_run", len(r.history))) for r in group.runs])
         group.num_params = _mean([r.summary.get("num_params") for r in group.runs])
@@ -148,10 +169,18 @@ class Verdict:
     rows: list[tuple[str, ...]] = field(default_factory=list)
     comparisons: list[Comparison] = field(default_factory=list)
     problem: str = ""
+    metric: str = "val_accuracy"  # what the table compares, and which way it improves
+    direction: str = "maximize"
 
 
-def verdict(summaries: list[SettingSummary], baseline: str = DEFAULT_BASELINE) -> Verdict:
-    """Every setting against the one `baseline` names (a key such as ``none``, ``abs``, ``2d-7x7``, or a label)."""
+def verdict(
+    summaries: list[SettingSummary],
+    baseline: str = DEFAULT_BASELINE,
+    metric: str = "val_accuracy",
+    direction: str | None = None,
+) -> Verdict:
+    """Every setting against the one `baseline` names (a key such as ``none``, ``abs``, ``2d-7x7``, or a label), on
+    the summaries' `metric` (`summarise`), better in `direction` (default: the metric's)."""
     settings = [s.setting for s in summaries]
     if not settings:
         return Verdict(None, problem="no complete runs yet, so nothing to compare")
@@ -160,5 +189,6 @@ def verdict(summaries: list[SettingSummary], baseline: str = DEFAULT_BASELINE) -
     except KeyError as err:
         return Verdict(None, problem=str(err.args[0]))
     seeds = {s.setting: {seed: acc for seed, acc in zip(s.seeds, s.accuracies)} for s in summaries}
-    header, rows, comparisons = verdict_table(seeds, base)
-    return Verdict(base, header, rows, comparisons)
+    direction = direction or metric_direction(metric) or "maximize"
+    header, rows, comparisons = verdict_table(seeds, base, metric, direction)
+    return Verdict(base, header, rows, comparisons, metric=metric, direction=direction)

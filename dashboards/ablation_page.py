@@ -33,7 +33,8 @@ def verdict_section(result: Verdict) -> str:
         f"<p>Baseline: <b>{html.esc(result.baseline.label)}</b>{_meaning(result.baseline)} "
         f"(<code>{html.esc(result.baseline.key)}</code>; "
         f"another with <code>rpb-report --baseline KEY</code> or <code>ablation.baseline=KEY</code>). "
-        f"Accuracy is each run's best validation accuracy; Δ is setting − baseline over the seeds both ran; "
+        f"The mean is over each run's best {html.esc(result.metric)} ({result.direction}d); "
+        f"Δ is setting − baseline over the seeds both ran; "
         f"{n} comparison{'s' * (n != 1)}.</p>"
     )
     parts.append(html.table(result.header, result.rows, left=1, cls="verdict"))

@@ -26,7 +26,7 @@ import optuna
 import yaml
 
 from dashboards import figures, html
-from dashboards.ablation import DEFAULT_BASELINE, summarise, verdict
+from dashboards.ablation import DEFAULT_BASELINE, study_metric, summarise, verdict
 from dashboards.ablation_page import ablation_section, verdict_section
 from dashboards.cli_parser import ToolParser
 from dashboards.figures import PageFigures
@@ -271,10 +271,11 @@ def build_report(
     figs = PageFigures()
     res = results(study, reader)
     if study.user_attrs.get("kind") == "ablation":
-        summaries = summarise([r for _, r in res.runs("complete")])
+        metric = study_metric(study)
+        summaries = summarise([r for _, r in res.runs("complete")], *metric)
         name = baseline or study.user_attrs.get("baseline") or DEFAULT_BASELINE
         sections = [
-            verdict_section(verdict(summaries, name)),
+            verdict_section(verdict(summaries, name, *metric)),
             ablation_section(summaries, figs, block, res),
             overview_section(study, res),
         ]

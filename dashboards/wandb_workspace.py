@@ -306,14 +306,15 @@ def study_verdict(storage: str, study_name: str, runs_root: str = ".", baseline:
     Raises:
         ValueError: the storage or the study cannot be found, or the study is not an ablation.
     """
-    from dashboards.ablation import DEFAULT_BASELINE, summarise, verdict
+    from dashboards.ablation import DEFAULT_BASELINE, study_metric, summarise, verdict
     from dashboards.load import LocalRunReader, load_study, results
 
     study = load_study(storage, study_name)
     if study.user_attrs.get("kind") != "ablation":
         raise ValueError(f"study {study_name!r} is not an ablation, so it has no verdict; pass the ablation's --group.")
     runs = [r for _, r in results(study, LocalRunReader(runs_root)).runs("complete")]
-    return verdict(summarise(runs), baseline or study.user_attrs.get("baseline") or DEFAULT_BASELINE)
+    metric = study_metric(study)
+    return verdict(summarise(runs, *metric), baseline or study.user_attrs.get("baseline") or DEFAULT_BASELINE, *metric)
 
 
 def to_json(workspace: Any, report: Any) -> dict[str, Any]:

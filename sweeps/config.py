@@ -17,14 +17,16 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from experiments.config_errors import closest, known_keys_sentence
+from experiments.metrics import DIRECTIONS, METRICS, metric_direction
 from sweeps.cluster import CLUSTERS, LAUNCHERS, check_launcher
 from sweeps.devices import parse_devices
+from sweeps.pruners import RetryAwareHyperbandPruner, RetryAwareSuccessiveHalvingPruner
 from sweeps.samplers import CellStudy, TrialSeededSampler
 from sweeps.space import Dimension, SweepConfigError, grid_search_space, parse_space
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp")
 PRUNERS = ("median", "successive_halving", "hyperband", "none")
-METRICS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")
+DEFAULT_TRAIN_FN = "experiments.train:train"
 
 
 @dataclass
@@ -69,7 +71,7 @@ class LauncherConfig:
 class SweepConfig:
     study_name: str = "rpb-sweep"
     kind: str = "sweep"
-    direction: str = "maximize"
+    direction: str | None = None  # None: the metric's own (`experiments.metrics.metric_direction`)
     metric: str = "val_accuracy"
     value: str = "best"
     n_trials: int | None = 12
@@ -86,7 +88,7 @@ class SweepConfig:
     max_retry: int | None = 2
     heartbeat_interval: int | None = 20
     grace_period: int = 60
-    train_fn: str = "experiments.train:train"
+    train_fn: str = DEFAULT_TRAIN_FN
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
@@ -122,8 +124,7 @@ def sweep_config(cfg: DictConfig) -> DictConfig:
         raise SweepConfigError(f"{key}: {msg}; check the key's spelling and type in conf/sweep/default.yaml.") from None
     _choice("sweep.sampler.name", sweep.sampler.name, SAMPLERS)
     _choice("sweep.pruner.name", sweep.pruner.name, PRUNERS)
-    _choice("sweep.direction", sweep.direction, ("maximize", "minimize"))
-    _choice("sweep.metric", sweep.metric, METRICS)
+    sweep.direction = study_direction(sweep.metric, sweep.direction, sweep.train_fn)
     _choice("sweep.value", sweep.value, ("best", "last"))
     for key in ("n_trials", "timeout"):
         v = sweep[key]
@@ -138,6 +139,35 @@ def sweep_config(cfg: DictConfig) -> DictConfig:
     if not sweep.study_name or "/" in sweep.study_name:
         raise SweepConfigError(f"sweep.study_name={sweep.study_name!r} must be a non-empty name without '/'.")
     return sweep
+
+
+def study_direction(metric: str, direction: str | None, train_fn: str = DEFAULT_TRAIN_FN) -> str:
+    """The direction a study on `metric` optimizes: the metric's own (losses minimized, accuracies maximized).
+
+    A metric of `experiments.train:train` must be one of `experiments.metrics.METRICS`; a user `train_fn` may report
+    any metric, and must state the direction of one whose name does not tell it.
+
+    Raises:
+        SweepConfigError: an unknown metric, a direction that contradicts the metric, or a user metric without one.
+    """
+    if direction is not None:
+        _choice("sweep.direction", direction, DIRECTIONS)
+    if train_fn == DEFAULT_TRAIN_FN:
+        _choice("sweep.metric", metric, METRICS)
+    own = metric_direction(metric)
+    if own is None:
+        if direction is None:
+            raise SweepConfigError(
+                f"sweep.metric={metric} is not a metric whose direction is known: set sweep.direction=maximize "
+                "or sweep.direction=minimize."
+            )
+        return direction
+    if direction is not None and direction != own:
+        raise SweepConfigError(
+            f"sweep.direction={direction} contradicts sweep.metric={metric}, which is {own}d: "
+            f"drop sweep.direction (or set it to {own})."
+        )
+    return own
 
 
 def train_base(cfg: DictConfig) -> DictConfig:
@@ -219,13 +249,15 @@ def grid_cells(sweep: DictConfig, dims: list[Dimension]) -> list[dict[str, Any]]
 
 
 def build_pruner(sweep: DictConfig, epochs: int) -> optuna.pruners.BasePruner:
+    """The study's pruner; successive halving and Hyperband judge a retried trial as the trial it continues
+    (`sweeps.pruners`)."""
     p = sweep.pruner
     if p.name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
     if p.name == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_resource, reduction_factor=p.reduction_factor)
+        return RetryAwareSuccessiveHalvingPruner(min_resource=p.min_resource, reduction_factor=p.reduction_factor)
     if p.name == "hyperband":
-        return optuna.pruners.HyperbandPruner(
+        return RetryAwareHyperbandPruner(
             min_resource=p.min_resource,
             max_resource=max(int(epochs), p.min_resource),
             reduction_factor=p.reduction_factor,

@@ -207,7 +207,8 @@ class Objective:
         self.last_status = None
         # First: a RUNNING trial without a worker is one recovery can never tell dead (journal storages).
         trial.set_user_attr("worker", worker_identity())
-        origin = trial_origin(trial.study._storage.get_trial_system_attrs(trial._trial_id))
+        record = trial.study._storage.get_trial(trial._trial_id)  # a retry's record holds its killed attempts' epochs
+        origin = trial_origin(record.system_attrs)
         trial.set_user_attr("origin", origin)
         old_run_dir = _resume_dir(trial)  # read before run_dir is overwritten
         spec = self.spec(trial)
@@ -230,7 +231,9 @@ class Objective:
             trial.set_user_attr(key, value)
         if self.broadcast is not None:
             self.broadcast(spec)
-        history: list[float] = []
+        # The trial's record: epoch -> reported value, the epochs of its killed attempts included (a retry is
+        # enqueued with them); its value is computed from this record alone (`value`).
+        history: dict[int, float] = dict(record.intermediate_values)
         epochs = int(spec.params.get("trainer.epochs", self.base.trainer.epochs))
 
         def on_epoch_end(epoch: int, metrics: dict[str, float]) -> str | None:
@@ -238,10 +241,17 @@ class Objective:
                 from experiments.train import epoch_line
 
                 print(f"[trial {trial.number}] {epoch_line(metrics, epochs, epoch=epoch)}", flush=True)
+            if self.sweep.metric not in metrics:
+                raise RuntimeError(
+                    f"train_fn reported no {self.sweep.metric!r} for epoch {epoch} (it reported "
+                    f"{', '.join(sorted(metrics)) or 'nothing'}): set sweep.metric to one of its metrics."
+                )
             value = float(metrics[self.sweep.metric])
             if not math.isfinite(value):
                 return None  # train() reports the divergence itself
-            history.append(value)
+            if int(epoch) in history:  # a killed attempt reported this epoch (and the pruner judged it) already
+                return None
+            history[int(epoch)] = value
             trial.report(value, int(epoch))
             return "pruned" if trial.should_prune() else None
 
@@ -262,7 +272,7 @@ class Objective:
             trial.set_user_attr("run_dir", str(result["run_dir"]))
         if result.get("wandb_run_id"):
             trial.set_user_attr("wandb_run_id", str(result["wandb_run_id"]))
-        trial.set_user_attr("epochs_run", int(result.get("epochs_run") or len(history)))
+        trial.set_user_attr("epochs_run", int(result.get("epochs_run") or max(history, default=0)))
         if status in PRUNED_STATUSES:
             raise optuna.TrialPruned(f"{status}: {reason}" if reason else status)
         if status not in COMPLETE_STATUSES:
@@ -311,19 +321,19 @@ class Objective:
                     self._record(trial, "duplicate", reason)
                     raise DuplicateTrial(reason)
 
-    def value(self, history: list[float], result: dict) -> float:
-        """The trial's objective value: best or last epoch value of the metric.
+    def value(self, history: dict[int, float], result: dict) -> float:
+        """The trial's objective value from its own record: the best (in the study's direction) or the last of the
+        values it reported, epoch -> value, the epochs of killed attempts included; what `train_fn` returns is used
+        only by a `train_fn` that reported no epoch.
 
-        A resumed trial reports only the epochs after its checkpoint; train() restores `best_<metric>` (where it
-        keeps one) from that checkpoint, so the best counts the epochs before the resume too.
+        Raises:
+            RuntimeError: no epoch reported and no finite metric returned.
         """
-        if history:
+        finite = {epoch: v for epoch, v in history.items() if math.isfinite(v)}
+        if finite:
             if self.sweep.value != "best":
-                return history[-1]
-            restored = result.get(f"best_{self.sweep.metric}")
-            if isinstance(restored, (int, float)) and math.isfinite(restored):
-                history = [*history, float(restored)]
-            return max(history) if self.maximize else min(history)
+                return finite[max(finite)]
+            return max(finite.values()) if self.maximize else min(finite.values())
         key = f"best_{self.sweep.metric}" if self.sweep.value == "best" else self.sweep.metric
         value = result.get(key, result.get(self.sweep.metric))
         if value is None or not math.isfinite(float(value)):

@@ -31,9 +31,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from experiments.metrics import metric_direction
+
 CONFIDENCE = 0.95  # of every interval
 ALPHA = 0.05  # family-wise error rate of the verdicts (Holm)
 ACCURACY_RANGE = (0.0, 1.0)
+LOSS_RANGE = (0.0, math.inf)
 DEFAULT_BASELINE = "none"  # no position information: what a setting is compared with unless ablation.baseline says
 BETTER, WORSE, NO_DIFFERENCE = "better", "worse", "no difference shown"
 METHOD = (
@@ -134,6 +137,14 @@ def find_setting(name: str, settings: Sequence[Setting]) -> Setting:
         + ", ".join(s.key for s in sorted(settings))
         + " (bias type none must be in ablation.bias_types for the default baseline)"
     )
+
+
+def metric_range(metric: str) -> tuple[float, float]:
+    """The values `metric` can take: [0, 1] for an accuracy, [0, inf) for a loss, anything otherwise."""
+    direction = metric_direction(metric)
+    if direction == "maximize":
+        return ACCURACY_RANGE
+    return LOSS_RANGE if direction == "minimize" else (-math.inf, math.inf)
 
 
 def _finite(values: Sequence[float]) -> list[float]:
@@ -243,12 +254,12 @@ def paired_difference(
     return Comparison(label, seeds, mean, low, high, float(result.pvalue))
 
 
-def verdict(difference: float, p_adjusted: float, alpha: float = ALPHA) -> str:
-    """ "better" / "worse" when the adjusted p is below `alpha` (by the sign of the difference), else
-    "no difference shown"."""
+def verdict(difference: float, p_adjusted: float, alpha: float = ALPHA, direction: str = "maximize") -> str:
+    """ "better" / "worse" when the adjusted p is below `alpha` (by the sign of the difference: a higher value is
+    better when the metric is maximized, a lower one when it is minimized), else "no difference shown"."""
     if not math.isfinite(p_adjusted) or p_adjusted >= alpha or difference == 0:
         return NO_DIFFERENCE
-    return BETTER if difference > 0 else WORSE
+    return BETTER if (difference > 0) == (direction == "maximize") else WORSE
 
 
 def compare_to_baseline(
@@ -257,6 +268,7 @@ def compare_to_baseline(
     confidence: float = CONFIDENCE,
     alpha: float = ALPHA,
     bounds: tuple[float, float] = ACCURACY_RANGE,
+    direction: str = "maximize",
 ) -> list[Comparison]:
     """Every setting but the baseline against the baseline, in the order of `settings`: joint (Bonferroni) intervals
     at `confidence`, Holm-adjusted p-values and verdicts at `alpha`.
@@ -264,6 +276,7 @@ def compare_to_baseline(
     Args:
         settings: setting label -> {seed: value} (e.g. best validation accuracy per seed).
         baseline: the label of the baseline setting, a key of `settings`.
+        bounds: the metric's range (`metric_range`). direction: the metric's ("maximize" or "minimize").
 
     Raises:
         KeyError: when `baseline` is not one of the settings (the message lists them).
@@ -277,7 +290,7 @@ def compare_to_baseline(
     raw = [paired_difference(v, base, k, joint, bounds) for k, v in others.items()]
     adjusted = holm([c.p_value for c in raw])
     return [
-        Comparison(c.setting, c.seeds, c.difference, c.low, c.high, c.p_value, p, verdict(c.difference, p, alpha))
+        Comparison(c.setting, c.seeds, c.difference, c.low, c.high, c.p_value, p, verdict(c.difference, p, alpha, direction))
         for c, p in zip(raw, adjusted)
     ]
 
@@ -335,27 +348,42 @@ def format_p(p: float) -> str:
 
 
 VERDICT_TABLE_HEADER = ("setting", "n", "mean acc", "95% CI", "Δ vs baseline", "Δ joint 95% CI", "p (Holm)", "verdict")
+MEAN_COLUMN = 2  # the header's "mean <metric>" column
+
+
+def mean_label(metric: str) -> str:
+    """The column head of a setting's mean: "mean acc" for val_accuracy, "mean loss" for val_loss."""
+    short = {"maximize": "acc", "minimize": "loss"}.get(metric_direction(metric) or "", metric)
+    return f"mean {short}" if metric.startswith("val_") or short == metric else f"mean {metric}"
 
 
 def verdict_table(
-    settings: Mapping[Setting, Mapping[int, float]], baseline: Setting
+    settings: Mapping[Setting, Mapping[int, float]],
+    baseline: Setting,
+    metric: str = "val_accuracy",
+    direction: str | None = None,
 ) -> tuple[tuple[str, ...], list[tuple[str, ...]], list[Comparison]]:
     """The verdict table of an ablation: the baseline first, then every other setting in grid order.
 
     Args:
-        settings: setting -> {seed: best validation accuracy}.
+        settings: setting -> {seed: the run's best value of `metric`}.
         baseline: one of `settings`' keys (`find_setting`).
+        metric: what the values are; its range bounds the intervals.
+        direction: which difference is "better" (default: the metric's, `metric_direction`; maximize if unknown).
 
     Returns:
-        (`VERDICT_TABLE_HEADER`, formatted rows, the comparisons in row order after the baseline's row): what
-        `rpb-ablate`, `rpb-report` and the W&B report print.
+        (the header, `VERDICT_TABLE_HEADER` with the mean's column named after `metric`, formatted rows, the
+        comparisons in row order after the baseline's row): what `rpb-ablate`, `rpb-report` and the W&B report print.
     """
+    direction, bounds = direction or metric_direction(metric) or "maximize", metric_range(metric)
     order = [baseline, *sorted(s for s in settings if s != baseline)]
     by_label = {s.label: dict(settings[s]) for s in order}
-    comparisons = compare_to_baseline(by_label, baseline.label)
+    comparisons = compare_to_baseline(by_label, baseline.label, bounds=bounds, direction=direction)
+    header = list(VERDICT_TABLE_HEADER)
+    header[MEAN_COLUMN] = mean_label(metric)
     rows = []
     for setting in order:
-        mean, low, high = mean_interval(list(settings[setting].values()))
+        mean, low, high = mean_interval(list(settings[setting].values()), bounds=bounds)
         stats_cells = (setting.label, str(len(settings[setting])), format_accuracy(mean), format_interval(low, high))
         if setting == baseline:
             rows.append((*stats_cells, "baseline", "", "", ""))
@@ -363,4 +391,4 @@ def verdict_table(
         c = comparisons[len(rows) - 1]
         cells = (format_accuracy(c.difference, True), format_interval(c.low, c.high, True), format_p(c.p_adjusted))
         rows.append((*stats_cells, *cells, c.verdict))
-    return VERDICT_TABLE_HEADER, rows, comparisons
+    return tuple(header), rows, comparisons

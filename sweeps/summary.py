@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from experiments.config import to_yaml
 from sweeps.config import CheckedSweep, check_sweep
 from sweeps.objective import TrialSpec, trial_config
-from sweeps.stats import DEFAULT_BASELINE, Setting, find_setting, format_number, setting_of, short_names, verdict_table
+from sweeps.stats import DEFAULT_BASELINE, MEAN_COLUMN, Setting, find_setting, format_number, setting_of, short_names, verdict_table
 from sweeps.storage import describe_storage
 
 
@@ -281,10 +281,12 @@ def print_verdict(study: optuna.Study, baseline: str | None = None, console=None
     except KeyError as err:
         console.print(f"No verdict: {err.args[0]}.")
         return False
-    header, rows, _ = verdict_table(values, base)
-    priority = {"setting": 0, "n": 3, "mean acc": 2, "95% CI": 5, "p (Holm)": 4, "verdict": 0}
+    metric = study.user_attrs.get("metric", "val_accuracy")
+    direction = study.direction.name.lower()
+    header, rows, _ = verdict_table(values, base, metric, direction)
+    priority = {"setting": 0, "n": 3, header[MEAN_COLUMN]: 2, "95% CI": 5, "p (Holm)": 4, "verdict": 0}
     columns = [(h, priority.get(h, 1)) for h in header]
-    title = f"Verdict against {base.label} ({base.key}), best {study.user_attrs.get('metric', 'value')}"
+    title = f"Verdict against {base.label} ({base.key}), best {metric} ({direction}d)"
     _print_fitted(console, title, columns, rows, left=("verdict",))
     console.print("  better/worse: paired t-test over shared seeds, Holm-adjusted p < 0.05")
     return True

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from experiments.config_errors import ConfigError
+from experiments.metrics import METRICS, metric_direction
 from experiments.run_dir import RunDir, WandbRun
 from experiments.trackers.common import (
     EPOCH_GLOBS,
@@ -102,8 +103,9 @@ class WandbTracker:
         run.define_metric("global_step", hidden=True)
         run.define_metric("epoch", hidden=True)
         run.define_metric(f"{STEP_PREFIX}*", step_metric="global_step")
-        for key in EPOCH_KEYS:
-            run.define_metric(key, step_metric="epoch", summary="max" if key == "val_accuracy" else None)
+        for key in EPOCH_KEYS:  # the run's summary keeps a metric's best: max of an accuracy, min of a loss
+            best = {"maximize": "max", "minimize": "min"}.get(metric_direction(key)) if key in METRICS else None
+            run.define_metric(key, step_metric="epoch", summary=best)
         for glob in EPOCH_GLOBS:
             run.define_metric(glob, step_metric="epoch")
 

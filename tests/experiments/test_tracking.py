@@ -120,6 +120,10 @@ def test_wandb_and_tensorboard_record_the_run(tmp_path):
     summary = run["summary"]
     assert summary["state"] == "completed" and summary["reason"] == "test reason"
     assert summary["best_val_accuracy"] == 0.75 and summary["val_accuracy"] == {"max": 0.75}
+    # every metric a study may optimize keeps its best in the summary: min of a loss, max of an accuracy
+    assert summary["val_loss"] == {"min": pytest.approx(1.5 / EPOCHS)}
+    assert summary["train_loss"] == {"min": pytest.approx(1.0 / EPOCHS)}
+    assert summary["train_accuracy"] == {"max": pytest.approx(0.4 * EPOCHS)}
     assert summary["train/loss"] == pytest.approx(2.0 / (EPOCHS * STEPS_PER_EPOCH))
     for key in (
         "train/lr",

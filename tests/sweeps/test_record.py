@@ -185,7 +185,7 @@ def test_a_changed_sweep_is_refused_naming_what_changed(compose_sweep):
     cases = {
         "+sweep.space.model.drop_path_rate={type: float, low: 0.0, high: 0.2}": "sweep.space.model.drop_path_rate added",
         "+sweep.fixed.optim.lr=0.003": "sweep.space.optim.lr removed, sweep.fixed.optim.lr added",
-        "sweep.metric=val_loss": "sweep.metric val_accuracy -> val_loss",
+        "sweep.metric=train_accuracy": "sweep.metric val_accuracy -> train_accuracy",
         "trainer.epochs=7": "trainer.epochs 35 -> 7",
         "sweep.value=last": "sweep.value best -> last",
     }
@@ -194,8 +194,11 @@ def test_a_changed_sweep_is_refused_naming_what_changed(compose_sweep):
             run_study(compose_sweep("sweep.n_trials=3", override))
         assert named in str(err.value), str(err.value)
         assert "sweep.allow_space_change=true" in str(err.value)
-    with pytest.raises(SweepConfigError, match="created to maximize"):
+    with pytest.raises(SweepConfigError, match="sweep.direction=minimize contradicts sweep.metric=val_accuracy"):
         run_study(compose_sweep("sweep.n_trials=3", "sweep.direction=minimize"))
+    # a metric that turns the direction cannot change the study's, even where a changed space is allowed
+    with pytest.raises(SweepConfigError, match="created to maximize"):
+        run_study(compose_sweep("sweep.n_trials=3", "sweep.metric=val_loss", "sweep.allow_space_change=true"))
     # keys that change how a trial runs, not what it computes, are not part of the identity
     study = run_study(compose_sweep("sweep.n_trials=3", "trainer.progress_bar=true", "tracker.wandb.mode=disabled"))
     assert len(study.trials) == 3

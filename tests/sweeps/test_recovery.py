@@ -112,18 +112,29 @@ def test_the_worker_is_recorded_before_sampling(compose_sweep, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("direction", "metric", "history", "result", "value"),
+    ("metric", "history", "best", "last"),
     [
-        ("maximize", "val_accuracy", [0.5, 0.6], {"best_val_accuracy": 0.8}, 0.8),  # resumed: best from before
-        ("maximize", "val_accuracy", [0.5, 0.9], {"best_val_accuracy": 0.8}, 0.9),
-        ("minimize", "val_loss", [0.5, 0.4], {"best_val_accuracy": 0.8}, 0.4),  # train() keeps no best_val_loss
+        # epoch -> value, the killed attempt's epochs 1-2 included; what train_fn returns plays no part
+        ("val_accuracy", {1: 0.5, 2: 0.8, 3: 0.6, 4: 0.7}, 0.8, 0.7),
+        ("val_loss", {1: 0.5, 2: 0.2, 3: 0.4, 4: 0.45}, 0.2, 0.45),
+        ("train_loss", {3: 0.4, 1: 0.5, 2: 0.3}, 0.3, 0.4),  # the last is the highest epoch, not the last written
+        ("train_accuracy", {1: 0.1, 2: float("nan"), 3: 0.3}, 0.3, 0.3),
     ],
 )
-def test_best_value_counts_the_epochs_before_a_resume(compose_sweep, direction, metric, history, result, value):
-    sweep, base, dims = check_sweep(compose_sweep(f"sweep.direction={direction}", f"sweep.metric={metric}"))
-    assert Objective(base, sweep, dims, fake_train.train).value(history, result) == value
-    last = OmegaConf.merge(sweep, {"value": "last"})
-    assert Objective(base, last, dims, fake_train.train).value(history, result) == history[-1]
+def test_a_trial_value_is_computed_from_its_own_record(compose_sweep, metric, history, best, last):
+    sweep, base, dims = check_sweep(compose_sweep(f"sweep.metric={metric}"))
+    misleading = {f"best_{metric}": 123.0, metric: -1.0, "best_val_accuracy": 0.99}
+    assert Objective(base, sweep, dims, fake_train.train).value(history, misleading) == best
+    last_rule = OmegaConf.merge(sweep, {"value": "last"})
+    assert Objective(base, last_rule, dims, fake_train.train).value(history, misleading) == last
+
+
+def test_a_train_fn_that_reports_no_epoch_is_valued_by_what_it_returns(compose_sweep):
+    sweep, base, dims = check_sweep(compose_sweep("sweep.metric=val_loss"))
+    objective = Objective(base, sweep, dims, fake_train.train)
+    assert objective.value({}, {"best_val_loss": 0.25, "val_loss": 0.5}) == 0.25
+    with pytest.raises(RuntimeError, match="no finite val_loss"):
+        objective.value({}, {"val_accuracy": 0.9})
 
 
 def test_a_lambda_train_fn_with_workers_is_refused_before_the_study_exists(compose_sweep, tmp_path):

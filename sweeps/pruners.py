@@ -1,0 +1,74 @@
+"""Pruners that stay sound when a killed trial is retried under a new trial number.
+
+A retry (`sweeps.recovery`) is a WAITING copy of the killed trial: same params, its reported epochs
+(`intermediate_values`) and its pruner state (the `completed_rung_*` system attrs of successive halving), resumed
+from its checkpoint. The rule, for every pruner:
+
+- **A retry is judged as the trial it continues.** It keeps the rungs its killed attempt completed and goes on
+  with the next one; under Hyperband it stays in the bracket of the trial it first retried (Optuna places a trial
+  in a bracket by its number, and the retry's number is new), so its values are only ever compared with values of
+  the same epochs.
+- **A failed trial is no competitor.** The killed attempt (state FAIL) and its retry carry the same rung values;
+  the rungs count the retry's alone, so no trial counts twice. (Plain Optuna also ranks crashed trials' rung
+  values; here a crash is not a result.)
+- The median pruner needs nothing more: it compares only COMPLETE and PRUNED trials, so the killed attempt is
+  not counted, and the retry reports its epochs past the checkpoint as the trial would have.
+
+Optuna's internals used here (the public API has no hook for where a trial's bracket comes from):
+`HyperbandPruner._get_bracket_id`, which Optuna's Hyperband and its TPE sampler both call, for the judged trial and
+for every trial when they build a bracket's study. `tests/sweeps/test_pruners.py` pins the behaviour relied on.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Container
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+__all__ = ["RetryAwareHyperbandPruner", "RetryAwareSuccessiveHalvingPruner", "first_attempt"]
+
+NO_BRACKET = -1  # the bracket of a failed trial: it belongs to none, so no bracket's rungs count its values
+
+
+def first_attempt(trial: FrozenTrial) -> int:
+    """The number of the trial that `trial` continues: the first trial of its retry chain (itself if not a retry)."""
+    history = trial.system_attrs.get("retry_history") or []
+    return int(history[0]) if history else trial.number
+
+
+class _WithoutFailed:
+    """A study as successive halving reads it (`get_trials`, `direction`, `_storage`), without its FAIL trials."""
+
+    def __init__(self, study: optuna.Study):
+        self._study = study
+
+    def __getattr__(self, name: str):
+        return getattr(self._study, name)
+
+    def get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+        trials = self._study.get_trials(deepcopy=deepcopy, states=states)
+        return [t for t in trials if t.state != TrialState.FAIL]
+
+
+class RetryAwareSuccessiveHalvingPruner(optuna.pruners.SuccessiveHalvingPruner):
+    """Optuna's successive halving whose rungs leave out failed trials (a killed attempt's values live on in its
+    retry, which carries its completed rungs)."""
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        return super().prune(_WithoutFailed(study), trial)  # type: ignore[arg-type]
+
+
+class RetryAwareHyperbandPruner(optuna.pruners.HyperbandPruner):
+    """Optuna's Hyperband in which a retry stays in the bracket of the trial it continues and failed trials are in
+    no bracket."""
+
+    def _get_bracket_id(self, study: optuna.Study, trial: FrozenTrial) -> int:
+        if trial.state == TrialState.FAIL:
+            return NO_BRACKET
+        first = first_attempt(trial)
+        if first != trial.number:
+            trial = copy.copy(trial)  # the bracket is a function of (study name, number): the first attempt's
+            trial.number = first
+        return super()._get_bracket_id(study, trial)

@@ -2,6 +2,7 @@
 
 train_ds, val_ds = build_datasets(cfg.data)
 train_loader, val_loader = build_dataloaders(cfg.data, seed=cfg.seed)
+set_epoch(train_loader, epoch)   # before each epoch (engine.train_epoch does it): its shuffle order and augmentation
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from experiments.datasets import (
     SyntheticImageDataset,
@@ -20,11 +21,86 @@ from experiments.datasets import (
     load_digits_tensors,
 )
 
-__all__ = ["DATASETS", "SyntheticImageDataset", "build_dataloaders", "build_datasets", "load_digits_tensors"]
+__all__ = [
+    "DATASETS",
+    "EpochSeededDataset",
+    "SyntheticImageDataset",
+    "build_dataloaders",
+    "build_datasets",
+    "load_digits_tensors",
+    "sample_seed",
+    "set_epoch",
+]
 
 DATASETS = ("digits", "synthetic", "cifar10", "imagefolder")
 # The synthetic train and val sets share class templates and differ in their samples; fixed, like the digits split.
 SYNTHETIC_TRAIN_SEED, SYNTHETIC_VAL_SEED = 0, 1
+
+
+_UINT64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    """SplitMix64's finaliser: a bijection of 64-bit integers that spreads every input bit over the output."""
+    x = (x + 0x9E3779B97F4A7C15) & _UINT64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _UINT64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _UINT64
+    return x ^ (x >> 31)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed (0 <= s < 2**64) of the augmentation of sample `index` in `epoch` of a run seeded with `seed`."""
+    return _splitmix64(_splitmix64(_splitmix64(seed & _UINT64) ^ (epoch & _UINT64)) ^ (index & _UINT64))
+
+
+class EpochSeededDataset(Dataset):
+    """`dataset[index]` drawn with torch's CPU generator seeded by `sample_seed(seed, epoch, index)`.
+
+    A sample's augmentation is then a pure function of (run seed, epoch, index): the same in the main process and in
+    any worker, on any rank, in a straight run and in one resumed at an epoch boundary. Seeding the workers instead
+    (torch seeds each from the loader's generator when it starts) ties the draws to that generator's history, which
+    a resumed process does not share, and, with persistent workers, to every sample the worker fetched before.
+
+    The epoch lives in shared memory, so persistent workers see `set_epoch` too; an epoch's indices reach the workers
+    only once its pass starts (after `set_epoch`). In the main process (num_workers=0) the generator's state is put
+    back after each sample, so the training's own draws (dropout) go on as if no data were loaded. Only torch's CPU
+    generator is seeded: the digits crop and torchvision's transforms draw from it; Python's `random` and NumPy's
+    global generator are not (no dataset here draws from them).
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, int(seed)
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.fill_(int(epoch))
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        generator = torch.default_generator
+        item_seed = sample_seed(self.seed, int(self._epoch), index)
+        if get_worker_info() is not None:  # a worker draws for the data alone: nothing to put back
+            generator.manual_seed(item_seed)
+            return self.dataset[index]
+        state = generator.get_state()
+        generator.manual_seed(item_seed)
+        try:
+            return self.dataset[index]
+        finally:
+            generator.set_state(state)
+
+
+def set_epoch(loader: Any, epoch: int) -> None:
+    """Make the next pass over `loader` that of `epoch`: its shuffle order (a loader prepared by Accelerate, whose
+    seedable sampler draws with seed + epoch) and its augmentation (an `EpochSeededDataset`). Anything else, such
+    as a list of batches, is left as it is."""
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(epoch)
+    dataset = getattr(loader, "dataset", None)
+    if isinstance(dataset, EpochSeededDataset):
+        dataset.set_epoch(epoch)  # Accelerate's set_epoch skips the dataset once its sampler is sharded (N processes)
 
 
 def _get(data_cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
@@ -103,8 +179,9 @@ def _check_num_classes(name: str, configured: int, actual: int) -> None:
 def build_dataloaders(data_cfg: Mapping[str, Any], *, seed: int) -> tuple[DataLoader, DataLoader]:
     """Train (shuffled by `seed`) and val loaders.
 
-    The train loader's generator is seeded with `seed`: it fixes the shuffle order and, through torch's per-worker
-    seeding, the augmentation in workers. `persistent_workers` applies only when `num_workers > 0`.
+    The train loader's generator is seeded with `seed` (the shuffle order; per epoch once Accelerate prepares it);
+    its dataset is an `EpochSeededDataset`, whose augmentation follows (seed, epoch, index) whichever process or
+    worker draws it: call `set_epoch` before each pass. `persistent_workers` applies only when `num_workers > 0`.
     """
     _check_positive(data_cfg, "batch_size", "eval_batch_size")
     train_ds, val_ds = build_datasets(data_cfg)
@@ -116,7 +193,14 @@ def build_dataloaders(data_cfg: Mapping[str, Any], *, seed: int) -> tuple[DataLo
     common: dict[str, Any] = dict(num_workers=num_workers, pin_memory=bool(_get(data_cfg, "pin_memory", False)))
     if num_workers > 0:
         common["persistent_workers"] = bool(_get(data_cfg, "persistent_workers", False))
-    generator = torch.Generator().manual_seed(int(seed))
-    train_loader = DataLoader(train_ds, batch_size=batch_size, shuffle=True, generator=generator, **common)
-    val_loader = DataLoader(val_ds, batch_size=eval_batch_size, shuffle=False, **common)
+    # Each loader has its own generator: starting a pass draws the workers' base seed from it, which would otherwise
+    # come from torch's global generator (dropout's) once per pass, or once per process with persistent workers,
+    # and so differ between a straight run and a resumed one.
+    train_ds = EpochSeededDataset(train_ds, seed)
+    train_loader = DataLoader(
+        train_ds, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(int(seed)), **common
+    )
+    val_loader = DataLoader(
+        val_ds, batch_size=eval_batch_size, shuffle=False, generator=torch.Generator().manual_seed(int(seed)), **common
+    )
     return train_loader, val_loader

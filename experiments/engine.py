@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from experiments.data import set_epoch
+
 __all__ = ["evaluate", "grad_norms_by_group", "module_group", "train_epoch", "unclipped_grad_norms_by_group"]
 
 StepLogger = Callable[[int, dict[str, float]], None]
@@ -85,6 +87,9 @@ def train_epoch(
 ) -> dict[str, Any]:
     """Train for one epoch; returns {"loss", "accuracy", "global_step", "diverged", "grad_norms", "images"}.
 
+    The pass over `train_loader` is that of `epoch` (`experiments.data.set_epoch`): its shuffle order and augmentation
+    follow the run seed and `epoch`, the same on resume and on N processes.
+
     Without `accelerator` this is the guide's plain loop (tensors moved to `device`, one optimizer step per
     batch). With one, the loader and model are the prepared ones and an optimizer step takes a window of
     K = `accelerator.grad_accum_steps` micro-batches (`make_accelerator(grad_accum_steps=K)`); the loss is
@@ -112,6 +117,7 @@ def train_epoch(
     the weights further.
     """
     model.train()
+    set_epoch(train_loader, epoch)
     accum = _grad_accum_steps(accelerator)
     world = accelerator.num_processes if accelerator is not None else 1
     num_batches = len(train_loader) if max_batches is None else min(len(train_loader), max_batches)

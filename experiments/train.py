@@ -263,11 +263,13 @@ def _run_dir(cfg: DictConfig, broadcast: Callable) -> Path:
 
 # --- one epoch ------------------------------------------------------------------------------------------------
 def _train_one_epoch(s: _Session, state: TrainState, epoch: int) -> dict[str, Any]:
-    """`engine.train_epoch` with the run's settings; a progress bar only on a terminal (not in logs)."""
+    """`engine.train_epoch` with the run's settings; a progress bar only on a terminal (not in logs).
+
+    train_epoch sets the loader's epoch: shuffle order and augmentation follow (seed, epoch), so a resumed run and
+    one on N processes see the data of the straight run (`experiments.data.set_epoch`)."""
     from tqdm.auto import tqdm
 
     tc, setup, accelerator = s.cfg.trainer, s.setup, s.accelerator
-    setup.train_loader.set_epoch(epoch)  # shuffle order = f(seed, epoch): same on resume and on N processes
     show = accelerator.is_main_process and tc.progress_bar and sys.stderr.isatty()
     with tqdm(total=setup.max_batches, desc=f"epoch {epoch}/{tc.epochs}", leave=False, disable=not show) as bar:
         return train_epoch(

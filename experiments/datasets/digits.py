@@ -57,8 +57,8 @@ def load_digits_tensors(img_size: int, in_channels: int, val_fraction: float, tr
 class TensorImageDataset(Dataset):
     """Images held in one tensor; with `translate > 0` each item is a random crop of an image padded by `translate`.
 
-    The shift is drawn from torch's global RNG: in the main process the run seed fixes it, and in DataLoader workers
-    torch seeds each worker from the loader's generator, so augmentation is deterministic under the run seed either way.
+    The shift is drawn from torch's global (CPU) RNG; `experiments.data.build_dataloaders` seeds it per sample with
+    (run seed, epoch, index) (`EpochSeededDataset`), so a sample's shift is the same in any process or worker.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, translate: int = 0) -> None:

@@ -81,7 +81,7 @@ def test_augmentation_in_workers_follows_the_loader_seed():
 
     torch.manual_seed(0)
     a = first_batch(3)
-    torch.manual_seed(1)  # the main process's RNG does not reach the workers: the loader's generator does
+    torch.manual_seed(1)  # the main process's RNG does not reach the augmentation: the run seed does
     b = first_batch(3)
     assert torch.equal(a, b)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from experiments.metrics import METRICS, better, metric_direction
 from experiments.run_dir import RunDir, atomic_write_text
 
 __all__ = ["TrainState", "last_checkpoint", "load_best", "load_last", "save_checkpoint", "save_last"]
@@ -32,8 +34,13 @@ class TrainState:
 
     epoch: int = 0  # last completed epoch
     global_step: int = 0
-    best_val_accuracy: float = -1.0
-    best_epoch: int = 0
+    # The best value so far of each metric of experiments.metrics.METRICS (max of an accuracy, min of a loss), the
+    # epochs before a resume included; None before the first epoch. A train_state.json without them loads as None.
+    best_val_accuracy: float | None = None
+    best_val_loss: float | None = None
+    best_train_accuracy: float | None = None
+    best_train_loss: float | None = None
+    best_epoch: int = 0  # the epoch of best_val_accuracy (checkpoints/best.pt)
     best_monitor: float | None = None  # best value of trainer.early_stopping_monitor so far
     bad_epochs: int = 0  # epochs since the monitor last improved
     last_metrics: dict[str, float] = field(default_factory=dict)
@@ -46,6 +53,20 @@ class TrainState:
     def read(cls, checkpoint: str | Path) -> TrainState:
         """The loop state saved in a complete checkpoint folder (`last_checkpoint`), without loading the model."""
         return cls(**json.loads((Path(checkpoint) / TRAIN_STATE).read_text()))
+
+    def update_best(self, metrics: Mapping[str, float]) -> list[str]:
+        """Keep the best value of each metric of METRICS in `metrics` (ties keep the earlier epoch); returns the
+        names of those that improved."""
+        improved = []
+        for name in METRICS:
+            if name in metrics and better(metrics[name], getattr(self, f"best_{name}"), metric_direction(name)):
+                setattr(self, f"best_{name}", float(metrics[name]))
+                improved.append(name)
+        return improved
+
+    def best_metrics(self) -> dict[str, float | None]:
+        """{"best_<metric>": value or None} for every metric of METRICS."""
+        return {f"best_{name}": getattr(self, f"best_{name}") for name in METRICS}
 
 
 def save_checkpoint(
@@ -135,4 +156,18 @@ def load_last(accelerator: Any, run_dir: str | Path) -> TrainState:
             "it stopped before its first epoch ended; start a new run instead."
         )
     accelerator.load_state(str(last.resolve()))
-    return TrainState.read(last)
+    state = TrainState.read(last)
+    if None in state.best_metrics().values():  # saved before train_state.json kept every best_<metric>
+        _best_from_records(state, RunDir(run_dir).read_metrics())
+    return state
+
+
+def _best_from_records(state: TrainState, records: list[dict[str, Any]]) -> None:
+    """Fill the best_<metric> that `state` lacks from the run's epoch records up to its epoch (metrics.jsonl)."""
+    replay = TrainState()
+    for record in records:
+        if record["epoch"] <= state.epoch:
+            replay.update_best(record)
+    for key, value in replay.best_metrics().items():
+        if getattr(state, key) is None:
+            setattr(state, key, value)

@@ -80,8 +80,13 @@ class _Session:
 
 
 def train(cfg: DictConfig, on_epoch_end: EpochCallback | None = None) -> dict[str, Any]:
-    """Train the configured model; returns {status, reason, best_val_accuracy, best_epoch, epochs_run, epochs,
-    val_accuracy, val_loss, train_loss, num_params, train_images_per_s, wall_s, run_dir, wandb_run_id}.
+    """Train the configured model; returns {status, reason, best_val_accuracy, best_val_loss, best_train_accuracy,
+    best_train_loss, best_epoch, epochs_run, epochs, val_accuracy, val_loss, train_loss, num_params,
+    train_images_per_s, wall_s, run_dir, wandb_run_id}.
+
+    best_<metric> is the best epoch value of each metric of `experiments.metrics.METRICS` over the whole run (its
+    epochs before a resume included): the max of an accuracy, the min of a loss; None (best_val_accuracy: 0.0)
+    when no epoch finished. best_epoch is the epoch of the best val accuracy, whose model is checkpoints/best.pt.
 
     Args:
         cfg: a config from `compose_config` (validated again here). With `cfg.resume=<run dir>` the run
@@ -294,10 +299,11 @@ def _epoch_metrics(epoch: int, train_m: dict, val_m: dict, optimizer, seconds: f
 
 
 def _keep_best(s: _Session, state: TrainState, metrics: dict[str, float]) -> None:
-    """Best model by val accuracy -> checkpoints/best.pt (the guide's save_checkpoint format)."""
-    if metrics["val_accuracy"] <= state.best_val_accuracy:
+    """The best value of every logged metric (`TrainState.update_best`); the best model by val accuracy ->
+    checkpoints/best.pt (the guide's save_checkpoint format)."""
+    if "val_accuracy" not in state.update_best(metrics):
         return
-    state.best_val_accuracy, state.best_epoch = metrics["val_accuracy"], metrics["epoch"]
+    state.best_epoch = metrics["epoch"]
     if s.accelerator.is_main_process and s.cfg.trainer.save_checkpoints:
         best_model = s.accelerator.unwrap_model(s.setup.model, keep_torch_compile=False)
         config = OmegaConf.to_container(OmegaConf.create(s.config_yaml))
@@ -424,7 +430,9 @@ def _result(s: _Session, state: TrainState, status: str, reason: str) -> dict[st
     return {
         "status": status,
         "reason": reason,
-        "best_val_accuracy": max(state.best_val_accuracy, 0.0),
+        **state.best_metrics(),  # best_<metric> of experiments.metrics.METRICS; None before the first epoch
+        # before the first epoch 0.0, as it always was (rpb-train's last line and the benches print it as a number)
+        "best_val_accuracy": state.best_val_accuracy if state.best_val_accuracy is not None else 0.0,
         "best_epoch": state.best_epoch,
         "epochs_run": state.epoch,
         "epochs": int(s.cfg.trainer.epochs),

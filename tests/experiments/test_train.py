@@ -17,8 +17,9 @@ from experiments.train import train
 
 EPOCH_KEYS = {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_time"}
 RESULT_KEYS = {
-    "status", "reason", "best_val_accuracy", "best_epoch", "epochs_run", "epochs", "val_accuracy", "val_loss",
-    "train_loss", "num_params", "train_images_per_s", "wall_s", "run_dir", "wandb_run_id",
+    "status", "reason", "best_val_accuracy", "best_val_loss", "best_train_accuracy", "best_train_loss", "best_epoch",
+    "epochs_run", "epochs", "val_accuracy", "val_loss", "train_loss", "num_params", "train_images_per_s", "wall_s",
+    "run_dir", "wandb_run_id",
 }  # fmt: skip
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, Node, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-__all__ = ["ConfigError", "SweepConfigError", "closest", "known_keys_sentence", "rephrase"]
+__all__ = ["ConfigError", "DataFileError", "SweepConfigError", "closest", "known_keys_sentence", "rephrase"]
 
 # `compose_without(override_key)`: the config composed without the overrides of that key (None when it cannot be).
 ComposeWithout = Callable[[str], "DictConfig | None"]
@@ -20,6 +20,32 @@ ComposeWithout = Callable[[str], "DictConfig | None"]
 
 class ConfigError(ValueError):
     """A config the training cannot run: the message is one sentence naming the key and what is allowed."""
+
+
+class DataFileError(ConfigError):
+    """A data file or folder the training cannot read, in one sentence that names it and says what to do.
+
+    It may be raised in a DataLoader worker (an image is checked when it is loaded). torch hands a worker's exception
+    to the main process as `type(exc)(text)`, where text is "Caught DataFileError in DataLoader worker process N.
+    Original Traceback (most recent call last): ... experiments.config_errors.DataFileError: <sentence>"
+    (`torch._utils.ExceptionWrapper.reraise`, private: the public DataLoader offers no other way to get a worker's
+    error back). The constructor takes the sentence back out of that text, so the user reads the sentence and not a
+    worker's traceback; tests/experiments/test_bad_data.py pins the behaviour relied on.
+    """
+
+    def __init__(self, sentence: str):
+        super().__init__(self._sentence(str(sentence)))
+
+    @classmethod
+    def _sentence(cls, text: str) -> str:
+        if not (text.startswith(f"Caught {cls.__name__} ") and "\nOriginal Traceback" in text):
+            return text
+        heads = (f"{cls.__module__}.{cls.__qualname__}: ", f"{cls.__qualname__}: ")
+        for line in reversed(text.splitlines()):
+            for head in heads:
+                if line.startswith(head):
+                    return line[len(head) :]
+        return text
 
 
 class SweepConfigError(ConfigError):

@@ -1,15 +1,31 @@
-"""CIFAR-10 and ImageFolder through torchvision, read from files on disk (PIL decoding, as the dataset classes do)."""
+"""CIFAR-10 and ImageFolder through torchvision, read from files on disk (PIL decoding, as the dataset classes do).
+
+A file or folder they cannot use is named in one sentence (`DataFileError`, a ConfigError: exit 2), not left to a
+traceback from inside torchvision: a CIFAR-10 batch that is not the python pickle of the real files (checked when
+torchvision's load fails or gives something else than 32x32 uint8 images with labels 0..9), a class folder without
+images (when the dataset is built), an image PIL cannot open (when it is loaded, in a DataLoader worker too).
+"""
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
+
+from experiments.config_errors import DataFileError
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IMAGEFOLDER_SPLIT_SEED = 0
+CIFAR10_CLASSES, CIFAR10_PIXELS = 10, 3 * 32 * 32  # a batch row: 1024 red, 1024 green, 1024 blue bytes
+CIFAR10_FOLDER = "cifar-10-batches-py"
+RESTORE_CIFAR10 = (
+    f"restore {CIFAR10_FOLDER} from the original cifar-10-python.tar.gz (or delete the folder and set "
+    "data.download=true)"
+)
 
 
 def _cifar10_class():
@@ -18,7 +34,8 @@ def _cifar10_class():
     class CIFAR10Files(CIFAR10):
         """CIFAR10 that checks the batch files exist instead of hashing ~180 MB at every start.
 
-        The download still verifies the archive's md5; a truncated batch fails to unpickle loudly anyway.
+        The download still verifies the archive's md5; a file that is not a CIFAR-10 batch is named by
+        `_cifar10_error` when torchvision cannot load it or loads something else.
         """
 
         train_list = [(name, None) for name, _ in CIFAR10.train_list]
@@ -60,11 +77,16 @@ def image_transforms(
 def build_cifar10(
     root: str, img_size: int, in_channels: int, *, download: bool, augment: bool, randaugment: bool
 ) -> tuple[Dataset, Dataset]:
-    """CIFAR-10 train (50k) and test (10k, used as val) from `root/cifar-10-batches-py`."""
-    folder = Path(root) / "cifar-10-batches-py"
+    """CIFAR-10 train (50k) and test (10k, used as val) from `root/cifar-10-batches-py`.
+
+    Raises:
+        ValueError: no such folder, files missing, or the download failed.
+        DataFileError: a file there is not a CIFAR-10 python batch (`cifar10_file_problem`).
+    """
+    folder = Path(root) / CIFAR10_FOLDER
     if not download and not folder.is_dir():
         raise ValueError(
-            f"data.root={root!r} holds no cifar-10-batches-py folder: point data.root at the folder that contains "
+            f"data.root={root!r} holds no {CIFAR10_FOLDER} folder: point data.root at the folder that contains "
             "it, or set data.download=true to fetch CIFAR-10 there."
         )
     cifar10 = _cifar10_class()
@@ -73,17 +95,98 @@ def build_cifar10(
     try:
         train = cifar10(root, train=True, download=download, transform=image_transforms(train=True, **kwargs))
         val = cifar10(root, train=False, download=False, transform=image_transforms(train=False, **kwargs))
-    except OSError as err:  # urllib's URLError included: no network, or no write access to data.root
-        raise ValueError(
-            f"CIFAR-10 could not be downloaded to data.root={root!r} ({err}): put cifar-10-batches-py there "
-            "yourself and set data.download=false."
-        ) from err
-    except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
-        raise ValueError(
-            f"CIFAR-10 files under data.root={root!r} are incomplete ({err}): restore cifar-10-batches-py "
-            "(data_batch_1..5, test_batch, batches.meta) or set data.download=true."
-        ) from err
+    except Exception as err:  # torchvision's load: a missing file, a failed download, or a file it cannot read
+        raise _cifar10_error(root, folder, download, err) from None
+    for split in (train, val):
+        if not _loaded_like_cifar10(split):  # a file torchvision read without complaint, but not CIFAR-10's
+            raise _cifar10_error(root, folder, download, None)
     return train, val
+
+
+def _cifar10_files() -> list[tuple[str, bool]]:
+    """(file name, whether it is the metadata file) of cifar-10-batches-py, the training batches first."""
+    from torchvision.datasets import CIFAR10
+
+    return [(name, False) for name, _ in CIFAR10.train_list + CIFAR10.test_list] + [(CIFAR10.meta["filename"], True)]
+
+
+def _cifar10_error(root: str, folder: Path, download: bool, err: Exception | None) -> ValueError:
+    """The one sentence for a CIFAR-10 folder torchvision could not load (`err`) or loaded wrong (None)."""
+    missing = [name for name, _ in _cifar10_files() if not (folder / name).is_file()]
+    if missing and download and isinstance(err, OSError):  # urllib's URLError included
+        return ValueError(
+            f"CIFAR-10 could not be downloaded to data.root={root!r} ({err}): put {CIFAR10_FOLDER} there "
+            "yourself and set data.download=false."
+        )
+    if missing:
+        return ValueError(
+            f"CIFAR-10 files under data.root={root!r} are incomplete ({folder} lacks {', '.join(missing)}): restore "
+            f"{CIFAR10_FOLDER} (data_batch_1..5, test_batch, batches.meta) or set data.download=true."
+        )
+    for name, meta in _cifar10_files():
+        problem = cifar10_file_problem(folder / name, meta=meta)
+        if problem:
+            return DataFileError(
+                f"{folder / name} is not a file of CIFAR-10's python version: it {problem}; {RESTORE_CIFAR10}."
+            )
+    what = f" ({type(err).__name__}: {err})" if err is not None else ""
+    return DataFileError(f"CIFAR-10 under {folder} could not be read{what}: {RESTORE_CIFAR10}.")
+
+
+def _loaded_like_cifar10(split) -> bool:
+    """Whether torchvision's CIFAR10 holds what the real files give: uint8 32x32x3 images, one label 0..9 each."""
+    data, targets = split.data, np.asarray(split.targets)
+    return (
+        isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.shape[1:] == (32, 32, 3)
+        and targets.shape == (len(data),) and np.issubdtype(targets.dtype, np.integer)
+        and (len(targets) == 0 or (targets.min() >= 0 and targets.max() < CIFAR10_CLASSES))
+        and len(split.classes) == CIFAR10_CLASSES
+    )  # fmt: skip
+
+
+def cifar10_file_problem(path: Path, *, meta: bool = False) -> str | None:
+    """What makes `path` unlike a file of cifar-10-batches-py ("has bytes keys ..."), or None when it is like one.
+
+    The real files are Python 2 pickles of dicts with text keys: a batch has "data" (uint8, one row of 3072 bytes an
+    image) and "labels" (0..9, one per row); batches.meta has "label_names" (10 names).
+    """
+    try:
+        with path.open("rb") as f:
+            entry = pickle.load(f, encoding="latin1")  # as torchvision reads it
+    except OSError as err:
+        return f"cannot be read ({err.strerror or err})"
+    except Exception as err:  # EOFError, UnpicklingError, ...: truncated or not a pickle
+        return f"is truncated or not a pickle ({type(err).__name__}: {err})"
+    keys = ("label_names",) if meta else ("data", "labels")
+    if not isinstance(entry, dict):
+        return f"holds a {type(entry).__name__} where the CIFAR-10 files hold a dict with keys {', '.join(keys)}"
+    if not all(k in entry for k in keys):
+        found = ", ".join(repr(k) for k in list(entry)[:6])
+        if any(isinstance(k, bytes) for k in entry):
+            return (
+                f"has bytes keys ({found}) where the CIFAR-10 files have text keys ({', '.join(keys)}; it was "
+                "pickled again after a load with encoding='bytes')"
+            )
+        return f"has keys {found or 'none'} where the CIFAR-10 files have {', '.join(keys)}"
+    if meta:
+        names = entry["label_names"]
+        ok = isinstance(names, (list, tuple)) and len(names) == CIFAR10_CLASSES
+        return None if ok else f"has label_names {names!r:.80} where CIFAR-10 names {CIFAR10_CLASSES} classes"
+    data, labels = entry["data"], entry["labels"]
+    if not (
+        isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == CIFAR10_PIXELS
+    ):
+        shape = f"a {data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        return f"holds data as {shape} where CIFAR-10 has uint8 rows of {CIFAR10_PIXELS} bytes"
+    labels = np.asarray(labels)
+    if labels.shape != (len(data),):
+        return f"has {labels.size} labels for {len(data)} images"
+    if not np.issubdtype(labels.dtype, np.integer):
+        return f"has {labels.dtype} labels where CIFAR-10 labels are the integers 0..9"
+    outside = sorted(set(labels[(labels < 0) | (labels >= CIFAR10_CLASSES)].tolist()))
+    if outside:
+        return f"has labels outside 0..9 ({', '.join(map(str, outside[:5]))}{' ...' if len(outside) > 5 else ''})"
+    return None
 
 
 def _stratified_split(targets: list[int], val_fraction: float) -> tuple[list[int], list[int]]:
@@ -96,12 +199,51 @@ def _stratified_split(targets: list[int], val_fraction: float) -> tuple[list[int
     return sorted(train_idx), sorted(val_idx)
 
 
+def load_image(path: str):
+    """The RGB PIL image at `path` (as torchvision's default loader gives it), or a DataFileError naming the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except UnidentifiedImageError:
+        why = "PIL does not recognise it as an image"
+    except Exception as err:  # PIL: "image file is truncated", a broken header, ...; or the file went away
+        why = f"{type(err).__name__}: {err}"
+    raise DataFileError(f"{path} cannot be opened as an image ({why}): replace it with a readable image or delete it.")
+
+
+def _image_folder(folder: Path, transform):
+    """torchvision's ImageFolder over `folder` (class subfolders), images opened by `load_image`.
+
+    Raises:
+        DataFileError: a class folder holds no image (it would be a class the model never sees).
+    """
+    from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    dataset = ImageFolder(str(folder), transform=transform, loader=load_image, allow_empty=True)
+    found = set(dataset.targets)
+    empty = [name for name, index in dataset.class_to_idx.items() if index not in found]
+    if empty:
+        also = f" (as are {', '.join(empty[1:4])}{' ...' if len(empty) > 4 else ''})" if len(empty) > 1 else ""
+        images = f"files ending in {', '.join(IMG_EXTENSIONS)}"
+        raise DataFileError(
+            f"The class folder {folder / empty[0]} holds no images ({images}){also}: put the images of class "
+            f"{empty[0]!r} in it, or remove the folder."
+        )
+    return dataset
+
+
 def build_imagefolder(
     root: str, img_size: int, in_channels: int, val_fraction: float, *, augment: bool, randaugment: bool
 ) -> tuple[Dataset, Dataset]:
-    """ImageFolder from `root/train` + `root/val` when both exist, else a stratified split of `root/<class>/...`."""
-    from torchvision.datasets import ImageFolder
+    """ImageFolder from `root/train` + `root/val` when both exist, else a stratified split of `root/<class>/...`.
 
+    Raises:
+        ValueError: no folder, or no class subfolders.
+        DataFileError: a class folder without images; when an image is loaded, one PIL cannot open.
+    """
     base = Path(root)
     if not base.is_dir():
         raise ValueError(
@@ -113,18 +255,18 @@ def build_imagefolder(
     train_tf, val_tf = image_transforms(train=True, **kwargs), image_transforms(train=False, **kwargs)
     try:
         if (base / "train").is_dir() and (base / "val").is_dir():
-            train = ImageFolder(str(base / "train"), transform=train_tf)
-            val = ImageFolder(str(base / "val"), transform=val_tf)
+            train = _image_folder(base / "train", train_tf)
+            val = _image_folder(base / "val", val_tf)
             if train.classes != val.classes:
                 raise ValueError(
                     f"data.root={root!r}: train/ has classes {train.classes} but val/ has {val.classes}; "
                     "give both the same class subfolders."
                 )
             return train, val
-        train_all = ImageFolder(str(base), transform=train_tf)
-    except FileNotFoundError as err:  # no class folders or no images with a known extension
+        train_all = _image_folder(base, train_tf)
+    except FileNotFoundError as err:  # no class folders
         raise ValueError(f"data.root={root!r} holds no images in class subfolders ({err}).") from err
-    val_all = ImageFolder(str(base), transform=val_tf)
+    val_all = _image_folder(base, val_tf)
     train_idx, val_idx = _stratified_split(train_all.targets, val_fraction)
     train, val = Subset(train_all, train_idx), Subset(val_all, val_idx)
     train.classes = val.classes = train_all.classes  # so the class count check sees them

@@ -31,6 +31,7 @@ from experiments.launch import (
     interrupted_status,
     relaunch_command,
     say_once,
+    say_once_and_wait,
     stop_on_sigterm,
     stopped_by,
 )
@@ -128,7 +129,7 @@ def _say_interrupted(result: dict | None) -> None:
 
 
 def _fail(sentence: str) -> None:
-    say_once(f"rpb-train: {sentence}")
+    say_once_and_wait(f"rpb-train: {sentence}")  # every process meets it; the main one says it
     _exit(EXIT_CONFIG)
 
 

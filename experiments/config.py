@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from experiments.config_errors import ConfigError, rephrase
+from experiments.launch import MIXED_PRECISION_ENV, launcher_name
 from experiments.schema import TrainConfig, register_schemas
 from rpb.options import OptionError, check_model_options
 
@@ -31,6 +33,7 @@ __all__ = [
     "build_model",
     "compose_config",
     "compose_unvalidated",
+    "resolve_mixed_precision",
     "to_yaml",
     "validate_config",
 ]
@@ -46,6 +49,8 @@ CHOICES = {
     "trainer.early_stopping_monitor": ("val_loss", "val_accuracy"),
     "tracker.wandb.mode": ("online", "offline", "disabled"),
 }
+# Keys of CHOICES that may also be null (unset), and what null means.
+NULL_MEANS = {"trainer.mixed_precision": "the launcher's --mixed_precision, else no"}
 # key -> (lowest allowed, whether the lowest is allowed itself); None values pass (optional keys).
 LOWER_BOUNDS = {
     "seed": (0, True),
@@ -179,8 +184,11 @@ def _get(cfg: DictConfig, key: str) -> Any:
 def _check_values(cfg: DictConfig) -> None:
     for key, choices in CHOICES.items():
         value = _get(cfg, key)
+        if value is None and key in NULL_MEANS:
+            continue
         if value not in choices:
-            raise ConfigError(f"{key}={value!r} is not allowed: choose one of {', '.join(map(str, choices))}.")
+            null = f" (or null: {NULL_MEANS[key]})" if key in NULL_MEANS else ""
+            raise ConfigError(f"{key}={value!r} is not allowed: choose one of {', '.join(map(str, choices))}{null}.")
     for key, (low, inclusive) in LOWER_BOUNDS.items():
         value = _get(cfg, key)
         if value is None:
@@ -208,6 +216,38 @@ def _check_values(cfg: DictConfig) -> None:
         "val_accuracy",
     ):
         raise ConfigError("trainer.early_stopping_monitor must be val_loss or val_accuracy.")
+
+
+def resolve_mixed_precision(configured: str | None) -> tuple[str, str | None]:
+    """The precision a run trains in ("no", "fp16" or "bf16") and, when the config and the launcher disagree, the
+    sentence that says which wins (else None).
+
+    trainer.mixed_precision when it is set (explicit in the config or on the command line, so it wins); else the
+    launcher's (`MIXED_PRECISION_ENV`: `accelerate launch --mixed_precision` or its config file); else "no".
+    accelerate launch sets "no" when neither of its sources names a precision, so only its fp16 / bf16 counts as
+    asking for one: a launcher's "no" under trainer.mixed_precision=bf16 is not a disagreement.
+
+    Raises:
+        ConfigError: the launcher asks for a precision this training does not have (fp8) and the config sets none.
+    """
+    allowed = CHOICES["trainer.mixed_precision"]
+    launcher = os.environ.get(MIXED_PRECISION_ENV, "").strip().lower() or None
+    asked = f"{launcher} from {launcher_name()} (--mixed_precision or its config file)"
+    if configured is None:
+        if launcher is None:
+            return "no", None
+        if launcher not in allowed:
+            raise ConfigError(
+                f"{asked} is not a precision rpb-train trains in: launch with --mixed_precision "
+                f"{' / '.join(allowed)}, or set trainer.mixed_precision to one of them."
+            )
+        return launcher, None
+    if launcher in (None, "no", configured):
+        return configured, None
+    return configured, (
+        f"trainer.mixed_precision={configured} overrides {asked}: training in {configured}; "
+        "drop one of them to silence this."
+    )
 
 
 def model_kwargs(cfg: DictConfig) -> dict[str, Any]:

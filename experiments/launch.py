@@ -25,9 +25,15 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 
 LAUNCH_PREFIX_ENV = "RPB_LAUNCH_PREFIX"  # "rpb-launch <launcher args> -m MODULE", set by main() for its processes
+# Set by accelerate launch for its processes, from --mixed_precision or its config file ("no" when neither says).
+MIXED_PRECISION_ENV = "ACCELERATE_MIXED_PRECISION"
+# How long a process other than the main one waits, after a mistake every process meets, for the launcher to stop it
+# once the main process has said why and left (`say_once_and_wait`).
+MAIN_PROCESS_GRACE_S = 30.0
 # The console scripts' exit statuses that come with their own sentence (130 = 128 + SIGINT, as shells report Ctrl-C).
 EXIT_CONFIG, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
 SAID_WHY = (EXIT_CONFIG, EXIT_DIVERGED, EXIT_INTERRUPTED)
@@ -99,11 +105,41 @@ def interrupted_status() -> int:
     return 128 + signal.SIGTERM if _STOPPED_BY_SIGTERM[0] else EXIT_INTERRUPTED
 
 
+def launcher_name() -> str:
+    """The launcher that started this process, as the user typed it: "rpb-launch", "accelerate launch", "torchrun",
+    or "the launcher"."""
+    if os.environ.get(LAUNCH_PREFIX_ENV):
+        return "rpb-launch"
+    if MIXED_PRECISION_ENV in os.environ:  # accelerate launch always sets it
+        return "accelerate launch"
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        return "torchrun"
+    return "the launcher"
+
+
 def say_once(line: str) -> None:
     """Print `line` to stderr from the main process only (RANK 0): under a launcher every process meets the same
     mistake or Ctrl-C, and the user should read its sentence once."""
     if int(os.environ.get("RANK", "0")) == 0:
         print(line, file=sys.stderr)
+
+
+def say_once_and_wait(line: str, grace_s: float = MAIN_PROCESS_GRACE_S) -> None:
+    """`say_once(line)` before this process leaves with an error status; the other processes wait for the main one.
+
+    Under torch elastic (accelerate launch, torchrun) the first process that leaves with an error makes the launcher
+    stop the others with SIGTERM at once: a process other than the main one leaving first would cut the main one
+    off before it has said why. So they wait until the launcher stops them (it does once the main process has
+    left) or `grace_s` seconds pass; then the mistake was theirs alone, and they say it, with their rank.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or int(os.environ.get("RANK", "0")) == 0:
+        say_once(line)
+        return
+    try:
+        time.sleep(grace_s)
+    except KeyboardInterrupt:  # the launcher's SIGTERM (`stop_on_sigterm` raises Terminated) or Ctrl-C
+        return
+    print(f"{line} (rank {os.environ.get('RANK')})", file=sys.stderr)
 
 
 class _DropSigintShutdown(logging.Filter):

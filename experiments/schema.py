@@ -87,7 +87,7 @@ class ScheduleConfig:
 @dataclass
 class TrainerConfig:
     epochs: int = 10
-    mixed_precision: str = "no"
+    mixed_precision: str | None = None  # null: the launcher's (experiments.config.resolve_mixed_precision)
     grad_accum_steps: int = 1
     clip_grad_norm: float | None = 1.0
     label_smoothing: float = 0.0

@@ -112,6 +112,8 @@ def train(cfg: DictConfig, on_epoch_end: EpochCallback | None = None) -> dict[st
     accelerator = make_accelerator(
         tc.mixed_precision, cpu=tc.cpu, grad_accum_steps=tc.grad_accum_steps, data_seed=cfg.seed
     )
+    # The precision trained in ("no", "fp16", "bf16"), never null: config.yaml, checkpoints, W&B and a resume read it.
+    tc.mixed_precision = accelerator.mixed_precision
     run = RunDir(_run_dir(cfg, broadcast_object_list))  # after the Accelerator: its process group broadcasts
     cfg.run_dir = str(run.path)
     if cfg.resume and (done := _already_finished(run, tc.epochs)) is not None:

@@ -30,7 +30,10 @@ def init_process_group(base: DictConfig) -> None:
     """Start the process group the way train()'s Accelerator will (it then reuses it), so specs can be sent first."""
     from accelerate import PartialState
 
-    PartialState(cpu=bool(base.trainer.cpu))
+    from experiments.precision import check_process_group
+
+    cpu = bool(base.trainer.cpu)
+    check_process_group(PartialState(cpu=cpu), cpu=cpu)  # a ConfigError unless the launched processes form one group
 
 
 def broadcast_spec(spec: TrialSpec | None) -> TrialSpec | None:

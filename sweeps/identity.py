@@ -19,6 +19,7 @@ from typing import Any
 import optuna
 from omegaconf import OmegaConf
 
+from experiments.config import resolve_mixed_precision
 from sweeps.config import CheckedSweep, grid_cells, is_cell_study
 from sweeps.space import SweepConfigError, fixed_values
 from sweeps.storage import describe_storage
@@ -78,6 +79,9 @@ def study_identity(checked: CheckedSweep) -> dict[str, Any]:
     """
     sweep, base, dims = checked
     base_flat = _flat(OmegaConf.to_container(base, resolve=True))
+    # null means the launcher's precision: record the one the trials train in, as their config.yaml does
+    precision = OmegaConf.select(base, "trainer.mixed_precision")
+    base_flat["trainer.mixed_precision"] = resolve_mixed_precision(precision)[0]
     set_per_trial = {d.path for d in dims} | set(fixed_values(sweep))
     space = {
         d.path: {k: v for k, v in (("type", d.type), ("low", d.low), ("high", d.high), ("log", d.log),

@@ -49,7 +49,7 @@ def test_defaults_are_the_short_recipe_that_learns_digits_in_two_minutes():
     assert (m.rpb.enabled, list(m.rpb.window_size), m.pos_embed) == (True, [7, 7], "none")
     assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay) == ("adamw", 1e-3, 0.05)
     assert (cfg.schedule.name, cfg.schedule.warmup_epochs) == ("warmup_cosine", 2.0)
-    assert (t.epochs, t.label_smoothing, t.mixed_precision, t.clip_grad_norm) == (40, 0.1, "no", 1.0)
+    assert (t.epochs, t.label_smoothing, t.mixed_precision, t.clip_grad_norm) == (40, 0.1, None, 1.0)  # None: launch's
     small, guide = (build_model(c) for c in (cfg, compose_config(["experiment=guide"])))
     n_small, n_guide = (sum(p.numel() for p in model.parameters()) for model in (small, guide))
     assert n_small < 0.5 * n_guide  # 4 blocks of width 64 against 6 of width 96

@@ -5,9 +5,10 @@ A retry (`sweeps.recovery`) is a WAITING copy of the killed trial: same params, 
 from its checkpoint. The rule, for every pruner:
 
 - **A retry is judged as the trial it continues.** It keeps the rungs its killed attempt completed and goes on
-  with the next one; under Hyperband it stays in the bracket of the trial it first retried (Optuna places a trial
-  in a bracket by its number, and the retry's number is new), so its values are only ever compared with values of
-  the same epochs.
+  with the next one; under Hyperband it stays in the bracket of the trial it first retried, so its values are only
+  ever compared with values of the same epochs. Optuna places a trial in a bracket by its number; here by its
+  place in the study's draws (`sweeps.samplers.draw_index`, which a retry takes from its original), so the trials
+  after a retry are bracketed as in the same study run without the kill (their numbers are one higher).
 - **A failed trial is no competitor.** The killed attempt (state FAIL) and its retry carry the same rung values;
   the rungs count the retry's alone, so no trial counts twice. (Plain Optuna also ranks crashed trials' rung
   values; here a crash is not a result.)
@@ -27,7 +28,9 @@ from collections.abc import Container
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["RetryAwareHyperbandPruner", "RetryAwareSuccessiveHalvingPruner", "first_attempt"]
+from sweeps.samplers import DRAW_ATTR, draw_index
+
+__all__ = ["RetryAwareHyperbandPruner", "RetryAwareSuccessiveHalvingPruner", "bracket_number", "first_attempt"]
 
 NO_BRACKET = -1  # the bracket of a failed trial: it belongs to none, so no bracket's rungs count its values
 
@@ -36,6 +39,17 @@ def first_attempt(trial: FrozenTrial) -> int:
     """The number of the trial that `trial` continues: the first trial of its retry chain (itself if not a retry)."""
     history = trial.system_attrs.get("retry_history") or []
     return int(history[0]) if history else trial.number
+
+
+def bracket_number(study: optuna.Study, trial: FrozenTrial) -> int:
+    """What Hyperband places `trial` by: its draw index (`DRAW_ATTR`, its original's for a retry; computed for a
+    trial that has not recorded it yet), else, for a retry from before draw indices were recorded, the number of
+    the trial it continues."""
+    draw = trial.system_attrs.get(DRAW_ATTR)
+    if draw is not None:
+        return int(draw)
+    first = first_attempt(trial)
+    return first if first != trial.number else draw_index(study, trial)
 
 
 class _WithoutFailed:
@@ -67,8 +81,8 @@ class RetryAwareHyperbandPruner(optuna.pruners.HyperbandPruner):
     def _get_bracket_id(self, study: optuna.Study, trial: FrozenTrial) -> int:
         if trial.state == TrialState.FAIL:
             return NO_BRACKET
-        first = first_attempt(trial)
-        if first != trial.number:
-            trial = copy.copy(trial)  # the bracket is a function of (study name, number): the first attempt's
-            trial.number = first
+        number = bracket_number(study, trial)
+        if number != trial.number:
+            trial = copy.copy(trial)  # Optuna's bracket is a function of (study name, trial number)
+            trial.number = number
         return super()._get_bracket_id(study, trial)

@@ -172,8 +172,8 @@ def mark_stale_heartbeat_trials(study: optuna.Study) -> None:
     """RDB storages: give the trials whose heartbeat went stale their status and reason while they are still
     RUNNING (Optuna's `fail_stale_trials` fails them first, after which no attribute can be written)."""
     storage = study._storage
-    if not hasattr(storage, "_get_stale_trial_ids"):
-        return
+    if not hasattr(storage, "_get_stale_trial_ids") or storage.get_heartbeat_interval() is None:
+        return  # sweep.heartbeat_interval=null: no heartbeat to go stale (dead workers are found by pid)
     for trial_id in storage._get_stale_trial_ids(study._study_id):
         worker = storage.get_trial(trial_id).user_attrs.get("worker") or {}
         reason = f"worker {worker.get('host', '?')}:{worker.get('pid', '?')} sent no heartbeat for the grace period"

@@ -83,6 +83,9 @@ def trial_origin(system_attrs: dict[str, Any]) -> str:
     return "enqueued" if "fixed_params" in system_attrs else "sampled"
 
 
+DRAW_ATTR = "draw_index"  # trial system attr: `draw_index`, recorded when the trial starts (a retry carries its original's)
+
+
 def draw_index(study: Study, trial: FrozenTrial) -> int:
     """The place of `trial` in the study's sequence of draws: its number less the retries numbered before it.
 
@@ -90,9 +93,10 @@ def draw_index(study: Study, trial: FrozenTrial) -> int:
     retry exists only because a trial was killed or stopped, so it takes no place; without this, a study stopped
     in the middle of trial k and continued would seed every later trial one number off and draw other points.
     """
-    retries = sum(
-        t.number < trial.number and trial_origin(t.system_attrs) == "retry" for t in study.get_trials(deepcopy=False)
-    )
+    # All the study's trials, read from the storage: a sampler and a pruner may be handed Hyperband's view of one
+    # bracket (`optuna.pruners._filter_study`), whose get_trials leaves the other brackets' trials out.
+    trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+    retries = sum(t.number < trial.number and trial_origin(t.system_attrs) == "retry" for t in trials)
     return trial.number - retries
 
 
@@ -169,6 +173,13 @@ class TrialSeededSampler(BaseSampler):
 
     def reseed_rng(self) -> None:  # the seeds come from the draw indices
         pass
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        """Record the trial's `draw_index` (`DRAW_ATTR`): Hyperband places a trial in a bracket by it
+        (`sweeps.pruners`), so a study that retried a killed trial brackets its later trials as the same study run
+        without the kill does. A retry carries its original's (its system attrs are copied)."""
+        if DRAW_ATTR not in trial.system_attrs and trial_origin(trial.system_attrs) != "retry":
+            study._storage.set_trial_system_attr(trial._trial_id, DRAW_ATTR, draw_index(study, trial))
 
     @staticmethod
     def _preset(trial: FrozenTrial) -> bool:

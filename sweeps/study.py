@@ -19,6 +19,7 @@ study's identity on every start (`sweeps.identity`).
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing as mp
 import os
@@ -247,6 +248,10 @@ def worker_loop(cfg, train_fn: TrainFn | None = None, *, worker_index: int = 0) 
     journal = journal_path(sweep.storage, sweep.output_dir, sweep.study_name) is not None
     deadline = time.monotonic() + sweep.timeout if sweep.timeout else None
     ran, crashes, said_wait, interrupted = 0, 0, False, False
+    # gc_after_trial frees what a trial left in reference cycles (CUDA memory above all); the ~200k objects of the
+    # imports (torch) never become garbage, so they are moved out of the collector's sight: a collection after a
+    # trial then scans that trial's objects alone (~150 ms -> a few ms per trial with torch loaded).
+    gc.freeze()
     try:
         while True:
             if deadline is not None and time.monotonic() >= deadline:

@@ -28,6 +28,7 @@ from experiments.config import build_model, to_yaml, validate_config
 from experiments.config_errors import ConfigError
 from experiments.engine import evaluate, train_epoch
 from experiments.launch import stop_signal
+from experiments.metrics import better, metric_direction
 from experiments.run_dir import FINAL_STATUSES, RunDir
 
 __all__ = ["SCHEDULE_ON_EXTEND", "EpochCallback", "RunInterrupted", "epoch_line", "extend_run", "plural", "train"]
@@ -314,8 +315,8 @@ def _keep_best(s: _Session, state: TrainState, metrics: dict[str, float]) -> Non
 
 def _early_stop(state: TrainState, metrics, tc) -> tuple[str, str] | None:
     """The guide's patience recipe on trainer.early_stopping_monitor; ("early_stopped", reason) when it stops."""
-    sign = 1.0 if tc.early_stopping_monitor == "val_loss" else -1.0  # lower is better after the sign
-    if state.best_monitor is None or sign * metrics[tc.early_stopping_monitor] < sign * state.best_monitor:
+    direction = metric_direction(tc.early_stopping_monitor)
+    if better(metrics[tc.early_stopping_monitor], state.best_monitor, direction):
         state.best_monitor, state.bad_epochs = metrics[tc.early_stopping_monitor], 0
     else:
         state.bad_epochs += 1

@@ -21,12 +21,13 @@ import matplotlib.pyplot as plt
 import optuna
 from matplotlib.figure import Figure
 from matplotlib.text import Text
+from matplotlib.transforms import Bbox
 from matplotlib.ticker import MaxNLocator
 from optuna.trial import TrialState
 
 from dashboards import html
 from dashboards.ablation import SettingSummary
-from dashboards.load import RunData
+from dashboards.runs import RunData
 
 DPI = 100  # plots: matplotlib's default 10 pt text is 14 px, legends at 8 pt are 11 px
 HEATMAP_DPI = 130  # heatmaps: their 6 pt tick labels are 10.8 px
@@ -61,8 +62,6 @@ def encode(fig: Figure, dpi: int = DPI) -> Encoded:
 def encode_alike(figs: Sequence[Figure], dpi: int = HEATMAP_DPI) -> list[Encoded]:
     """Figures of one kind (the heatmaps of a model) as PNG data URIs of exactly one size: each is cut to the union
     of their tight boxes, so nothing sticking out of a figure is clipped and a row of them lines up."""
-    from matplotlib.transforms import Bbox
-
     boxes = []
     for fig in figs:
         fig.canvas.draw()
@@ -225,17 +224,19 @@ def heatmap_figure(run: RunData, block: int, window_size: tuple[int, int] | None
         return None
     if block not in maps:
         block = sorted(maps)[0]
-    from rpb.plot import plot_bias_offset_map
+    from rpb.plot import plot_bias_offset_map  # torch, deferred on purpose: only a page with bias maps needs it
 
     return plot_bias_offset_map(maps[block], block=block, window_size=window_size, panel_in=HEATMAP_PANEL_IN)
 
 
 def intermediate_values(study: optuna.Study) -> Figure:
-    """Each result's reported values per epoch; pruned trials in red, ending in a cross where they were stopped.
+    """Each result's reported values per epoch, each curve labelled with its trial number at its end; pruned trials
+    in red, ending in a cross where they were stopped; the y axis names the study's metric and direction.
 
     Draws every COMPLETE and PRUNED trial of `study`; failed attempts (killed, interrupted) and running or waiting
     trials are never drawn (a waiting retry carries the values its killed attempt reported).
     """
+    metric = str(study.user_attrs.get("metric", "value"))
     fig, ax = plt.subplots(figsize=(6.5, 4))
     shown = {"pruned": False, "complete": False}
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
@@ -250,13 +251,41 @@ def intermediate_values(study: optuna.Study) -> Figure:
         shown[kind] = True
         if pruned:
             ax.scatter([steps[-1]], [values[-1]], marker="x", color=color, s=40, zorder=3)
+        ax.annotate(f"#{trial.number}", (steps[-1], values[-1]), xytext=(3, 0), textcoords="offset points",
+                    fontsize=7, color=color, va="center")  # fmt: skip
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("step (epoch)")
-    ax.set_ylabel("intermediate value")
-    ax.set_title("Intermediate values (x: pruned here)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"{metric} ({study.direction.name.lower()}d)" if len(study.directions) == 1 else metric)
+    ax.set_title(f"{metric} per epoch, by trial (x: pruned here)")
     ax.grid(alpha=0.3)
     if any(shown.values()):
         ax.legend(fontsize=8)
+    return fig
+
+
+def trial_curves(results: Sequence[tuple[optuna.trial.FrozenTrial, RunData]]) -> Figure | str:
+    """Validation accuracy and loss per epoch of each kept trial's run (`dashboards.load.Results.runs`), read from
+    its metrics.jsonl, each curve labelled with its trial number; the reason as a string when no run has any."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    drawn = False
+    for trial, run in results:
+        for ax, key in zip(axes, ("val_accuracy", "val_loss")):
+            curve = [(row["epoch"], row[key]) for row in run.history if key in row and "epoch" in row]
+            if not curve:
+                continue
+            line = ax.plot(*zip(*curve), alpha=0.7, linewidth=1, marker="o", markersize=2)
+            ax.annotate(f"#{trial.number}", curve[-1], xytext=(3, 0), textcoords="offset points", fontsize=7,
+                        color=line[0].get_color(), va="center")  # fmt: skip
+            drawn = True
+    if not drawn:
+        plt.close(fig)
+        return "not drawn: no trial's run folder holds a metrics.jsonl with validation metrics"
+    for ax, title in zip(axes, ("validation accuracy", "validation loss")):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(title)
+        ax.set_title(f"{title} per trial")
+        ax.grid(alpha=0.3)
     return fig
 
 
@@ -272,7 +301,7 @@ def sweep_figures(study: optuna.Study, slice_params: Sequence[str]) -> dict[str,
 
     Optuna's plots read the COMPLETE trials only (pruned and failed ones are skipped).
     """
-    from optuna.visualization import matplotlib as ovm
+    from optuna.visualization import matplotlib as ovm  # deferred on purpose: slow to import, a sweep page only
 
     plots = {
         "optimization_history": lambda: ovm.plot_optimization_history(study),

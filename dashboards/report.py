@@ -25,21 +25,15 @@ from pathlib import Path
 import optuna
 import yaml
 
-from dashboards import figures, html
+from dashboards import figures, html, serve
 from dashboards.ablation import DEFAULT_BASELINE, study_metric, summarise, verdict
 from dashboards.ablation_page import ablation_section, verdict_section
 from dashboards.cli_parser import ToolParser
 from dashboards.figures import PageFigures
-from dashboards.load import (
-    LocalRunReader,
-    Results,
-    RunData,
-    RunReader,
-    load_study,
-    results,
-    retried_from,
-    trial_counts,
-)
+from dashboards.cells import retried_from
+from dashboards.load import Results, load_study, results, trial_counts
+from dashboards.runs import LocalRunReader, RunData, RunReader
+from dashboards.wandb_reader import WandbRunReader
 from sweeps.stats import format_number, short_names
 
 OLD_FIG_DIR = "figures"  # where reports before the one-file page kept their images: removed on rewrite
@@ -230,6 +224,9 @@ def sweep_section(study: optuna.Study, res: Results, figs: PageFigures) -> str:
         '<div class="row">',
     ]
     parts += [figs.add(drawn[name], f"sweep_{name}", captions[name]) for name in captions]
+    kept = sorted([*res.runs("complete"), *res.runs("pruned")], key=lambda tr: tr[0].number)
+    parts.append(figs.add(figures.trial_curves(kept), "sweep_trial_curves",
+                          f"validation curves of the {len(kept)} kept trials (complete and pruned), by trial number"))  # fmt: skip
     parts.append("</div>")
     found = best_result(study, res)
     if found is None:
@@ -315,8 +312,6 @@ def _fail(message: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     """`rpb-report [options]`; returns the exit status (2 and one sentence on stderr for a mistake)."""
     args = _parser().parse_args(argv)
-    from dashboards import serve
-
     if args.serve == "tensorboard" and not args.logdir:
         return _fail("--serve tensorboard needs --logdir, the folder of run folders (e.g. runs/sweeps/NAME).")
     if args.serve != "tensorboard" and not args.storage:
@@ -330,8 +325,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TimeoutError) as err:  # a missing study or tool, a server that never answered
         return _fail(str(err))
     if args.source == "wandb":
-        from dashboards.wandb_reader import WandbRunReader
-
         reader: RunReader = WandbRunReader.from_public_api(args.entity, args.project)
     else:
         reader = LocalRunReader(args.runs_root)

@@ -115,8 +115,10 @@ def test_ablation_page_has_every_part(ablation_report):
 def test_sweep_page_shows_pruned_trials(sweep_report):
     text = sweep_report.read_text()
     names = _figure_names(sweep_report)
-    expected = {"optimization_history", "param_importances", "intermediate_values", "parallel_coordinate", "slice"}
+    expected = {"optimization_history", "param_importances", "intermediate_values", "parallel_coordinate", "slice",
+                "trial_curves"}  # fmt: skip
     assert {f"sweep_{n}" for n in expected} <= names  # a sweep keeps the importances
+    assert "validation curves of the 8 kept trials" in text
     assert "pruned" in text and "slices: model.rpb.window_size, optim.lr" in text
     assert "Verdict" not in text and "Accuracy and cost" not in text  # kind=sweep
     assert '<th title="optim.lr">lr</th>' in text and "<details><summary>training config of trial" in text
@@ -227,3 +229,31 @@ def test_no_bias_runs_are_a_baseline_not_a_window(tmp_path):
     assert [t.get_text() for t in ax.get_xticklabels()] == ["3x3", "5x5"]  # no x position for "none"
     assert "none (mean, 95% CI)" in [t.get_text() for t in ax.get_legend().get_texts()]
     assert [line.get_ydata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"] == [pytest.approx(0.52)]
+
+
+def test_intermediate_values_label_each_trial_and_name_the_metric(sweep_journal):
+    from dashboards.figures import intermediate_values, trial_curves
+
+    study = load_study(str(sweep_journal))
+    study.set_user_attr("metric", "val_loss")  # the axis names what the study reports (the fake reports accuracy)
+    fig = intermediate_values(study)
+    ax = fig.axes[0]
+    labels = {t.get_text() for t in ax.texts}
+    assert labels == {f"#{t.number}" for t in study.trials if t.intermediate_values}
+    assert ax.get_ylabel() == "val_loss (maximized)" and ax.get_xlabel() == "epoch"
+    runs = trial_runs(study, LocalRunReader())
+    curves = trial_curves(runs)
+    assert {t.get_text() for t in curves.axes[0].texts} == {f"#{t.number}" for t, _ in runs}
+    assert trial_curves([]).startswith("not drawn")
+
+
+def test_optuna_own_tools_work_in_the_installed_project(sweep_journal):
+    """study.trials_dataframe() needs pandas and optuna.visualization needs plotly: both come with the sweep extra."""
+    import optuna
+
+    study = load_study(str(sweep_journal))
+    frame = study.trials_dataframe()
+    assert len(frame) == len(study.trials) and "params_optim.lr" in frame.columns
+    figure = optuna.visualization.plot_optimization_history(study)
+    assert len(figure.data) >= 1
+    assert optuna.visualization.plot_intermediate_values(study).data

@@ -213,6 +213,73 @@ Config groups (GROUP=OPTION):
     )
 
 
+# Hydra's own command-line flags (`rpb-train --hydra-help`); everything else that starts with "-" is a mistake.
+HYDRA_FLAGS = ("--hydra-help", "--version", "--cfg", "-c", "--resolve", "--package", "-p", "--run", "-r",
+               "--multirun", "-m", "--shell-completion", "-sc", "--config-path", "-cp", "--config-name", "-cn",
+               "--config-dir", "-cd", "--experimental-rerun", "--info", "-i")  # fmt: skip
+
+
+FLAGS_WITH_A_VALUE = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c",
+                      "--package", "-p", "--experimental-rerun")  # fmt: skip
+
+
+def _split_flags(args: list[str]) -> tuple[list[str], list[str]]:
+    """(overrides, Hydra flags): a flag that takes a value keeps it, written apart (`--config-name best`) or not."""
+    overrides, flags = [], []
+    taking = False
+    for arg in args:
+        if taking or arg.startswith("-"):
+            flags.append(arg)
+            taking = not taking and arg in FLAGS_WITH_A_VALUE
+        else:
+            overrides.append(arg)
+    return overrides, flags
+
+
+def _flag_value(flags: list[str], *names: str) -> str | None:
+    for i, flag in enumerate(flags):
+        name, eq, value = flag.partition("=")
+        if name in names:
+            return value if eq else (flags[i + 1] if i + 1 < len(flags) else None)
+    return None
+
+
+def _check_hydra_flags(flags: list[str]) -> None:
+    """One sentence for a config key written as an option (`--trainer.epochs=3`) or an unknown flag, and for a
+    `--config-name` that names no file (a sweep's best.yaml before the study has a complete trial).
+
+    Raises:
+        ConfigError: what to write instead.
+    """
+    after_flag = False
+    for flag in flags:
+        if after_flag:  # the value of a flag written apart from it (`--config-name best`)
+            after_flag = False
+            continue
+        name, _, value = flag.partition("=")
+        if name in HYDRA_FLAGS:
+            after_flag = flag in FLAGS_WITH_A_VALUE
+            continue
+        key = name.lstrip("-")
+        if "." in key or value:
+            raise ConfigError(
+                f"{flag} is not an option: config keys are given without dashes, as {key}={value or 'VALUE'}."
+            )
+        raise ConfigError(f"{flag} is not an option of rpb-train; see rpb-train --help (config keys take no dashes).")
+    config_name = _flag_value(flags, "--config-name", "-cn")
+    if config_name is None:
+        return
+    folder = Path(_flag_value(flags, "--config-dir", "-cd") or _flag_value(flags, "--config-path", "-cp") or CONF_DIR)
+    file = folder / (config_name if config_name.endswith(".yaml") else f"{config_name}.yaml")
+    if not file.is_file() and not (CONF_DIR / file.name).is_file():
+        hint = (
+            " (a sweep writes best.yaml once its study has a complete trial: run or finish the rpb-sweep first)"
+            if config_name.removesuffix(".yaml") == "best"
+            else ""
+        )
+        raise ConfigError(f"--config-name={config_name}: there is no {file}{hint}; check --config-dir and the name.")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Check the config first (one sentence, exit 2 on a mistake), then hand the overrides to Hydra."""
     stop_on_sigterm()  # kill / timeout / a scheduler: recorded and said as Ctrl-C is, exit 143
@@ -228,9 +295,9 @@ def _main(argv: Sequence[str] | None) -> None:
         print(train_help(), end="")
         return
     guide_path, args = _split_guide_config(argv)
-    overrides = [a for a in args if not a.startswith("-")]
-    hydra_flags = [a for a in args if a.startswith("-")]
+    overrides, hydra_flags = _split_flags(args)
     try:
+        _check_hydra_flags(hydra_flags)
         if guide_path is not None:
             from experiments.guide_config import resolve_guide_overrides
 

@@ -129,3 +129,22 @@ def test_rpb_train_extends_a_finished_run_with_the_schedule_over_the_new_length(
     assert "trainer.epochs=2 does not extend resume=" in capsys.readouterr().err
     main([f"resume={run}"])  # finished and not extended: nothing trained
     assert "already finished (trained 3 epochs)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "sentence"),
+    [
+        (["--trainer.epochs=3"], "--trainer.epochs=3 is not an option: config keys are given without dashes, as "
+                                 "trainer.epochs=3."),  # fmt: skip
+        (["--frobnicate"], "--frobnicate is not an option of rpb-train"),
+        (["--config-dir=NOWHERE", "--config-name=best"], "a sweep writes best.yaml once its study has a complete trial"),
+        (["--config-dir", "NOWHERE", "--config-name", "best"], "there is no NOWHERE/best.yaml"),
+    ],
+)
+def test_flags_that_hydra_would_refuse_with_a_traceback_are_one_sentence(tmp_path, capsys, argv, sentence):
+    argv = [a.replace("NOWHERE", str(tmp_path / "nowhere")) for a in argv]
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert sentence.replace("NOWHERE", str(tmp_path / "nowhere")) in err and len(err.splitlines()) == 1

@@ -74,12 +74,15 @@ def wait_for_http(url: str, timeout: float = 30.0, process: subprocess.Popen | N
 
 
 def serve(cmd: list[str]) -> int:
-    """Run a server in the foreground until Ctrl-C or SIGTERM (`kill`, `timeout`); returns its exit code. Either
-    way the server goes down with this process: a SIGTERM to this one alone no longer leaves it holding the port."""
+    """Run a server in the foreground until Ctrl-C or SIGTERM (`kill`, `timeout`). Either way the server goes down
+    with this process (a SIGTERM to this one alone no longer leaves it holding the port), one line says so, and
+    the status is 130 (Ctrl-C) or 143 (SIGTERM), as shells report them; else the server's own exit code."""
     print("running:", " ".join(cmd), flush=True)
     process = subprocess.Popen(cmd)
+    stopped_by = ["Ctrl-C"]
 
     def stop(signum, frame):
+        stopped_by[0] = "SIGTERM"
         raise KeyboardInterrupt
 
     main = threading.current_thread() is threading.main_thread()  # signal handlers live in the main thread only
@@ -89,10 +92,12 @@ def serve(cmd: list[str]) -> int:
     except KeyboardInterrupt:
         process.terminate()
         try:
-            return process.wait(timeout=10)
+            process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
-            return process.wait()
+            process.wait()
+        print(f"stopped {Path(cmd[0]).name} ({stopped_by[0]})", flush=True)
+        return 128 + (signal.SIGTERM if stopped_by[0] == "SIGTERM" else signal.SIGINT)
     finally:
         if main:
             signal.signal(signal.SIGTERM, previous)

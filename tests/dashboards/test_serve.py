@@ -1,6 +1,7 @@
 """Local dashboards: optuna-dashboard on a journal study and TensorBoard on run folders answer on 127.0.0.1."""
 
 import json
+import signal
 import subprocess
 import time
 import urllib.request
@@ -13,7 +14,9 @@ from dashboards.serve import free_port, optuna_dashboard_command, tensorboard_co
 
 @contextmanager
 def running(cmd: list[str]):
-    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # SIGINT as a terminal gives it (a suite started in the background inherits it ignored)
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     try:
         yield process
     finally:
@@ -86,7 +89,7 @@ def test_a_sigterm_to_rpb_report_serve_stops_its_server(sweep_journal):
     with running(cmd) as process:
         assert wait_for_http(f"http://127.0.0.1:{port}/dashboard", timeout=60, process=process) == 200
         process.send_signal(signal.SIGTERM)
-        process.wait(timeout=20)
+        assert process.wait(timeout=20) == 143  # 128 + SIGTERM, as a shell reports it (was the server's -15: 241)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -96,3 +99,17 @@ def test_a_sigterm_to_rpb_report_serve_stops_its_server(sweep_journal):
             time.sleep(0.2)
         else:
             raise AssertionError(f"optuna-dashboard still answers on port {port} after rpb-report got SIGTERM")
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_rpb_report_serve_exits_130_with_one_line(sweep_journal):
+    import signal
+
+    from tests.scripts import console_script
+
+    port = free_port()
+    cmd = [console_script("rpb-report"), "--serve", "optuna", "--storage", str(sweep_journal), "--port", str(port)]
+    with running(cmd) as process:
+        assert wait_for_http(f"http://127.0.0.1:{port}/dashboard", timeout=60, process=process) == 200
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=20) == 130

@@ -30,6 +30,7 @@ _EXPORTS = {
     "render_bias_heatmaps": ".plot",
     "save_bias_heatmaps": ".plot",
     "visualize_relative_position_bias": ".plot",
+    "vision_transformer_from_timm": ".timm_convert",
 }
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "resize_relative_position_bias_table",
     "save_bias_heatmaps",
     "select_attn_impl",
+    "vision_transformer_from_timm",
     "visualize_relative_position_bias",
 ]
 
@@ -67,6 +69,7 @@ if TYPE_CHECKING:
     from .optim import param_groups_weight_decay
     from .options import OptionError
     from .plot import plot_bias_offset_map, render_bias_heatmaps, save_bias_heatmaps, visualize_relative_position_bias
+    from .timm_convert import vision_transformer_from_timm
     from .vit import Block, VisionTransformer
 
 

@@ -30,6 +30,10 @@ INIT_STD = 0.02  # truncated-normal std (cut at +-2 std) of linear weights, bias
 CLS_TOKEN_INIT_STD = 1e-6  # as timm's VisionTransformer
 BIAS_TYPE, MODE, ATTN_IMPL, GLOBAL_POOL, POS_EMBED = BIAS_TYPES[0], MODES[0], ATTN_IMPLS[0], GLOBAL_POOLS[0], "none"
 NUM_CLASS_TOKEN_ENTRIES = 3  # BEiT's class-to-token, token-to-class, class-to-class rows of a bias table
+# LayerNorm epsilon: torch's nn.LayerNorm default, which the guide's blocks use (it never sets one); timm's ViTs 1e-6.
+NORM_EPS = 1e-5
+LAYER_SCALE_INIT = None  # no LayerScale (timm's `init_values`: a learned per-channel gain on each residual branch)
+FC_NORM = False  # the final norm before pooling (ViT); True: after pooling (timm's fc_norm, as MAE / BEiT)
 
 # The training guide's `rpb_kwargs` and the VisionTransformer keyword argument each key sets.
 RPB_KWARGS = {
@@ -176,6 +180,16 @@ def check_init_std(init_std: float, name: str = "rpb_init_std") -> float:
     return float(init_std)
 
 
+def check_norm_options(norm_eps: float = NORM_EPS, layer_scale_init: float | None = LAYER_SCALE_INIT) -> None:
+    """Raises OptionError: a LayerNorm epsilon or a LayerScale initial gain that is not a finite number > 0."""
+    for name, value in (("norm_eps", norm_eps), ("layer_scale_init", layer_scale_init)):
+        if value is None and name == "layer_scale_init":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            off = " (None: no LayerScale)" if name == "layer_scale_init" else ""
+            raise OptionError(f"<{name}=> must be a finite number > 0{off}.", name, **{name: value})
+
+
 def check_window(
     window_size: int | Sequence[int] | None,
     grid_size: Pair,
@@ -301,6 +315,8 @@ def check_model_options(
     shift_windows: bool = False,
     bias_type: str = BIAS_TYPE,
     rpb_init_std: float = INIT_STD,
+    norm_eps: float = NORM_EPS,
+    layer_scale_init: float | None = LAYER_SCALE_INIT,
 ) -> dict[str, Any]:
     """Every rule of a VisionTransformer's options, in the order a reader would fix them.
 
@@ -325,6 +341,7 @@ def check_model_options(
     check_pool(global_pool, class_token)
     check_choice("attn_impl", attn_impl, ATTN_IMPLS)
     check_pos_embed(pos_embed, embed_dim)
+    check_norm_options(norm_eps, layer_scale_init)
     if use_relative_position:
         check_init_std(rpb_init_std)
     window = check_window(

@@ -8,15 +8,18 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .layers import Attention, DropPath, Mlp, PatchEmbed, RelativePositionBias
+from .layers import Attention, DropPath, LayerScale, Mlp, PatchEmbed, RelativePositionBias
 from .layers.pos_embed import sincos_2d_pos_embed
 from .options import (
     ATTN_IMPL,
     BIAS_TYPE,
     CLS_TOKEN_INIT_STD,
+    FC_NORM,
     GLOBAL_POOL,
     INIT_STD,
+    LAYER_SCALE_INIT,
     MODE,
+    NORM_EPS,
     POS_EMBED,
     check_model_options,
     rpb_kwargs_to_options,
@@ -25,7 +28,7 @@ from .options import (
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm(x)), x + mlp(norm(x)).
+    """Pre-norm transformer block: x + ls1(attn(norm1(x))), x + ls2(mlp(norm2(x))) (ls: LayerScale, or nothing).
 
     Args:
         dim, num_heads: token width and attention heads.
@@ -34,6 +37,8 @@ class Block(nn.Module):
         drop_path: stochastic-depth rate of both residual branches.
         head_dim, qkv_bias, scale, attn_drop, rel_pos_bias, attn_impl, grid_size, window_size, shift_size:
             those of `Attention`.
+        norm_eps: epsilon of both LayerNorms.
+        layer_scale_init: initial gain of LayerScale on both branches; None: no LayerScale.
     """
 
     def __init__(
@@ -53,9 +58,11 @@ class Block(nn.Module):
         grid_size: tuple[int, int] | None = None,
         window_size: int | tuple[int, int] | None = None,
         shift_size: int | tuple[int, int] = 0,
+        norm_eps: float = NORM_EPS,
+        layer_scale_init: float | None = LAYER_SCALE_INIT,
     ) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(
             dim,
             num_heads,
@@ -70,15 +77,17 @@ class Block(nn.Module):
             window_size=window_size,
             shift_size=shift_size,
         )
+        self.ls1 = LayerScale(dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, hidden_dim=int(dim * mlp_ratio), drop=drop)
+        self.ls2 = LayerScale(dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor, num_queries: int | None = None) -> torch.Tensor:
         """With `num_queries=n`, only the first n tokens are updated and returned: (B, n, C)."""
         attn = self.attn(self.norm1(x), num_queries)
-        x = (x if num_queries is None else x[:, :num_queries]) + self.drop_path(attn)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = (x if num_queries is None else x[:, :num_queries]) + self.drop_path(self.ls1(attn))
+        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
 
 
 class VisionTransformer(nn.Module):
@@ -107,6 +116,11 @@ class VisionTransformer(nn.Module):
             alone or together with the relative position bias.
         class_token: prepend a class token (BEiT's three class entries are added to the bias table).
         global_pool: "token" (class token) or "avg" (mean of patch tokens).
+        fc_norm: put the final LayerNorm after pooling (timm's `fc_norm`, as MAE and BEiT) instead of on every
+            token before it.
+        norm_eps: epsilon of every LayerNorm (default torch's 1e-5, as the guide's blocks; timm's ViTs use 1e-6).
+        layer_scale_init: LayerScale on both residual branches of every block, gains initialised to this value
+            (timm's `init_values`); None: no LayerScale.
         grad_checkpointing: recompute blocks in backward to save memory (training only).
         attn_impl: "auto", "reference", "sdpa" or "flex" (`rpb.layers.attention.select_attn_impl`).
         class_token_last_block: with global_pool="token", the last block of `forward` computes the class token
@@ -141,6 +155,9 @@ class VisionTransformer(nn.Module):
         pos_embed: str = POS_EMBED,
         class_token: bool = True,
         global_pool: str = GLOBAL_POOL,
+        fc_norm: bool = FC_NORM,
+        norm_eps: float = NORM_EPS,
+        layer_scale_init: float | None = LAYER_SCALE_INIT,
         grad_checkpointing: bool = False,
         attn_impl: str = ATTN_IMPL,
         class_token_last_block: bool = True,
@@ -169,6 +186,8 @@ class VisionTransformer(nn.Module):
             attn_impl=attn_impl,
             pos_embed=pos_embed,
             use_relative_position=use_relative_position,
+            norm_eps=norm_eps,
+            layer_scale_init=layer_scale_init,
             **options,
         )
         self.num_classes = num_classes
@@ -222,10 +241,13 @@ class VisionTransformer(nn.Module):
                     grid_size=self.grid_size,
                     window_size=window if local else None,
                     shift_size=shift,
+                    norm_eps=norm_eps,
+                    layer_scale_init=layer_scale_init,
                 )
             )
         self.blocks = nn.ModuleList(blocks)
-        self.norm = nn.LayerNorm(embed_dim)
+        self.norm = nn.Identity() if fc_norm else nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.init_weights()
@@ -250,7 +272,8 @@ class VisionTransformer(nn.Module):
         return names | {n for n in ("cls_token", "pos_embed") if isinstance(getattr(self, n), nn.Parameter)}
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> normalised tokens (B, N, C) of the last block, class token first."""
+        """(B, C, H, W) -> tokens (B, N, C) of the last block, class token first; normalised unless `fc_norm`
+        (then the norm comes after pooling, in `forward_head`)."""
         return self.norm(self._blocks(self._embed(x), class_token_only=False))
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -274,7 +297,7 @@ class VisionTransformer(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x[:, 0] if self.global_pool == "token" else x[:, self.num_prefix_tokens :].mean(dim=1)
-        x = self.head_drop(x)
+        x = self.head_drop(self.fc_norm(x))
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

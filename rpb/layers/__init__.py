@@ -2,6 +2,7 @@
 
 from .attention import Attention, select_attn_impl, shifted_window_mask, window_partition, window_reverse
 from .drop_path import DropPath, drop_path
+from .layer_scale import LayerScale
 from .mlp import Mlp
 from .patch_embed import PatchEmbed
 from .pos_embed import sincos_2d_pos_embed
@@ -16,6 +17,7 @@ from .relative_position import (
 __all__ = [
     "Attention",
     "DropPath",
+    "LayerScale",
     "Mlp",
     "PatchEmbed",
     "RelativePositionBias",

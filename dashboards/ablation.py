@@ -10,7 +10,8 @@ from typing import Any
 
 import optuna
 
-from dashboards.load import RunData, params_cell
+from dashboards.cells import config_value, setting_of
+from dashboards.runs import RunData
 from experiments.metrics import metric_direction
 from sweeps.stats import (
     DEFAULT_BASELINE,
@@ -54,31 +55,9 @@ class SettingSummary:
     wall_time_s: float = math.nan
 
 
-def _get(config: dict[str, Any], dotted: str, default: Any = None) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node
-
-
 def study_metric(study: optuna.Study) -> tuple[str, str]:
     """(metric, direction) of a study: what its trials' values are and which way they improve."""
     return str(study.user_attrs.get("metric", "val_accuracy")), study.direction.name.lower()
-
-
-def setting_of(run: RunData) -> Setting:
-    """The ablation factors of a run, read from its resolved config (``model.rpb.*``, ``model.pos_embed``)."""
-    return setting_of_rpb(_get(run.config, "model.rpb", {}) or {}, _get(run.config, "model.pos_embed"))
-
-
-def ablation_cell(trial: optuna.trial.FrozenTrial, run: RunData | None) -> object:
-    """The cell of an ablation trial for `dashboards.load.results`: its setting and seed, read from its run's
-    config (its params when the run could not be read), so one (setting, seed) is one result."""
-    if run is None or not run.config or "seed" not in run.config:
-        return params_cell(trial, run)
-    return ("ablation", setting_of(run), int(run.config["seed"]))
 
 
 def run_value(run: RunData, metric: str = "val_accuracy", direction: str | None = None) -> float:
@@ -96,24 +75,24 @@ def run_value(run: RunData, metric: str = "val_accuracy", direction: str | None 
 
 def bias_table_params(config: dict[str, Any]) -> int:
     """Parameters in all relative position bias tables of the model a config builds (0 when disabled)."""
-    rpb = _get(config, "model.rpb", {}) or {}
+    rpb = config_value(config, "model.rpb", {}) or {}
     if not rpb or not rpb.get("enabled", True):
         return 0
-    from rpb import RelativePositionBias
+    from rpb import RelativePositionBias  # torch, deferred on purpose: only an ablation's cost table needs it
 
     setting = setting_of_rpb(rpb)
-    img, patch = _get(config, "data.img_size", 28), _get(config, "model.patch_size", 4)
+    img, patch = config_value(config, "data.img_size", 28), config_value(config, "model.patch_size", 4)
     img = img if isinstance(img, int) else img[0]
     module = RelativePositionBias(
-        int(rpb.get("num_heads") or _get(config, "model.num_heads", 1)),
+        int(rpb.get("num_heads") or config_value(config, "model.num_heads", 1)),
         setting.window_size,
         bias_type=setting.bias_type,
-        class_token=bool(_get(config, "model.class_token", True)),
+        class_token=bool(config_value(config, "model.class_token", True)),
         grid_size=(img // patch, img // patch),
         mode=setting.mode,
     )
     # One table per block (the model holds a RelativePositionBias in every attention layer).
-    return module.relative_position_bias_table.numel() * int(_get(config, "model.depth", 1))
+    return module.relative_position_bias_table.numel() * int(config_value(config, "model.depth", 1))
 
 
 def _mean(values: list[float]) -> float:

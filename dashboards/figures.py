@@ -21,8 +21,8 @@ import matplotlib.pyplot as plt
 import optuna
 from matplotlib.figure import Figure
 from matplotlib.text import Text
-from matplotlib.transforms import Bbox
 from matplotlib.ticker import MaxNLocator
+from matplotlib.transforms import Bbox
 from optuna.trial import TrialState
 
 from dashboards import html

@@ -1,55 +1,36 @@
-"""Read a study and its runs: the Optuna storage plus each trial's run folder (no network).
+"""Read a study and its results: the Optuna storage, and one result per trial cell, each with its run.
 
-The run folder layout is the contract with training (see `experiments.train`):
-``config.yaml``, ``metrics.jsonl`` (one epoch a line), ``summary.json``, ``bias/offset_maps.pt``.
-A reader turns one finished trial into a `RunData`; `LocalRunReader` reads run folders,
-`dashboards.wandb_reader.WandbRunReader` reads the same fields through the W&B public API.
+What one run is and how it is read lives in `dashboards.runs` (`RunData`, `LocalRunReader`; the W&B reader in
+`dashboards.wandb_reader`); what makes two trials one result in `dashboards.cells`. Both are handed on here, so a
+caller loads a study and reads its runs from this one module.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
 
 import optuna
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
+from dashboards.cells import Cell, default_cell, retried_from
+from dashboards.runs import LocalRunReader, RunData, RunReader, read_run_dir
 
-@dataclass
-class RunData:
-    """What the report needs from one run, whatever it was read from.
-
-    Args:
-        name: a short label (``trial-3``).
-        config: the resolved, nested training config.
-        history: the epoch metrics dicts, in epoch order.
-        summary: the dict ``train()`` returned.
-        run_dir: the local run folder, when there is one.
-        heatmap_images: pre-rendered heatmap PNGs by block (the W&B reader's fallback for offset maps).
-        study_wall_s: seconds from its trial's start to its end as the study recorded them (set by `results`):
-            the wall time of a run whose summary has no ``wall_s``.
-    """
-
-    name: str
-    config: dict[str, Any]
-    history: list[dict[str, Any]]
-    summary: dict[str, Any]
-    run_dir: Path | None = None
-    heatmap_images: dict[int, Path] = field(default_factory=dict)
-    study_wall_s: float | None = None
-    _offset_maps: Callable[[], dict[int, Any] | None] | None = field(default=None, repr=False)
-
-    def offset_maps(self) -> dict[int, Any] | None:
-        """Block index -> (num_heads, 2Wh-1, 2Ww-1) tensor of the final model, or None when not saved."""
-        return self._offset_maps() if self._offset_maps is not None else None
-
-
-class RunReader(Protocol):
-    """Turns one trial of a study into the data of its run (None when the run left nothing to read)."""
-
-    def read(self, trial: optuna.trial.FrozenTrial) -> RunData | None: ...
+__all__ = [
+    "Cell",
+    "LocalRunReader",
+    "Results",
+    "RunData",
+    "RunReader",
+    "load_study",
+    "open_storage",
+    "read_run_dir",
+    "results",
+    "retried_from",
+    "trial_counts",
+    "trial_runs",
+]
 
 
 def open_storage(storage: str) -> str | optuna.storages.BaseStorage:
@@ -66,8 +47,6 @@ def open_storage(storage: str) -> str | optuna.storages.BaseStorage:
             f"--storage {storage!r} is neither a database URL nor an existing Optuna journal file; "
             "pass the journal file the sweep wrote (runs/sweeps/<study_name>.journal) or a URL such as sqlite:///x.db."
         )
-    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
-
     # An open-lock backend works on every filesystem; reading takes no lock at all.
     return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
 
@@ -89,74 +68,10 @@ def load_study(storage: str, study_name: str | None = None) -> optuna.Study:
     return optuna.load_study(study_name=study_name, storage=opened)
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """One JSON object a line; a torn last line (a run killed mid-write) is skipped."""
-    rows = []
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
-
-
-def read_run_dir(run_dir: Path, name: str | None = None) -> RunData:
-    """Read one run folder written by ``experiments.train.train``."""
-    import yaml
-
-    from experiments.run_dir import RunDir  # the run folder's layout, shared with training and sweeps
-
-    run = RunDir(run_dir)
-    run_dir = run.path
-    config = yaml.safe_load(run.config.read_text()) if run.config.is_file() else {}
-    history = run.read_metrics()
-    summary = run.read_summary()
-    maps_path = run.offset_maps
-
-    def offset_maps() -> dict[int, Any] | None:
-        if not maps_path.is_file():
-            return None
-        import torch
-
-        return {int(k): v for k, v in torch.load(maps_path, map_location="cpu", weights_only=True).items()}
-
-    images = run.heatmaps()
-    return RunData(
-        name=name or run_dir.name,
-        config=config or {},
-        history=history,
-        summary=summary,
-        run_dir=run_dir,
-        heatmap_images=images,
-        _offset_maps=offset_maps,
-    )
-
-
-class LocalRunReader:
-    """Reads each trial's run folder (``user_attrs["run_dir"]``), relative paths against `root`."""
-
-    def __init__(self, root: Path | str | None = None):
-        self.root = Path(root) if root is not None else Path.cwd()
-
-    def read(self, trial: optuna.trial.FrozenTrial) -> RunData | None:
-        run_dir = trial.user_attrs.get("run_dir")
-        if not run_dir:
-            return None
-        path = Path(run_dir)
-        if not path.is_absolute():
-            path = self.root / path
-        if not path.is_dir():
-            return None
-        return read_run_dir(path, name=f"trial-{trial.number}")
-
-
 # --- One trial, one result -------------------------------------------------------------------------------------
 
 COMPLETE, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
 RESULT_STATES = (COMPLETE, PRUNED)
-Cell = Callable[[optuna.trial.FrozenTrial, "RunData | None"], Hashable]
 
 
 @dataclass
@@ -197,38 +112,6 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
     return counts
 
 
-def retried_from(trial: optuna.trial.FrozenTrial) -> set[int]:
-    """Numbers of the earlier attempts `trial` retries (``system_attrs["retry_history"]``, ``user_attrs["retry_of"]``)."""
-    earlier = {int(n) for n in trial.system_attrs.get("retry_history", []) or []}
-    if trial.user_attrs.get("retry_of") is not None:
-        earlier.add(int(trial.user_attrs["retry_of"]))
-    return earlier
-
-
-def _hashable(value: Any) -> Hashable:
-    if isinstance(value, dict):
-        return tuple(sorted((str(k), _hashable(v)) for k, v in value.items()))
-    if isinstance(value, (list, tuple)):
-        return tuple(_hashable(v) for v in value)
-    return value
-
-
-def params_cell(trial: optuna.trial.FrozenTrial, run: RunData | None = None) -> Hashable:
-    """A trial's cell: its params; a trial without params is a cell of its own (with the attempts it retries)."""
-    if trial.params:
-        return ("params", _hashable(trial.params))
-    return ("trial", min({trial.number, *retried_from(trial)}))
-
-
-def default_cell(study: optuna.Study) -> Cell:
-    """`params_cell`, or for an ablation study (kind "ablation") its setting and seed (`dashboards.ablation`)."""
-    if study.user_attrs.get("kind") == "ablation":
-        from dashboards.ablation import ablation_cell  # ablation imports this module
-
-        return ablation_cell
-    return params_cell
-
-
 def results(study: optuna.Study, reader: RunReader, cell: Cell | None = None) -> Results:
     """One trial, one result: what every summary, table, plot and count of the dashboards reads.
 
@@ -240,7 +123,7 @@ def results(study: optuna.Study, reader: RunReader, cell: Cell | None = None) ->
       duplicate, ...): a killed attempt and its retry are one trial, and the retry is the result. FAIL trials are
       listed in `Results.attempts` (to be counted, never plotted or averaged). RUNNING and WAITING trials are not
       results either.
-    * One result per cell (`cell(trial, run)`; by default `default_cell`: the params, for an ablation the
+    * One result per cell (`cell(trial, run)`; by default `dashboards.cells.default_cell`: the params, for an ablation the
       setting and seed). When several COMPLETE trials hold a cell, the cell counts once: the end of a retry
       chain wins over the attempts it retries, otherwise the earliest-numbered one; a PRUNED trial is a result
       only for a cell with no COMPLETE one. The others are in `Results.duplicates`, for the page to say so.

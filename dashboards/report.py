@@ -28,12 +28,13 @@ import yaml
 from dashboards import figures, html, serve
 from dashboards.ablation import DEFAULT_BASELINE, study_metric, summarise, verdict
 from dashboards.ablation_page import ablation_section, verdict_section
+from dashboards.cells import retried_from
 from dashboards.cli_parser import ToolParser
 from dashboards.figures import PageFigures
-from dashboards.cells import retried_from
 from dashboards.load import Results, load_study, results, trial_counts
 from dashboards.runs import LocalRunReader, RunData, RunReader
 from dashboards.wandb_reader import WandbRunReader
+from experiments.launch import EXIT_CONFIG
 from sweeps.stats import format_number, short_names
 
 OLD_FIG_DIR = "figures"  # where reports before the one-file page kept their images: removed on rewrite
@@ -306,7 +307,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _fail(message: str) -> int:
     print(f"rpb-report: error: {message}", file=sys.stderr)
-    return 2
+    return EXIT_CONFIG
 
 
 def main(argv: list[str] | None = None) -> int:

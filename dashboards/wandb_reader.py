@@ -14,7 +14,7 @@ from typing import Any
 
 import optuna
 
-from dashboards.load import RunData
+from dashboards.runs import RunData
 from experiments.trackers.common import EPOCH_KEYS as TRACKED_EPOCH_KEYS
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class WandbRunReader:
     @classmethod
     def from_public_api(cls, entity: str | None, project: str, cache_dir: Path | str | None = None) -> WandbRunReader:
         """A reader over the real public API (needs `wandb login`; the only part of rpb-report that uses network)."""
-        import wandb
+        import wandb  # optional and slow to import: deferred on purpose, only `--source wandb` needs it
 
         return cls(wandb.Api(), entity, project, cache_dir)
 

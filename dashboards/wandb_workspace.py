@@ -29,8 +29,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from dashboards.ablation import Verdict
+from dashboards.ablation import DEFAULT_BASELINE, Verdict, study_metric, summarise, verdict
 from dashboards.cli_parser import ToolParser
+from dashboards.load import load_study, results
+from dashboards.runs import LocalRunReader
+from experiments.launch import EXIT_CONFIG
 from sweeps.objective import COMPLETE_STATUSES, PRUNED_STATUSES
 from sweeps.stats import METHOD
 
@@ -61,6 +64,7 @@ def runs_filter(group: str | None, statuses: str = COMPLETED) -> str:
 def _modules():
     with warnings.catch_warnings():  # the library still declares pydantic-v1 validators
         warnings.simplefilter("ignore", DeprecationWarning)
+        # wandb-workspaces is optional and slow to import: deferred on purpose, to when definitions are built.
         import wandb_workspaces.reports.v2 as wr
         import wandb_workspaces.workspaces as ws
 
@@ -273,7 +277,7 @@ def run_filters(*definitions: Any) -> list[str]:
 
 def filter_keys(*definitions: Any) -> set[tuple[str, str]]:
     """(section, key) of every key the run sets' filters compare, e.g. ("summary", "status")."""
-    from wandb_workspaces import expr
+    from wandb_workspaces import expr  # optional: deferred on purpose, as in _modules
 
     def leaves(node) -> Iterable[Any]:
         if node.key is not None:
@@ -306,9 +310,6 @@ def study_verdict(storage: str, study_name: str, runs_root: str = ".", baseline:
     Raises:
         ValueError: the storage or the study cannot be found, or the study is not an ablation.
     """
-    from dashboards.ablation import DEFAULT_BASELINE, study_metric, summarise, verdict
-    from dashboards.load import LocalRunReader, load_study, results
-
     study = load_study(storage, study_name)
     if study.user_attrs.get("kind") != "ablation":
         raise ValueError(f"study {study_name!r} is not an ablation, so it has no verdict; pass the ablation's --group.")
@@ -330,12 +331,12 @@ def to_json(workspace: Any, report: Any) -> dict[str, Any]:
 def _publish(args, result) -> int:
     """Save the workspace and the report to W&B: one sentence (exit 2 without credentials, 1 when W&B refuses or
     cannot be reached) instead of wandb's traceback."""
-    import wandb
+    import wandb  # optional and slow to import: deferred on purpose, only --publish needs it
 
     if not wandb.login(prompt=False, verify=False):
         print("rpb-wandb-workspace: error: --publish found no W&B credentials: run `wandb login` or set "
               "WANDB_API_KEY (or leave out --publish to write the definitions to a file).", file=sys.stderr)  # fmt: skip
-        return 2
+        return EXIT_CONFIG
     try:
         workspace, report = definitions(
             args.entity, args.project, args.group, args.depth, args.study, online=True, verdict=result
@@ -372,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             result = study_verdict(args.storage, args.group, args.runs_root, args.baseline)
         except ValueError as err:
             print(f"rpb-wandb-workspace: error: {err}", file=sys.stderr)
-            return 2
+            return EXIT_CONFIG
     if args.publish:
         if not args.entity:
             raise SystemExit("--entity is required with --publish (or set WANDB_ENTITY): the user or team to save to.")

@@ -106,6 +106,9 @@ MODEL_KEYS = {
     "global_pool": "model.global_pool",
     "grad_checkpointing": "model.grad_checkpointing",
     "attn_impl": "model.attn_impl",
+    "norm_eps": "model.norm_eps",
+    "layer_scale_init": "model.layer_scale_init",
+    "fc_norm": "model.fc_norm",
 }
 FRACTIONS = ("model.drop_rate", "model.attn_drop_rate", "model.drop_path_rate", "trainer.label_smoothing")
 

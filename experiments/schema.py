@@ -11,7 +11,17 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
-from rpb.options import ATTN_IMPL, BIAS_TYPE, GLOBAL_POOL, INIT_STD, MODE, POS_EMBED
+from rpb.options import (
+    ATTN_IMPL,
+    BIAS_TYPE,
+    FC_NORM,
+    GLOBAL_POOL,
+    INIT_STD,
+    LAYER_SCALE_INIT,
+    MODE,
+    NORM_EPS,
+    POS_EMBED,
+)
 
 
 @dataclass
@@ -62,6 +72,12 @@ class ModelConfig:
     pos_embed: str = POS_EMBED  # none | learned | sincos: absolute position, alone or with model.rpb
     attn_impl: str = ATTN_IMPL
     grad_checkpointing: bool = False
+    norm_eps: float = NORM_EPS  # LayerNorm epsilon (timm's ViTs: 1e-6)
+    layer_scale_init: float | None = LAYER_SCALE_INIT  # LayerScale's initial gain; null: no LayerScale
+    fc_norm: bool = FC_NORM  # the final norm after pooling (timm's fc_norm) instead of before
+    # Start from these weights: a run folder (its checkpoints/best.pt, else checkpoints/last), a checkpoint file
+    # (.pt/.pth/.safetensors) or a timm VisionTransformerRelPos state dict (experiments.init_from).
+    init_from: str | None = None
     rpb: RPBConfig = field(default_factory=RPBConfig)
 
 

@@ -181,6 +181,13 @@ def _build(cfg: DictConfig, accelerator: Any) -> _Setup:
     tc = cfg.trainer
     set_seed(cfg.seed)  # same initial weights on every process and in every run with this seed
     model = build_model(cfg)
+    if cfg.model.init_from and not cfg.resume:  # a resumed run's weights come from its own checkpoint
+        from experiments.init_from import load_init_weights
+
+        path, notes = load_init_weights(model, cfg.model.init_from)
+        cfg.model.init_from = str(path)  # config.yaml records the file the weights came from
+        for note in notes:
+            accelerator.print(note)
     num_params = sum(p.numel() for p in model.parameters() if p.requires_grad)  # trainable, as timm counts them
     optimizer = build_optimizer(model, cfg.optim)
     try:

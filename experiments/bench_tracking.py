@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-TRACKED = ["tracker.wandb.enabled=true", "tracker.wandb.mode=offline", "tracker.tensorboard.enabled=true"]
-UNTRACKED = ["tracker.wandb.enabled=false", "tracker.tensorboard.enabled=false"]
+TRACKED = ["tracker=default", "tracker.wandb.mode=offline"]
+UNTRACKED = ["tracker=none"]
 
 
 def _median(values: list[float]) -> float:

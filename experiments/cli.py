@@ -208,7 +208,7 @@ Config groups (GROUP=OPTION):
         "rpb-train",
         "train a Vision Transformer with relative position bias on one CPU, one GPU or N processes.",
         usage,
-        [("trainer", CONF_DIR / "trainer" / "default.yaml"), ("tracker", CONF_DIR / "tracker" / "default.yaml")],
+        [("trainer", CONF_DIR / "trainer" / "default.yaml"), ("tracker", CONF_DIR / "tracker" / "wandb.yaml")],
         notes,
     )
 

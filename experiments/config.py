@@ -22,6 +22,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from experiments.config_errors import ConfigError, rephrase
 from experiments.launch import MIXED_PRECISION_ENV, launcher_name
 from experiments.schema import TrainConfig, register_schemas
+from experiments.tracking import check_trackers, mask_secrets
 from rpb.options import OptionError, check_model_options
 
 if TYPE_CHECKING:
@@ -47,7 +48,6 @@ CHOICES = {
     "schedule.name": ("warmup_cosine", "constant"),
     "trainer.mixed_precision": ("no", "fp16", "bf16"),
     "trainer.early_stopping_monitor": ("val_loss", "val_accuracy"),
-    "tracker.wandb.mode": ("online", "offline", "disabled"),
 }
 # Keys of CHOICES that may also be null (unset), and what null means.
 NULL_MEANS = {"trainer.mixed_precision": "the launcher's --mixed_precision, else no"}
@@ -174,6 +174,7 @@ def validate_config(cfg: DictConfig | dict) -> DictConfig:
         raise rephrase(exc, CONF_DIR) from None
     _check_values(typed)
     _check_model(typed)
+    check_trackers(typed.tracker)
     return typed
 
 
@@ -296,6 +297,5 @@ def build_model(cfg: DictConfig) -> VisionTransformer:
 
 def to_yaml(cfg: DictConfig) -> str:
     """The resolved config as YAML with secrets (passwords in URLs, password/token/api_key keys) masked."""
-    from experiments.tracking import mask_secrets
 
     return OmegaConf.to_yaml(OmegaConf.create(mask_secrets(OmegaConf.to_container(cfg, resolve=True))))

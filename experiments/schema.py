@@ -120,33 +120,6 @@ class TrainerConfig:
 
 
 @dataclass
-class WandbConfig:
-    enabled: bool = True
-    mode: str = "offline"
-    project: str = "rpb-lab"
-    entity: str | None = None
-    group: str | None = None
-    job_type: str = "train"
-    tags: list[str] = field(default_factory=list)
-    name: str | None = None
-    id: str | None = None
-    notes: str | None = None
-    verbose: bool = False
-
-
-@dataclass
-class TensorBoardConfig:
-    enabled: bool = True
-
-
-@dataclass
-class TrackerConfig:
-    wandb: WandbConfig = field(default_factory=WandbConfig)
-    tensorboard: TensorBoardConfig = field(default_factory=TensorBoardConfig)
-    extra_config: dict[str, Any] = field(default_factory=dict)  # merged into the W&B config (sweeps: trial params)
-
-
-@dataclass
 class TrainConfig:
     seed: int = 42
     name: str = "rpb-vit"
@@ -158,7 +131,9 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    # One entry per tracker (conf/tracker/*.yaml: `_target_` and its arguments) plus `extra_config`: checked by
+    # `experiments.tracking.check_trackers`, so a new tracker needs no schema of its own.
+    tracker: dict[str, Any] = field(default_factory=dict)
     # Owned and checked by the sweep and ablation tools (conf/sweep, conf/ablation); training ignores them.
     sweep: Any = None
     ablation: Any = None

@@ -1,6 +1,9 @@
-"""Experiment trackers behind one small interface: W&B (offline by default) and TensorBoard.
+"""Experiment trackers behind one small interface, as plug-ins: W&B (offline by default), TensorBoard, any other.
 
-The training loop builds one tracker and calls it from one place:
+A tracker is a class with the `Tracker` methods and one YAML file in `conf/tracker/` whose entry names it
+(`_target_`) and holds its constructor's arguments; a preset lists the files it runs (`conf/tracker/default.yaml`:
+wandb and tensorboard). `build_tracker` instantiates every entry of the `tracker` config and the training loop
+calls the result from one place:
 
     tracker = build_tracker(cfg.tracker, is_main_process=accelerator.is_main_process)
     tracker.start(config, run_dir)        # continues the W&B run recorded in run_dir, if any (see WandbTracker)
@@ -17,33 +20,34 @@ tracking budget on digits: keep matplotlib for the final figures in the run fold
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+import yaml
+from hydra.utils import get_class
 
 from experiments.config_errors import ConfigError
-from experiments.trackers.common import FAILED_STATES, mask_secrets, to_plain
+from experiments.trackers.common import FAILED_STATES, mask_secrets, merge_config, to_plain
 from experiments.trackers.heatmaps import bias_heatmap_images
-from experiments.trackers.tensorboard_tracker import TensorBoardTracker
-from experiments.trackers.wandb_tracker import WandbTracker
 
 __all__ = [
     "FAILED_STATES",
     "CompositeTracker",
     "NoOpTracker",
-    "TensorBoardTracker",
     "Tracker",
-    "WandbTracker",
     "bias_heatmap_images",
     "build_tracker",
+    "check_trackers",
+    "instantiate_tracker",
     "mask_secrets",
     "to_plain",
 ]
 
-WANDB_MODES = ("offline", "online", "disabled")
-WANDB_INIT_KEYS = ("project", "entity", "group", "job_type", "tags", "name", "id", "notes")
+TRACKER_DIR = Path(__file__).resolve().parent.parent / "conf" / "tracker"
+EXTRA_CONFIG = "extra_config"  # the one key of `tracker` that is not a tracker: merged into what each records
 
 
 @runtime_checkable
@@ -77,16 +81,23 @@ class NoOpTracker:
 
 
 class CompositeTracker:
-    """Forwards every call to each tracker; `finish` reaches all of them even when one raises."""
+    """Forwards every call to each tracker; `finish` reaches all of them even when one raises.
 
-    def __init__(self, trackers: list[Tracker]) -> None:
+    Args:
+        trackers: the trackers, in the order of the config.
+        extra_config: merged into the config each tracker records at `start` (sweeps: a trial's params).
+    """
+
+    def __init__(self, trackers: list[Tracker], extra_config: Mapping[str, Any] | None = None) -> None:
         self.trackers = trackers
+        self.extra_config = to_plain(extra_config or {})
 
     @property
     def run_id(self) -> str | None:
         return next((t.run_id for t in self.trackers if t.run_id is not None), None)
 
     def start(self, config: Mapping[str, Any], run_dir: Path) -> None:
+        config = merge_config(to_plain(config), self.extra_config)
         for tracker in self.trackers:
             tracker.start(config, run_dir)
 
@@ -110,32 +121,60 @@ class CompositeTracker:
 
 
 def build_tracker(tracker_cfg: Mapping[str, Any] | None, *, is_main_process: bool) -> Tracker:
-    """The enabled trackers of `tracker_cfg` as one tracker (or a no-op on non-main processes / when none is on).
+    """Every tracker of `tracker_cfg` as one tracker (a no-op on non-main processes and when none is there).
 
     Args:
-        tracker_cfg: the `tracker` config: `wandb` (enabled, mode, verbose: W&B's own console lines, project,
-            entity, group, job_type, tags, name, id, notes), `tensorboard` (enabled), `extra_config` (merged into the
-            W&B config).
+        tracker_cfg: the `tracker` config: one entry per tracker (`instantiate_tracker`), and `extra_config`,
+            merged into the config every tracker records.
         is_main_process: only the main process gets real trackers.
     """
     if not is_main_process or tracker_cfg is None:
         return NoOpTracker()
-    tracker_cfg = to_plain(tracker_cfg)
-    trackers: list[Tracker] = []
-    wandb_cfg = dict(tracker_cfg.get("wandb") or {})
-    options = ("enabled", "mode", "verbose", *WANDB_INIT_KEYS)
-    unknown = sorted(set(wandb_cfg) - set(options))
-    if unknown:
-        raise ValueError(f"tracker.wandb.{unknown[0]} is not a W&B tracker option: use {', '.join(options)}.")
-    if wandb_cfg.pop("enabled", False):
-        mode = wandb_cfg.pop("mode", "offline")
-        if mode not in WANDB_MODES:
-            raise ConfigError(f"tracker.wandb.mode={mode!r} is not a W&B mode: use one of {', '.join(WANDB_MODES)}.")
-        # disabled writes nothing and logs nothing: skip W&B entirely (and its ~1 s import).
-        if mode != "disabled":
-            trackers.append(WandbTracker(mode=mode, extra_config=tracker_cfg.get("extra_config") or {}, **wandb_cfg))
-    if (tracker_cfg.get("tensorboard") or {}).get("enabled", False):
-        trackers.append(TensorBoardTracker())
-    if not trackers:
-        return NoOpTracker()
-    return trackers[0] if len(trackers) == 1 else CompositeTracker(trackers)
+    entries = dict(to_plain(tracker_cfg))
+    extra_config = entries.pop(EXTRA_CONFIG, None)
+    trackers = [t for name, entry in entries.items() if (t := instantiate_tracker(name, entry)) is not None]
+    return CompositeTracker(trackers, extra_config) if trackers else NoOpTracker()
+
+
+def check_trackers(tracker_cfg: Mapping[str, Any] | None) -> None:
+    """Raises ConfigError: an entry of `tracker_cfg` no tracker accepts (built and dropped: nothing starts)."""
+    build_tracker(tracker_cfg, is_main_process=True)
+
+
+def instantiate_tracker(name: str, entry: Mapping[str, Any] | None) -> Tracker | None:
+    """The tracker of the entry `tracker.<name>`: `_target_` names its class, the other keys are its constructor's
+    arguments; None when `enabled: false`. An entry without `_target_` (a run folder written before trackers were
+    plug-ins) takes the one of `conf/tracker/<name>.yaml`.
+
+    Raises:
+        ConfigError: an entry that is not a mapping, names no class, or holds a key its constructor does not take.
+    """
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"tracker.{name} is not a tracker: give it a _target_ class, or put it in extra_config.")
+    options = dict(entry)
+    if not options.pop("enabled", True):
+        return None
+    target = options.pop("_target_", None) or _packaged_target(name)
+    try:
+        cls = get_class(target)
+    except Exception:
+        raise ConfigError(f"tracker.{name}._target_={target!r} is not a class that can be imported.") from None
+    params = inspect.signature(cls).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(options) - set(params))
+        if unknown:
+            title = getattr(cls, "title", name)
+            raise ConfigError(
+                f"tracker.{name}.{unknown[0]} is not a {title} tracker option: use {', '.join(['enabled', *params])}."
+            )
+    return cls(**options)
+
+
+def _packaged_target(name: str) -> str:
+    path = TRACKER_DIR / f"{name}.yaml"
+    entry = (yaml.safe_load(path.read_text()) or {}).get(name, {}) if path.is_file() else {}
+    if not isinstance(entry, dict) or "_target_" not in entry:
+        raise ConfigError(
+            f"tracker.{name} names no tracker class: add tracker.{name}._target_ (or conf/tracker/{name}.yaml)."
+        )
+    return entry["_target_"]

@@ -21,7 +21,7 @@ class TensorBoardTracker:
         self.writer = None
 
     def start(self, config: Mapping[str, Any], run_dir: Path) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # torch + tensorboard: deferred on purpose, to start
 
         self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
         text = json.dumps(mask_secrets(config), indent=2, default=str)

@@ -18,11 +18,12 @@ from experiments.trackers.common import (
     FAILED_STATES,
     STEP_PREFIX,
     mask_secrets,
-    merge_config,
     scalar,
     split_by_family,
     to_plain,
 )
+
+WANDB_MODES = ("offline", "online", "disabled")  # disabled: no W&B run, nothing written, W&B never imported
 
 
 class WandbTracker:
@@ -39,6 +40,8 @@ class WandbTracker:
     `verbose` (banners, run summaries: about 30 lines per run).
     """
 
+    title = "W&B"  # how config errors name it
+
     def __init__(
         self,
         *,
@@ -52,15 +55,13 @@ class WandbTracker:
         id: str | None = None,
         notes: str | None = None,
         verbose: bool = False,
-        extra_config: Mapping[str, Any] | None = None,
     ) -> None:
-        if mode not in ("offline", "online"):
-            raise ValueError(f"tracker.wandb.mode={mode!r} cannot start a W&B run: use offline or online.")
+        if mode not in WANDB_MODES:
+            raise ConfigError(f"tracker.wandb.mode={mode!r} is not a W&B mode: use one of {', '.join(WANDB_MODES)}.")
         self.mode = mode
         self.init_kwargs = dict(project=project, entity=entity, group=group, job_type=job_type, name=name, id=id)
         self.init_kwargs["notes"] = notes
         self.tags = [str(t) for t in tags]
-        self.extra_config = to_plain(extra_config or {})
         self.verbose = bool(verbose)
         self.run = None
         self.run_id: str | None = None
@@ -70,7 +71,9 @@ class WandbTracker:
         self._history_keys: set[str] = set()
 
     def start(self, config: Mapping[str, Any], run_dir: Path) -> None:
-        import wandb
+        if self.mode == "disabled":
+            return
+        import wandb  # optional and ~1 s to import: deferred on purpose, to a run that logs to W&B
 
         folder = RunDir(run_dir)
         folder.path.mkdir(parents=True, exist_ok=True)
@@ -88,7 +91,7 @@ class WandbTracker:
         self.run = wandb.init(
             mode=self.mode,
             dir=str(folder.path),
-            config=mask_secrets(merge_config(to_plain(config), self.extra_config)),
+            config=mask_secrets(to_plain(config)),
             tags=self.tags,
             reinit="create_new",
             resume="allow" if previous is not None else None,

@@ -115,40 +115,49 @@ FRACTIONS = ("model.drop_rate", "model.attn_drop_rate", "model.drop_path_rate", 
 register_schemas()
 
 
-def compose_config(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
+def compose_config(
+    overrides: Sequence[str] = (), config_name: str = "train", config_dir: str | Path | None = None
+) -> DictConfig:
     """Compose `conf/<config_name>.yaml` with Hydra overrides (e.g. `"model.depth=2"`) and validate it.
 
-    Works inside a running Hydra app too: its global state is set aside and restored.
+    `config_dir`: a folder that holds `<config_name>.yaml` and is searched before conf/ (`rpb-train
+    --config-dir=DIR --config-name=NAME`; a sweep's best.yaml lists `train` in its defaults). Works inside a running
+    Hydra app too: its global state is set aside and restored.
     """
-    return validate_config(compose_unvalidated(overrides, config_name))
+    return validate_config(compose_unvalidated(overrides, config_name, config_dir))
 
 
-def compose_unvalidated(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
+def compose_unvalidated(
+    overrides: Sequence[str] = (), config_name: str = "train", config_dir: str | Path | None = None
+) -> DictConfig:
     """The composed config before `validate_config` (schema types and keys are already enforced by Hydra)."""
     overrides = list(overrides)
+    if config_dir is not None:  # conf/ stays on the search path: the folder's config composes over train.yaml
+        overrides.insert(0, f"hydra.searchpath=[file://{CONF_DIR}]")
 
     def compose_without(key: str) -> DictConfig | None:  # the keys really there, for the error's sentence
         kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
         try:
-            return _compose(kept, config_name) if len(kept) < len(overrides) else None
+            return _compose(kept, config_name, config_dir) if len(kept) < len(overrides) else None
         except Exception:
             return None
 
     try:
-        return _compose(overrides, config_name)
+        return _compose(overrides, config_name, config_dir)
     except Exception as exc:  # Hydra and OmegaConf errors become one sentence
         raise rephrase(exc, CONF_DIR, compose_without) from None
 
 
-def _compose(overrides: list[str], config_name: str) -> DictConfig:
-    """Hydra's compose over conf/, with the global state of a running Hydra app set aside and restored."""
+def _compose(overrides: list[str], config_name: str, config_dir: str | Path | None = None) -> DictConfig:
+    """Hydra's compose over `config_dir` (default conf/), with the global state of a running Hydra app set aside
+    and restored."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     outer = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(Path(config_dir or CONF_DIR).resolve()), version_base="1.3"):
             return compose(config_name=config_name, overrides=overrides)
     finally:
         GlobalHydra.instance().clear()

@@ -13,17 +13,9 @@ import optuna
 from dashboards.cells import config_value, setting_of
 from dashboards.runs import RunData
 from experiments.metrics import metric_direction
-from sweeps.stats import (
-    DEFAULT_BASELINE,
-    NO_BIAS,
-    Comparison,
-    Setting,
-    find_setting,
-    mean_interval,
-    metric_range,
-    verdict_table,
-)
-from sweeps.stats import setting_of as setting_of_rpb
+from sweeps.ablation.settings import DEFAULT_BASELINE, NO_BIAS, Setting, find_setting
+from sweeps.ablation.settings import setting_of as setting_of_rpb
+from sweeps.ablation.stats import Comparison, mean_interval, metric_range, verdict_table
 
 __all__ = ["DEFAULT_BASELINE", "NO_BIAS", "Setting", "SettingSummary", "Verdict", "setting_of", "summarise", "verdict"]
 

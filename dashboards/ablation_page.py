@@ -9,7 +9,8 @@ from dashboards import figures, html
 from dashboards.ablation import Setting, SettingSummary, Verdict
 from dashboards.figures import PageFigures
 from dashboards.load import Results
-from sweeps.stats import METHOD, format_accuracy, format_interval, format_number
+from sweeps.ablation.stats import METHOD, format_accuracy, format_interval
+from sweeps.format import format_number
 
 
 def _slug(text: str) -> str:

@@ -12,8 +12,8 @@ from typing import Any
 import optuna
 
 from dashboards.runs import RunData
-from sweeps.stats import Setting
-from sweeps.stats import setting_of as setting_of_rpb
+from sweeps.ablation.settings import Setting
+from sweeps.ablation.settings import setting_of as setting_of_rpb
 
 Cell = Callable[[optuna.trial.FrozenTrial, "RunData | None"], Hashable]
 

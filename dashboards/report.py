@@ -35,7 +35,7 @@ from dashboards.load import Results, load_study, results, trial_counts
 from dashboards.runs import LocalRunReader, RunData, RunReader
 from dashboards.wandb_reader import WandbRunReader
 from experiments.launch import EXIT_CONFIG
-from sweeps.stats import format_number, short_names
+from sweeps.format import format_number, short_names
 
 OLD_FIG_DIR = "figures"  # where reports before the one-file page kept their images: removed on rewrite
 

@@ -35,7 +35,7 @@ from dashboards.load import load_study, results
 from dashboards.runs import LocalRunReader
 from experiments.launch import EXIT_CONFIG
 from sweeps.objective import COMPLETE_STATUSES, PRUNED_STATUSES
-from sweeps.stats import METHOD
+from sweeps.ablation.stats import METHOD
 
 EPOCH_X, STEP_X = "epoch", "global_step"
 TARGET = "best_val_accuracy"  # W&B summary key kept by the tracker (max of val_accuracy)

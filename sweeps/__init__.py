@@ -1,5 +1,18 @@
 """rpb-lab: Optuna sweeps over the training config.
 
+A stack read from the bottom up; each module imports only those above it in this list (tests/test_layout.py):
+    space, format, recovery              the search space; how numbers and tables print; dead workers' trials
+    storage, samplers, pruners, devices, validate
+    config                               the `sweep` node checked once (`check_sweep` -> CheckedSweep)
+    identity                             what a study's values mean, checked on every start
+    objective                            one trial's life (`Objective`, `trial_config`, `trial_line`)
+    distributed                          K processes per trial: rank 0 owns the study
+    worker                               one worker's part: `prepare_study`, `worker_loop`, `done_message`
+    cluster                              workers as SLURM jobs (submitit)
+    study                                `run_study`: this command's workers, local or on the cluster
+    summary, cli                         the end of a sweep; `rpb-sweep`
+    ablation/                            `rpb-ablate`, a client of all the above, imported by none of them
+
 Public API (import from the modules; `import sweeps` stays light):
     sweeps.study.run_study(cfg, train_fn=None) -> optuna.Study   # rpb-sweep and rpb-ablate
     sweeps.study.prepare_study(cfg), worker_loop(cfg, train_fn=None), StudyAlreadyDone, done_message
@@ -10,4 +23,5 @@ Public API (import from the modules; `import sweeps` stays light):
     experiments.config_errors.SweepConfigError                          # (also importable from sweeps.space)
     sweeps.storage.build_storage(sweep_cfg), describe_storage, mask_secrets
     sweeps.summary.print_summary(checked, study), write_best_config(checked, study), ranked_trials
+    sweeps.ablation.stats.verdict_table, sweeps.ablation.settings.Setting   # the ablation's statistics
 """

@@ -7,8 +7,8 @@
 
 A mistake in the sweep (a misspelt sampler, an inverted range, a window the grid cannot take, a database that
 cannot be reached) is one sentence on stderr and exit status 2, before any trial starts. Ctrl-C ends with one line
-(what was kept, the command that continues the study) and exit status 130. `ablate_main` is `rpb-ablate`'s entry
-point around `sweeps.ablate.main`, with the same help and Ctrl-C handling.
+(what was kept, the command that continues the study) and exit status 130. `rpb-ablate` is a client of this
+command (`sweeps.ablation.cli`), with the same help and Ctrl-C handling.
 """
 
 from __future__ import annotations
@@ -19,23 +19,31 @@ import os
 import sys
 
 import hydra
+import optuna
 from omegaconf import DictConfig
 
 from experiments.cli import render_help
-from experiments.config import CONF_DIR, ConfigError
-from experiments.launch import interrupted_status, relaunch_command, say_once, stop_on_sigterm, stopped_by
+from experiments.config import CONF_DIR, ConfigError, compose_unvalidated
+from experiments.launch import (
+    EXIT_CONFIG,
+    interrupted_status,
+    relaunch_command,
+    say_once,
+    stop_on_sigterm,
+    stopped_by,
+)
 from sweeps import distributed
+from sweeps.config import check_sweep
+from sweeps.objective import quiet_optuna
 from sweeps.space import SweepConfigError
+from sweeps.storage import build_storage
+from sweeps.study import StudyAlreadyDone, run_study
+from sweeps.summary import interrupted_trials, print_summary
 
 log = logging.getLogger("rpb-sweep")
 
 
 def _summary(checked) -> None:
-    import optuna
-
-    from sweeps.storage import build_storage
-    from sweeps.summary import print_summary
-
     sweep = checked.sweep
     study = optuna.load_study(study_name=sweep.study_name, storage=build_storage(sweep, heartbeat=False))
     print_summary(checked, study)
@@ -43,10 +51,6 @@ def _summary(checked) -> None:
 
 def sweep_main(cfg: DictConfig) -> int:
     """Run the study of `cfg` and print its summary; returns the exit status."""
-    from sweeps.config import check_sweep
-    from sweeps.objective import quiet_optuna
-    from sweeps.study import StudyAlreadyDone, run_study
-
     quiet_optuna()  # one line per finished trial (Objective.announce) instead of Optuna's INFO lines
     is_main, checked = distributed.rank() == 0, None
     try:
@@ -54,7 +58,7 @@ def sweep_main(cfg: DictConfig) -> int:
         run_study(checked)
     except (SweepConfigError, ConfigError) as e:
         say_once(f"rpb-sweep: error: {e}")
-        return 2
+        return EXIT_CONFIG
     except StudyAlreadyDone as e:
         if is_main:
             print(f"rpb-sweep: {e}")
@@ -74,11 +78,6 @@ def sweep_main(cfg: DictConfig) -> int:
 def _interrupted_trials(sweep) -> list[str]:
     """What each trial this Ctrl-C stopped continues from (best effort: [] when the storage is gone)."""
     try:
-        import optuna
-
-        from sweeps.storage import build_storage
-        from sweeps.summary import interrupted_trials
-
         study = optuna.load_study(study_name=sweep.study_name, storage=build_storage(sweep, heartbeat=False))
         stopped = interrupted_trials(study)
     except Exception:
@@ -88,7 +87,7 @@ def _interrupted_trials(sweep) -> list[str]:
 
 def _resumes(number: int, run_dir: str | None) -> str:
     """ "trial N continues after epoch E" (its checkpoint), or "trial N starts over" (none written yet)."""
-    from experiments.checkpoint import TrainState, last_checkpoint
+    from experiments.checkpoint import TrainState, last_checkpoint  # deferred: torch, for a Ctrl-C line only
 
     last = last_checkpoint(run_dir) if run_dir else None
     if last is None:
@@ -96,9 +95,10 @@ def _resumes(number: int, run_dir: str | None) -> str:
     return f"trial {number} continues after epoch {TrainState.read(last).epoch}"
 
 
-def say_interrupted(tool: str, sweep) -> None:
-    """Ctrl-C of a study: one line on stderr, what was kept and the exact command that continues the study."""
-    command = relaunch_command(tool, {"rpb-ablate": "sweeps.ablate"}.get(tool, "sweeps.cli"), sys.argv[1:])
+def say_interrupted(tool: str, sweep, module: str = "sweeps.cli") -> None:
+    """Ctrl-C of a study: one line on stderr, what was kept and the exact command that continues the study
+    (`module`: what `python -m` runs for `tool`, named under a multi-process launcher)."""
+    command = relaunch_command(tool, module, sys.argv[1:])
     if sweep is None:  # before the study was opened
         print(f"{tool}: interrupted{stopped_by()} before the study started; nothing saved; start it with: {command}",
               file=sys.stderr)  # fmt: skip
@@ -145,51 +145,6 @@ def sweep_help() -> str:
     )
 
 
-def ablate_help() -> str:
-    """`rpb-ablate --help`: its purpose, usage and conf/ablation/window_size.yaml with its comments."""
-    usage = """\
-  rpb-ablate [ablation.KEY=VALUE ...] [KEY=VALUE ...]   run (or continue) the ablation grid
-  rpb-ablate 'ablation.bias_types=[2d,1d,none]' trainer.epochs=5
-  rpb-report --storage runs/sweeps/rpb-ablate.journal   the comparison, as an HTML page"""
-    notes = (
-        "sweep.* keys set the storage and workers (rpb-sweep --help); training keys are those of rpb-train --help.\n"
-        "Exit status: 0 done, 2 a config mistake (one sentence), 130 Ctrl-C (the line says how to continue)."
-    )
-    return render_help(
-        "rpb-ablate",
-        "the window-size ablation: every (setting, seed) of the grid trains once, through the sweep machinery.",
-        usage,
-        [("ablation", CONF_DIR / "ablation" / "window_size.yaml")],
-        notes,
-    )
-
-
-def ablate_main() -> None:
-    """`rpb-ablate`: its help, then `sweeps.ablate.main`; Ctrl-C is one line and exit status 130."""
-    args = sys.argv[1:]
-    if {"-h", "--help"} & set(args):
-        print(ablate_help(), end="")
-        return
-    stop_on_sigterm()  # kill / timeout / a scheduler: the trials are recorded and the line said as for Ctrl-C
-    try:
-        from sweeps import ablate
-
-        code = ablate.main(args)
-    except KeyboardInterrupt:
-        if distributed.rank() == 0:
-            say_interrupted("rpb-ablate", _ablation_sweep(args))  # composed again: cheap, and never half-done
-        code = interrupted_status()
-    sys.exit(code)
-
-
-def _ablation_sweep(args: list[str]):
-    """The sweep node rpb-ablate ran with these arguments (for the Ctrl-C line)."""
-    from experiments.config import compose_config
-    from sweeps.ablate import ablation_config
-
-    return ablation_config(compose_config(args, config_name="ablate")).sweep
-
-
 def main() -> None:
     stop_on_sigterm()  # kill / timeout / a scheduler: the trials are recorded and the line said as for Ctrl-C
     try:
@@ -207,13 +162,11 @@ def _main() -> None:
         print(sweep_help(), end="")
         return
     if not any(a.startswith("-") for a in args):
-        from experiments.config import compose_unvalidated
-
         try:
             compose_unvalidated(args, config_name="sweep")
         except ConfigError as e:
             say_once(f"rpb-sweep: error: {e}")
-            sys.exit(2)
+            sys.exit(EXIT_CONFIG)
     _app()
 
 

@@ -22,36 +22,17 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from sweeps.space import SweepConfigError
-from sweeps.storage import journal_path
+from sweeps.worker import StudyAlreadyDone, done_message
 
 log = logging.getLogger(__name__)
-LAUNCHERS = ("local", "slurm")
-CLUSTERS = ("slurm", "local")  # submitit executors; "local" runs the jobs as processes of this machine
 _POLL_S = 2.0
-
-
-def check_launcher(sweep: DictConfig) -> None:
-    """The slurm launcher's storage and counts, checked with the sweep (one sentence naming the key to change)."""
-    launcher = sweep.launcher  # its name and cluster are checked with the other choices (sweeps.config)
-    if launcher.name != "slurm":
-        return
-    storage = str(sweep.storage or "")
-    if journal_path(sweep.storage, sweep.output_dir, sweep.study_name) is not None or storage.startswith("sqlite"):
-        raise SweepConfigError(
-            f"sweep/launcher=slurm needs sweep.storage on a database server every node reaches (e.g. "
-            f"postgresql://user@host/db), not {storage or 'the default journal file'!r}: workers on other hosts "
-            "cannot share a journal file or SQLite database."
-        )
-    for key, minimum in (("array_size", 1), ("gpus_per_job", 0), ("cpus_per_job", 1), ("timeout_min", 1),
-                         ("resubmit", 0)):  # fmt: skip
-        if launcher[key] < minimum:
-            raise SweepConfigError(f"sweep.launcher.{key}={launcher[key]} must be at least {minimum}.")
 
 
 def check_cluster_commands(sweep: DictConfig) -> None:
@@ -97,7 +78,7 @@ def executor_parameters(sweep: DictConfig) -> dict[str, Any]:
 
 def make_executor(sweep: DictConfig):
     """The submitit executor of `sweep.launcher` (`submitit.AutoExecutor(cluster=launcher.cluster)`)."""
-    import submitit
+    import submitit  # deferred: an optional dependency (the `sweep` extra), needed by this launcher only
 
     executor = submitit.AutoExecutor(folder=log_folder(sweep), cluster=sweep.launcher.cluster)
     executor.update_parameters(**executor_parameters(sweep))
@@ -109,21 +90,26 @@ class SweepJob:
 
     submitit calls `checkpoint` when the job is preempted or reaches its time limit, and requeues what it returns
     (the same job: the trial it was running is retried from its checkpoint through the study's recovery).
+
+    Args:
+        run_study: the command's own entry (`sweeps.study.run_study`, which hands itself in: a launcher sits below
+            the command that launches it); pickled by name with the job.
     """
 
-    def __call__(self, checked, index: int) -> int:
-        from sweeps.study import StudyAlreadyDone, run_study
+    def __init__(self, run_study: Callable) -> None:
+        self.run_study = run_study
 
+    def __call__(self, checked, index: int) -> int:
         sweep = OmegaConf.merge(checked.sweep, {"launcher": {"name": "local"}})
         log.info("job %d joins study %s", index, sweep.study_name)
         try:
-            run_study(checked._replace(sweep=sweep))
+            self.run_study(checked._replace(sweep=sweep))
         except StudyAlreadyDone as e:
             log.info("%s", e)
         return index
 
     def checkpoint(self, checked, index: int):
-        import submitit
+        import submitit  # deferred: see make_executor
 
         return submitit.helpers.DelayedSubmission(self, checked, index)
 
@@ -146,16 +132,15 @@ def _job_error(job) -> str | None:
     return None
 
 
-def submit_workers(checked, study) -> list:
-    """Submit `launcher.array_size` jobs that join `study`; with `launcher.wait`, wait for them, replacing up to
-    `launcher.resubmit` failed jobs while the study still has work. Returns the jobs (replacements included)."""
-    from sweeps.study import done_message
-
+def submit_workers(checked, study, run_study: Callable) -> list:
+    """Submit `launcher.array_size` jobs that join `study`, each running `run_study` (`SweepJob`); with
+    `launcher.wait`, wait for them, replacing up to `launcher.resubmit` failed jobs while the study still has work.
+    Returns the jobs (replacements included)."""
     sweep = checked.sweep
     launcher = sweep.launcher
     executor = make_executor(sweep)
     indices = range(launcher.array_size)
-    jobs = executor.map_array(SweepJob(), [checked] * len(indices), list(indices))
+    jobs = executor.map_array(SweepJob(run_study), [checked] * len(indices), list(indices))
     print(
         f"rpb-sweep: submitted {len(jobs)} {launcher.cluster} job(s) ({jobs[0].job_id.split('_')[0] if jobs else '-'}) "
         f"joining study {sweep.study_name!r}; logs in {log_folder(sweep)}",
@@ -176,7 +161,7 @@ def submit_workers(checked, study) -> list:
                 continue
             if replacements > 0 and done_message(study, checked) is None:
                 replacements -= 1
-                new = executor.submit(SweepJob(), checked, index)
+                new = executor.submit(SweepJob(run_study), checked, index)
                 log.warning("job %s failed (%s); job %s replaces it", job.job_id, error, new.job_id)
                 running[new] = index
                 jobs.append(new)

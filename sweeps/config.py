@@ -18,15 +18,17 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from experiments.config_errors import closest, known_keys_sentence
 from experiments.metrics import DIRECTIONS, METRICS, metric_direction
-from sweeps.cluster import CLUSTERS, LAUNCHERS, check_launcher
 from sweeps.devices import parse_devices
 from sweeps.pruners import RetryAwareHyperbandPruner, RetryAwareSuccessiveHalvingPruner
 from sweeps.samplers import CellStudy, TrialSeededSampler
 from sweeps.space import Dimension, SweepConfigError, grid_search_space, parse_space
+from sweeps.storage import journal_path
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp")
 PRUNERS = ("median", "successive_halving", "hyperband", "none")
 DEFAULT_TRAIN_FN = "experiments.train:train"
+LAUNCHERS = ("local", "slurm")
+CLUSTERS = ("slurm", "local")  # submitit executors (`sweeps.cluster`); "local" runs the jobs as processes here
 
 
 @dataclass
@@ -139,6 +141,24 @@ def sweep_config(cfg: DictConfig) -> DictConfig:
     if not sweep.study_name or "/" in sweep.study_name:
         raise SweepConfigError(f"sweep.study_name={sweep.study_name!r} must be a non-empty name without '/'.")
     return sweep
+
+
+def check_launcher(sweep: DictConfig) -> None:
+    """The slurm launcher's storage and counts, checked with the sweep (one sentence naming the key to change)."""
+    launcher = sweep.launcher  # its name and cluster are checked with the other choices (`sweep_config`)
+    if launcher.name != "slurm":
+        return
+    storage = str(sweep.storage or "")
+    if journal_path(sweep.storage, sweep.output_dir, sweep.study_name) is not None or storage.startswith("sqlite"):
+        raise SweepConfigError(
+            f"sweep/launcher=slurm needs sweep.storage on a database server every node reaches (e.g. "
+            f"postgresql://user@host/db), not {storage or 'the default journal file'!r}: workers on other hosts "
+            "cannot share a journal file or SQLite database."
+        )
+    for key, minimum in (("array_size", 1), ("gpus_per_job", 0), ("cpus_per_job", 1), ("timeout_min", 1),
+                         ("resubmit", 0)):  # fmt: skip
+        if launcher[key] < minimum:
+            raise SweepConfigError(f"sweep.launcher.{key}={launcher[key]} must be at least {minimum}.")
 
 
 def study_direction(metric: str, direction: str | None, train_fn: str = DEFAULT_TRAIN_FN) -> str:

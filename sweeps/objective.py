@@ -11,16 +11,19 @@ import math
 import secrets
 import shutil
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
 from omegaconf import DictConfig, OmegaConf
+from optuna.trial import FrozenTrial, TrialState
 
+from experiments.config import to_yaml, validate_config
 from experiments.launch import stop_signal
 from experiments.run_dir import RunDir
+from sweeps.format import format_number
 from sweeps.recovery import worker_identity
 from sweeps.samplers import held_params, params_key, trial_origin
 from sweeps.space import Dimension, SweepConfigError, apply_params, fixed_values, window_label
@@ -52,8 +55,6 @@ def new_run_id() -> str:
 
 def trial_config(base: DictConfig, sweep: DictConfig, spec: TrialSpec) -> DictConfig:
     """The full training config of one trial: base + fixed + params, its run dir and its W&B run."""
-    from experiments.config import validate_config
-
     cfg = apply_params(base, spec.params, fixed_values(sweep))
     cfg.run_dir = spec.run_dir
     cfg.resume = spec.resume
@@ -99,7 +100,7 @@ def _resume_dir(trial: optuna.Trial) -> str | None:
     replaces. A checkpoint counts only when it is complete (`experiments.checkpoint.last_checkpoint`): a trial
     killed before its first save starts from scratch.
     """
-    from experiments.checkpoint import last_checkpoint
+    from experiments.checkpoint import last_checkpoint  # deferred: torch (see trial_line)
 
     old = trial.user_attrs.get("run_dir")
     return old if old and last_checkpoint(old) is not None else None
@@ -112,9 +113,6 @@ def seed_resume(old_run_dir: str, cfg: DictConfig) -> str:
     while starting from the epoch the old trial had reached; the W&B run record comes along, so the retry
     continues the old trial's W&B run (one W&B run per trial cell, its steps increasing across the retry).
     """
-    from experiments.config import to_yaml
-    from experiments.run_dir import RunDir
-
     old, new = RunDir(old_run_dir), RunDir(cfg.run_dir)
     shutil.rmtree(new.checkpoints, ignore_errors=True)
     new.checkpoints.mkdir(parents=True, exist_ok=True)
@@ -131,6 +129,38 @@ def seed_resume(old_run_dir: str, cfg: DictConfig) -> str:
 def _reason(e: BaseException) -> str:
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
     return mask_secrets(f"{type(e).__name__}: {text}" if text else type(e).__name__)
+
+
+def last_value(trial: FrozenTrial) -> float | None:
+    """The value a trial reported last (a pruned trial's standing), None without a report."""
+    return trial.intermediate_values[max(trial.intermediate_values)] if trial.intermediate_values else None
+
+
+def params_text(params: Mapping[str, Any]) -> str:
+    """A trial's params for its line: "lr 0.002, window_size 7x7, ..."."""
+    return ", ".join(f"{name.split('.')[-1]} {format_number(value)}" for name, value in params.items())
+
+
+def trial_line(
+    trial: FrozenTrial, metric: str, describe_params: Callable[[Mapping[str, Any]], str] = params_text
+) -> str:
+    """The one line printed when a trial finishes: number, state, value, epochs, params (`describe_params`).
+
+    trial 3 complete: val_accuracy 0.512 after 5 epochs | lr 0.000316, weight_decay 0.0125, window_size 5x5
+    trial 4 pruned at epoch 2 (val_accuracy 0.41) | lr 0.00871, ...
+    trial 5 failed: RuntimeError: CUDA out of memory | lr ...
+    """
+    from experiments.train import plural  # deferred: experiments.train imports torch, which a reader of trials needs not
+
+    status = trial.user_attrs.get("status") or trial.state.name.lower()
+    epochs = int(trial.user_attrs.get("epochs_run") or len(trial.intermediate_values))
+    if trial.state == TrialState.COMPLETE:
+        head = f"complete: {metric} {format_number(trial.value)} after {plural(epochs, 'epoch')}"
+    elif trial.state == TrialState.PRUNED:
+        head = f"{status} at epoch {epochs} ({metric} {format_number(last_value(trial))})"
+    else:
+        head = f"{status}: {trial.user_attrs.get('reason') or 'see the study record'}"
+    return f"trial {trial.number} {head}" + (f" | {params}" if (params := describe_params(trial.params)) else "")
 
 
 def progress_due(epoch: int, epochs: int, lines: int = 5) -> bool:
@@ -197,6 +227,9 @@ class Objective:
         self.base, self.sweep, self.dims, self.train_fn, self.broadcast = base, sweep, dims, train_fn, broadcast
         self.maximize = sweep.direction == "maximize"
         self.last_status: str | None = None
+        # How a trial line names the trial's params: the train_fn's own `describe_params` (the ablation names its
+        # setting and seed), else `params_text`.
+        self.describe_params: Callable[[Mapping[str, Any]], str] = getattr(train_fn, "describe_params", params_text)
 
     def spec(self, trial: optuna.Trial) -> TrialSpec:
         params = {dim.path: dim.suggest(trial) for dim in self.dims}
@@ -238,7 +271,7 @@ class Objective:
 
         def on_epoch_end(epoch: int, metrics: dict[str, float]) -> str | None:
             if progress_due(epoch, epochs):
-                from experiments.train import epoch_line
+                from experiments.train import epoch_line  # deferred: torch (see trial_line)
 
                 print(f"[trial {trial.number}] {epoch_line(metrics, epochs, epoch=epoch)}", flush=True)
             if self.sweep.metric not in metrics:
@@ -280,10 +313,8 @@ class Objective:
         return self.value(history, result)
 
     def announce(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        """`study.optimize` callback: one line per finished trial (`sweeps.summary.trial_line`)."""
-        from sweeps.summary import trial_line
-
-        print(trial_line(trial, self.sweep.metric), flush=True)
+        """`study.optimize` callback: one line per finished trial (`trial_line`)."""
+        print(trial_line(trial, self.sweep.metric, self.describe_params), flush=True)
 
     def _refuse_duplicate(self, trial: optuna.Trial, params: dict[str, Any]) -> None:
         """Fail a sampled trial, before it trains, whose parameters an earlier trial already holds.

@@ -1,7 +1,7 @@
 """`run_study(cfg)`: create or resume the study, run this command's workers, return the study.
 
 Layouts (all run the same command against the same storage):
-- one worker: the loop below in this process;
+- one worker: the loop of `sweeps.worker` in this process;
 - `sweep.workers=N`: the study is created here once, then N spawned worker processes run the loop, worker k on
   its own GPU(s) (`sweeps.devices`);
 - `sweep/launcher=slurm`: the study is created here once, then cluster jobs run this same sweep on their nodes
@@ -19,279 +19,36 @@ study's identity on every start (`sweeps.identity`).
 
 from __future__ import annotations
 
-import gc
 import logging
 import multiprocessing as mp
 import os
 import signal
-import time
-import warnings
 
 import optuna
-from optuna.trial import TrialState
 
 from experiments.launch import Terminated
 from sweeps import distributed
-from sweeps.cluster import check_cluster_commands
-from sweeps.config import (
-    CheckedSweep,
-    build_pruner,
-    build_sampler,
-    check_sweep,
-    grid_cells,
-    is_cell_study,
-    load_train_fn,
-    study_class,
-)
+from sweeps.cluster import check_cluster_commands, submit_workers
+from sweeps.config import CheckedSweep, check_sweep, load_train_fn
 from sweeps.devices import assign_worker_devices, visible_devices
-from sweeps.identity import check_identity
-from sweeps.objective import COMPLETE_STATUSES, PRUNED_STATUSES, Objective, TrainFn, quiet_optuna
-from sweeps.recovery import (
-    fail_dead_worker_trials,
-    mark_stale_heartbeat_trials,
-    requeue_unretried_trials,
-    worker_alive,
-    worker_identity,
+from sweeps.objective import TrainFn
+from sweeps.space import SweepConfigError
+
+# The study's life below this command (`sweeps.worker`), importable from here as the package's public API.
+from sweeps.worker import (  # noqa: F401
+    QUEUED_ATTR,
+    StudyAlreadyDone,
+    done_message,
+    open_study,
+    prepare_study,
+    worker_loop,
 )
-from sweeps.samplers import NothingQueued, cell_order, exhausted
-from sweeps.space import SweepConfigError, config_params
-from sweeps.storage import build_storage, journal_path
-from sweeps.validate import check_trial_values
 
 log = logging.getLogger(__name__)
-FINISHED_STATUSES = (*COMPLETE_STATUSES, *PRUNED_STATUSES)
-QUEUED_ATTR = "queued"  # study user attr: the creator enqueued the first trials (their count)
-_QUEUE_WAIT_S = 120.0  # how long a joining worker waits for the creator to enqueue a grid's cells
-_POLL_S = 1.0
-_RESULTS = (TrialState.COMPLETE, TrialState.PRUNED)
-
-
-class StudyAlreadyDone(Exception):
-    """The study of this command has nothing left to run (the message says what it holds and what to change)."""
-
-    def __init__(self, message: str, study: optuna.Study):
-        super().__init__(message)
-        self.study = study
-
-
-def open_study(checked: CheckedSweep, storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
-    """The existing study of `checked`, with this sweep's sampler and pruner (a `CellStudy` for grids)."""
-    sweep, base, dims = checked
-    return study_class(sweep)(
-        study_name=sweep.study_name,
-        storage=storage or build_storage(sweep),
-        sampler=build_sampler(sweep, dims),
-        pruner=build_pruner(sweep, base.trainer.epochs),
-    )
-
-
-def _first_trials(checked: CheckedSweep) -> list[tuple[dict, dict]]:
-    """(params, user attrs) of a new study's enqueued trials: a grid's cells, else defaults and `sweep.enqueue`."""
-    sweep, base, dims = checked
-    if is_cell_study(sweep):
-        cells = grid_cells(sweep, dims)
-        return [(cells[i], {"cell": i}) for i in cell_order(cells, sweep.sampler.seed)]
-    first = []
-    if sweep.enqueue_defaults:
-        first.append((config_params(dims, base), {"enqueued": "defaults"}))
-    first += [(dict(p), {"enqueued": "config"}) for p in sweep.enqueue]
-    return first
-
-
-def _enqueue_first_trials(study: optuna.Study, checked: CheckedSweep, *, missing_only: bool) -> None:
-    """Enqueue the first trials; `missing_only` (repairing a creator that died half-way): cells with no trial yet."""
-    held = {t.user_attrs.get("cell") for t in study.get_trials(deepcopy=False)} if missing_only else set()
-    trials = _first_trials(checked)
-    for params, attrs in trials:
-        if "cell" in attrs and attrs["cell"] in held:
-            continue
-        study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=missing_only and "cell" not in attrs)
-    study.set_user_attr(QUEUED_ATTR, len(trials))
-
-
-def _wait_for_creator(study: optuna.Study, checked: CheckedSweep) -> None:
-    """A worker joining a study another process has just created waits until its first trials are enqueued."""
-    deadline = time.monotonic() + _QUEUE_WAIT_S
-    while QUEUED_ATTR not in study.user_attrs:
-        creator = study.user_attrs.get("creator") or {}
-        if worker_alive(creator) is False or time.monotonic() > deadline:
-            log.warning("study %s: its creator stopped before enqueuing its first trials; enqueuing them here",
-                        study.study_name)  # fmt: skip
-            _enqueue_first_trials(study, checked, missing_only=True)
-            return
-        time.sleep(_POLL_S)
-
-
-def _create(checked: CheckedSweep, storage: optuna.storages.BaseStorage) -> bool:
-    """Create the study unless it exists; True for the one process (of any number racing) that created it."""
-    sweep = checked.sweep
-    try:
-        optuna.create_study(study_name=sweep.study_name, storage=storage, direction=sweep.direction)
-    except optuna.exceptions.DuplicatedStudyError:
-        return False
-    return True
-
-
-def recover(study: optuna.Study, sweep) -> None:
-    """Fail the trials of dead workers and enqueue their retries (journal: by pid; RDB: by heartbeat; both: a
-    trial no worker recorded itself on for sweep.grace_period s)."""
-    if journal_path(sweep.storage, sweep.output_dir, sweep.study_name) is None:
-        mark_stale_heartbeat_trials(study)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
-    fail_dead_worker_trials(study, sweep.max_retry, sweep.grace_period)
-
-
-def prepare_study(cfg) -> optuna.Study:
-    """Check everything, create the study once (or join it), check its identity, recover dead workers' trials.
-
-    Raises:
-        SweepConfigError / ConfigError: one sentence, before any trial starts (a bad sweep, an unreachable
-            storage, a sweep that differs from the study it names).
-    """
-    checked = check_sweep(cfg)
-    sweep, base, dims = checked
-    storage = build_storage(sweep)  # before the slower model checks: an unreachable database is said at once
-    check_trial_values(base, sweep, dims)
-    created = _create(checked, storage)
-    study = open_study(checked, storage)
-    if created:
-        study.set_user_attr("creator", worker_identity())
-        for key, value in (("kind", sweep.kind), ("metric", sweep.metric), ("output_dir", sweep.output_dir)):
-            study.set_user_attr(key, value)
-        with warnings.catch_warnings():  # experimental since Optuna 3.2; labels the objective in optuna-dashboard
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([sweep.metric])
-    check_identity(study, checked)
-    if created:
-        _enqueue_first_trials(study, checked, missing_only=False)
-    elif QUEUED_ATTR not in study.user_attrs and ("creator" in study.user_attrs or not study.trials):
-        _wait_for_creator(study, checked)  # (a study from before this rule has trials and no creator: as it is)
-    recover(study, sweep)
-    requeue_unretried_trials(study, sweep.max_retry)
-    return study
-
-
-def _count(study: optuna.Study, *states: TrialState) -> int:
-    return len(study.get_trials(deepcopy=False, states=states))
-
-
-def finished_count(study: optuna.Study) -> int:
-    """Trials that count towards n_trials: finished ones plus those other workers are running now."""
-    return _count(study, TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-
-
-def _watched_running(study: optuna.Study, journal: bool) -> int:
-    """RUNNING trials this worker may have to retry: all on RDB (heartbeats), live ones of this host on a journal
-    (a journal cannot tell whether another host's worker is alive, so those are not waited for)."""
-    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    if not journal:
-        return len(running)
-    return sum(worker_alive(t.user_attrs.get("worker") or {}) is True for t in running)
-
-
-def done_message(study: optuna.Study, checked: CheckedSweep) -> str | None:
-    """Why the study has nothing left to run, in one sentence naming what to change; None while it has."""
-    sweep, _, dims = checked
-    if _count(study, TrialState.WAITING, TrialState.RUNNING):
-        return None
-    done = _count(study, TrialState.COMPLETE, TrialState.PRUNED)
-    name = sweep.study_name
-    if is_cell_study(sweep):
-        cells = len(grid_cells(sweep, dims))
-        failed = cells - len({t.user_attrs.get("cell") for t in study.get_trials(deepcopy=False, states=_RESULTS)})
-        lost = f", {failed} failed (see the trials' reason)" if failed > 0 else ""
-        return (
-            f"study {name!r} already holds all {cells} grid cells ({done} finished{lost}): choose another "
-            "sweep.study_name to run the grid again."
-        )
-    if sweep.n_trials is not None and done >= sweep.n_trials:
-        return (
-            f"study {name!r} already holds {done} of {sweep.n_trials} finished trials: raise sweep.n_trials or "
-            "choose another sweep.study_name."
-        )
-    if exhausted(study, dims):
-        return f"study {name!r} already holds every point of its finite search space: widen sweep.space or choose another sweep.study_name."
-    return None
-
-
-def _next_step(study: optuna.Study, checked: CheckedSweep, journal: bool) -> str:
-    """ "run" a trial, "wait" for running trials that may need a retry, or "stop"."""
-    sweep, _, dims = checked
-    limit_reached = sweep.n_trials is not None and finished_count(study) >= sweep.n_trials
-    # A cell study runs its queued cells only; a searched one also draws new points while its space has any.
-    can_start = _count(study, TrialState.WAITING) > 0 or (not is_cell_study(sweep) and not exhausted(study, dims))
-    if can_start and not limit_reached:
-        return "run"
-    return "wait" if _watched_running(study, journal) else "stop"
-
-
-def worker_loop(cfg, train_fn: TrainFn | None = None, *, worker_index: int = 0) -> int:
-    """Run trials until n_trials are finished, the timeout passes, the grid is done or trials keep crashing.
-
-    A worker with nothing left to start waits while trials it could have to retry are running (their worker may
-    die), so a command returns when the study it ran is whole. Returns the number of trials this worker ran.
-    Under a multi-process launch, call it on every rank.
-    """
-    checked = check_sweep(cfg)
-    sweep, base, dims = checked
-    train_fn = train_fn or load_train_fn(sweep.train_fn)
-    multi = distributed.world_size() > 1
-    if multi:
-        distributed.init_process_group(base)
-        if distributed.rank() != 0:
-            return distributed.follow(base, sweep, train_fn)
-    study = open_study(checked)
-    quiet_optuna()  # here: spawned workers are processes of their own
-    objective = Objective(base, sweep, dims, train_fn, broadcast=distributed.broadcast_spec if multi else None)
-    journal = journal_path(sweep.storage, sweep.output_dir, sweep.study_name) is not None
-    deadline = time.monotonic() + sweep.timeout if sweep.timeout else None
-    ran, crashes, said_wait, interrupted = 0, 0, False, False
-    # gc_after_trial frees what a trial left in reference cycles (CUDA memory above all); the ~200k objects of the
-    # imports (torch) never become garbage, so they are moved out of the collector's sight: a collection after a
-    # trial then scans that trial's objects alone (~150 ms -> a few ms per trial with torch loaded).
-    gc.freeze()
-    try:
-        while True:
-            if deadline is not None and time.monotonic() >= deadline:
-                log.info("timeout reached; no new trial")
-                break
-            recover(study, sweep)
-            step = _next_step(study, checked, journal)
-            if step == "stop":
-                break
-            if step == "wait":
-                if not said_wait:
-                    log.info("worker %d: waiting for the running trials (a retry may be needed)", worker_index)
-                    said_wait = True
-                time.sleep(_POLL_S)
-                continue
-            try:
-                study.optimize(
-                    objective, n_trials=1, catch=(Exception,), gc_after_trial=True, callbacks=[objective.announce]
-                )
-            except NothingQueued:  # another worker popped the last queued cell first
-                continue
-            ran += 1
-            if objective.last_status in (*FINISHED_STATUSES, "duplicate"):
-                crashes = 0
-            else:  # None: the trial failed before train() returned a status
-                crashes += 1
-            if crashes >= sweep.max_failures:
-                log.error("%d trials in a row crashed; this worker stops (see the trials' `reason`)", crashes)
-                break
-    except KeyboardInterrupt:
-        interrupted = True
-        raise
-    finally:
-        if multi and not interrupted:  # after Ctrl-C the other ranks have stopped listening: nothing to say
-            distributed.broadcast_spec(None)
-    return ran
 
 
 def _spawned_worker(checked: CheckedSweep, index: int, threads: int) -> None:
-    import torch
+    import torch  # deferred: the spawned process imports torch itself, the parent need not
 
     torch.set_num_threads(threads)
     try:
@@ -351,10 +108,8 @@ def run_study(cfg, train_fn: TrainFn | None = None) -> optuna.Study | None:
             distributed.init_process_group(checked.base)
             distributed.broadcast_spec(None)  # the other ranks have nothing to follow
         raise StudyAlreadyDone(message, study)
-    if sweep.launcher.name == "slurm":  # the workers are cluster jobs (sweeps.cluster)
-        from sweeps.cluster import submit_workers
-
-        submit_workers(checked, study)
+    if sweep.launcher.name == "slurm":  # the workers are cluster jobs (sweeps.cluster), each running this function
+        submit_workers(checked, study, run_study)
         return study
     if sweep.workers == 1:
         worker_loop(checked, train_fn)

@@ -1,18 +1,14 @@
-"""The end of a sweep: a rich summary table and the best trial's config as a YAML `rpb-train` runs as it is; the
-end of an ablation: its verdict table (`print_verdict`).
+"""The end of a sweep: a rich summary table and the best trial's config as a YAML `rpb-train` runs as it is.
 
-Tables fit the terminal (`shutil.get_terminal_size`: 80 columns when the output is not a terminal and COLUMNS is
-unset): numbers at a few significant digits, and the columns that do not fit are dropped by priority and named
-under the table.
+Tables fit the terminal (`sweeps.format`): numbers at a few significant digits, and the columns that do not fit are
+dropped by priority and named under the table.
 """
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import optuna
 from omegaconf import DictConfig, OmegaConf
@@ -20,8 +16,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from experiments.config import to_yaml
 from sweeps.config import CheckedSweep, check_sweep
-from sweeps.objective import TrialSpec, trial_config
-from sweeps.stats import DEFAULT_BASELINE, MEAN_COLUMN, Setting, find_setting, format_number, setting_of, short_names, verdict_table
+from sweeps.format import console_for, format_number, print_fitted, short_names
+from sweeps.objective import TrialSpec, last_value, trial_config
 from sweeps.storage import describe_storage
 
 
@@ -95,10 +91,6 @@ def write_best_config(cfg: DictConfig | CheckedSweep, study: optuna.Study) -> Pa
     return path
 
 
-def _last_value(t: FrozenTrial) -> float | None:
-    return t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
-
-
 def ranked_trials(study: optuna.Study, direction: str) -> tuple[list[FrozenTrial], list[FrozenTrial]]:
     """(complete trials best first, pruned trials by their last reported value).
 
@@ -110,56 +102,14 @@ def ranked_trials(study: optuna.Study, direction: str) -> tuple[list[FrozenTrial
         study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.value, reverse=reverse
     )
     pruned = [t for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)) if t.intermediate_values]
-    pruned.sort(key=lambda t: _last_value(t), reverse=reverse)
+    pruned.sort(key=lambda t: last_value(t), reverse=reverse)
     return complete, pruned
-
-
-def console_for(width: int | None = None):
-    """A rich console as wide as the terminal (`shutil.get_terminal_size`), or `width` columns."""
-    from rich.console import Console
-
-    return Console(width=width or shutil.get_terminal_size().columns)
-
-
-def fitted_table(
-    console, title: str, columns: Sequence[tuple[str, int]], rows: Sequence[Sequence[str]], left: Sequence[str] = ()
-):
-    """A rich table of `rows` that fits `console.width`: the columns with the highest priority number are dropped
-    first until it fits (priority 0: never dropped). Returns (table, names of the dropped columns).
-
-    Args:
-        columns: (header, priority) per column.
-        left: headers of text columns besides the first (left-justified; the others are numbers, right-justified).
-    """
-    from rich.measure import Measurement
-    from rich.table import Table
-
-    keep = list(range(len(columns)))
-    droppable = sorted((i for i, (_, prio) in enumerate(columns) if prio > 0), key=lambda i: (-columns[i][1], -i))
-    while True:
-        table = Table(title=title, title_justify="left")
-        for n, i in enumerate(keep):
-            text = n == 0 or columns[i][0] in left
-            table.add_column(columns[i][0], justify="left" if text else "right", no_wrap=True)
-        for row in rows:
-            table.add_row(*(row[i] for i in keep))
-        width = Measurement.get(console, console.options.update_width(10_000), table).maximum
-        if width <= console.width or not droppable:
-            return table, [columns[i][0] for i in range(len(columns)) if i not in keep]
-        keep.remove(droppable.pop(0))
-
-
-def _print_fitted(console, title: str, columns, rows, left: Sequence[str] = ()) -> None:
-    table, dropped = fitted_table(console, title, columns, rows, left)
-    console.print(table)
-    if dropped:
-        console.print(f"  (not shown: {', '.join(dropped)}; a wider terminal shows them)")
 
 
 def print_summary(cfg: DictConfig | CheckedSweep, study: optuna.Study, console=None, top: int = 10) -> Path | None:
     """Print the study's table (best trial, params, value, state counts, top complete trials, pruned trials apart),
     fitted to the terminal's width; write best.yaml."""
-    from rich.table import Table
+    from rich.table import Table  # deferred: rich is needed only where a table is printed
 
     console = console or console_for()
     checked = check_sweep(cfg)
@@ -203,7 +153,7 @@ def print_summary(cfg: DictConfig | CheckedSweep, study: optuna.Study, console=N
         (
             f"Pruned trials (stopped early, not ranked): last reported {sweep.metric}{_more(top, pruned)}",
             pruned[:top],
-            _last_value,
+            last_value,
         ),
     ):
         if not trials:
@@ -215,7 +165,7 @@ def print_summary(cfg: DictConfig | CheckedSweep, study: optuna.Study, console=N
                 [str(t.number), str(state), format_number(value_of(t), 4), str(len(t.intermediate_values))]
                 + [format_number(t.params.get(n, "")) for n in names]
             )
-        _print_fitted(console, title, columns, rows)
+        print_fitted(console, title, columns, rows)
     path = write_best_config(checked, study)
     if path is not None:
         # soft_wrap: a command is printed whole (the terminal wraps it), so it can be copied as it is
@@ -227,97 +177,3 @@ def print_summary(cfg: DictConfig | CheckedSweep, study: optuna.Study, console=N
 def _more(top: int, trials: Sequence) -> str:
     """A table title's note when it keeps only the first `top` of `trials`: " (10 of 14 shown)"."""
     return f" ({top} of {len(trials)} shown)" if len(trials) > top else ""
-
-
-def trial_setting(params: Mapping[str, Any]) -> Setting:
-    """The setting of one ablation cell from its params (the factors `sweeps.ablate` searches)."""
-    from sweeps.ablate import BIAS, ENABLED, MODE, POS, WINDOW
-
-    rpb = {"window_size": params.get(WINDOW), "bias_type": params.get(BIAS, "2d"), "mode": params.get(MODE, "clip")}
-    rpb["enabled"] = params.get(ENABLED, True)
-    return setting_of(rpb, params.get(POS))
-
-
-def check_baseline(name: str | None, cells: Sequence[Mapping[str, Any]]) -> None:
-    """Check that ``ablation.baseline`` names a setting of the grid `cells` (param dicts). The default baseline
-    may be absent (then the verdict says so at the end); a baseline the user named must be there.
-
-    Raises:
-        SweepConfigError: a named baseline that is not in the grid, with the settings it could name.
-    """
-    from sweeps.space import SweepConfigError
-
-    settings = list(dict.fromkeys(trial_setting(c) for c in cells))
-    if name is None or (name == DEFAULT_BASELINE and all(s.key != name for s in settings)):
-        return
-    try:
-        find_setting(name, settings)
-    except KeyError as err:
-        raise SweepConfigError(f"ablation.baseline={name!r}: {err.args[0]}.") from None
-
-
-def ablation_values(study: optuna.Study) -> dict[Setting, dict[int, float]]:
-    """Setting -> {seed: value} of an ablation study's COMPLETE trials, read from their params; the first complete
-    trial of a (setting, seed) counts."""
-    from sweeps.ablate import SEED
-
-    out: dict[Setting, dict[int, float]] = {}
-    for t in sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number):
-        out.setdefault(trial_setting(t.params), {}).setdefault(int(t.params.get(SEED, -1)), float(t.value))
-    return out
-
-
-def print_verdict(study: optuna.Study, baseline: str | None = None, console=None) -> bool:
-    """Print the ablation's verdict table (each setting against `baseline`, `sweeps.stats`), fitted to the
-    terminal; returns False (after one sentence saying why) when there is no table to print."""
-    console = console or console_for()
-    values = ablation_values(study)
-    name = baseline or study.user_attrs.get("baseline") or DEFAULT_BASELINE
-    if not values:
-        console.print("No verdict: the ablation has no complete trial yet.")
-        return False
-    try:
-        base = find_setting(name, list(values))
-    except KeyError as err:
-        console.print(f"No verdict: {err.args[0]}.")
-        return False
-    metric = study.user_attrs.get("metric", "val_accuracy")
-    direction = study.direction.name.lower()
-    header, rows, _ = verdict_table(values, base, metric, direction)
-    priority = {"setting": 0, "n": 3, header[MEAN_COLUMN]: 2, "95% CI": 5, "p (Holm)": 4, "verdict": 0}
-    columns = [(h, priority.get(h, 1)) for h in header]
-    title = f"Verdict against {base.label} ({base.key}), best {metric} ({direction}d)"
-    _print_fitted(console, title, columns, rows, left=("verdict",))
-    console.print("  better/worse: paired t-test over shared seeds, Holm-adjusted p < 0.05")
-    return True
-
-
-def trial_line(trial: FrozenTrial, metric: str) -> str:
-    """The one line printed when a trial finishes: number, state, value, epochs, params.
-
-    trial 3 complete: val_accuracy 0.512 after 5 epochs | lr 0.000316, weight_decay 0.0125, window_size 5x5
-    trial 4 pruned at epoch 2 (val_accuracy 0.41) | lr 0.00871, ...
-    trial 5 failed: RuntimeError: CUDA out of memory | lr ...
-    """
-    from experiments.train import plural
-
-    status = trial.user_attrs.get("status") or trial.state.name.lower()
-    epochs = int(trial.user_attrs.get("epochs_run") or len(trial.intermediate_values))
-    if trial.state == TrialState.COMPLETE:
-        head = f"complete: {metric} {format_number(trial.value)} after {plural(epochs, 'epoch')}"
-    elif trial.state == TrialState.PRUNED:
-        head = f"{status} at epoch {epochs} ({metric} {format_number(_last_value(trial))})"
-    else:
-        head = f"{status}: {trial.user_attrs.get('reason') or 'see the study record'}"
-    return f"trial {trial.number} {head}" + (f" | {params}" if (params := _params_text(trial.params)) else "")
-
-
-def _params_text(params: Mapping[str, Any]) -> str:
-    """A trial's params for its line: "lr 0.002, window_size 7x7, ..."; an ablation cell by its setting and seed
-    ("setting none, seed 0"), since a run without a bias still carries the window and bias type of its config."""
-    from sweeps.ablate import ENABLED, SEED
-
-    if ENABLED in params:
-        rest = {k: v for k, v in params.items() if k == SEED or not k.startswith(("model.rpb.", "model.pos_embed"))}
-        params = {"setting": trial_setting(params).label, **rest}
-    return ", ".join(f"{name.split('.')[-1]} {format_number(value)}" for name, value in params.items())

@@ -24,7 +24,8 @@ def _comment_lines(path) -> list[str]:
 )
 def test_help_is_the_tools_own(tool, purpose, group_file, within, capsys):
     from experiments.cli import train_help
-    from sweeps.cli import ablate_help, sweep_help
+    from sweeps.ablation.cli import ablate_help
+    from sweeps.cli import sweep_help
 
     text = {"rpb-train": train_help, "rpb-sweep": sweep_help, "rpb-ablate": ablate_help}[tool]()
     lines = text.splitlines()

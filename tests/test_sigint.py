@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 # (its run is finished as "interrupted" under the same SIGINT); the studies run without it.
 TINY = ["model.depth=1", "model.embed_dim=16", "model.num_heads=2", "model.head_dim=null", "trainer.epochs=50",
         "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "tracker.tensorboard.enabled=false"]  # fmt: skip
-ABLATE = "from sweeps.cli import ablate_main; ablate_main()"  # rpb-ablate's entry point
+ABLATE = "from sweeps.ablation.cli import ablate_main; ablate_main()"  # rpb-ablate's entry point
 
 
 def _terminal_sigint() -> None:

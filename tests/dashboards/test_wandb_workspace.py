@@ -12,7 +12,7 @@ from experiments.config import compose_config
 STEP_KEYS = {"train/loss", "train/lr", "train/grad_norm", "train/images_per_sec", "global_step"}
 EPOCH_KEYS = {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate"}
 SUMMARY_KEYS = {"best_val_accuracy", "state", "status", "reason"}  # the tracker's finish(): train()'s final status
-# sweeps.ablate.run_factors
+# sweeps.ablation.grid.run_factors
 ABLATION_CONFIG_KEYS = {"window_size", "bias_type", "mode", "pos_embed", "seed", "ablation"}
 
 

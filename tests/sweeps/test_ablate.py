@@ -13,7 +13,9 @@ from dashboards.load import LocalRunReader, load_study, trial_runs
 from dashboards.report import main as report_main
 from dashboards.wandb_workspace import ablation_report, plotted_keys, sweep_workspace
 from experiments.config import compose_config
-from sweeps.ablate import ablation_config, ablation_grid, main, run_factors, setting_label, train_trial
+from sweeps.ablation.cli import main
+from sweeps.ablation.grid import TRAIN_FN, ablation_config, ablation_grid, run_factors, train_trial
+from sweeps.ablation.settings import setting_label
 from sweeps.space import SweepConfigError
 
 TINY = [
@@ -80,7 +82,7 @@ def test_ablation_becomes_a_sweep_without_pruning(tmp_path):
 
     # 3 windows x 3 seeds, each one cell, and the no-position baseline once per seed
     assert len(grid_cells(sweep, check_sweep(cfg).dims)) == 12
-    assert sweep.train_fn == "sweeps.ablate:train_trial" and not sweep.enqueue_defaults
+    assert sweep.train_fn == TRAIN_FN == "sweeps.ablation.grid:train_trial" and not sweep.enqueue_defaults
     assert set(sweep.space) == {
         "model.rpb.window_size",
         "model.rpb.bias_type",

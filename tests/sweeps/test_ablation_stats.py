@@ -1,24 +1,22 @@
-"""sweeps.stats against values computed by hand (and by scipy on the same numbers where a quantile is needed)."""
+"""sweeps.ablation.stats against values computed by hand (and by scipy on the same numbers where a quantile is needed)."""
 
 import math
 
 import pytest
 from scipy import stats as sps
 
-from sweeps.stats import (
+from sweeps.ablation.settings import Setting, find_setting, setting_of
+from sweeps.ablation.stats import (
     BETTER,
     NO_DIFFERENCE,
     WORSE,
-    Setting,
     compare_to_baseline,
-    find_setting,
-    format_number,
     holm,
     mean_interval,
     paired_difference,
-    setting_of,
     verdict_table,
 )
+from sweeps.format import format_number
 
 T_975_2DF = 4.302652729911275  # Student t quantile, 0.975, 2 degrees of freedom (tables: 4.303)
 

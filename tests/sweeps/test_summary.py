@@ -10,9 +10,13 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from rich.console import Console
 
-from sweeps.ablate import BIAS, ENABLED, MODE, SEED, WINDOW
+from sweeps.ablation.grid import check_baseline, params_text, train_trial
+from sweeps.ablation.settings import BIAS, ENABLED, MODE, SEED, WINDOW
+from sweeps.ablation.verdict import print_verdict
+from sweeps.format import fitted_table
+from sweeps.objective import trial_line
 from sweeps.space import SweepConfigError
-from sweeps.summary import check_baseline, fitted_table, print_summary, print_verdict, trial_line
+from sweeps.summary import print_summary
 
 SPACE = {  # conf/sweep/default.yaml's dimensions
     "optim.lr": FloatDistribution(1e-4, 1e-2, log=True),
@@ -152,8 +156,10 @@ def test_an_ablation_trial_line_names_its_setting_not_the_unused_window():
         return optuna.trial.create_trial(params=params, distributions=dists, value=value, **kw)
 
     params = {WINDOW: "3x3", BIAS: "2d", MODE: "clip", ENABLED: False, SEED: 0}
-    line = trial_line(finished(params, 0.95, user_attrs={"epochs_run": 20}), "val_accuracy")
+    line = trial_line(finished(params, 0.95, user_attrs={"epochs_run": 20}), "val_accuracy", params_text)
     assert line.endswith("after 20 epochs | setting none, seed 0"), line
-    line = trial_line(finished({**params, ENABLED: True, WINDOW: "5x5"}, 0.97), "val_accuracy")
+    line = trial_line(finished({**params, ENABLED: True, WINDOW: "5x5"}, 0.97), "val_accuracy", params_text)
     assert line.endswith("| setting rpb 2d 5x5, seed 0"), line
     assert trial_line(finished({"optim.lr": 0.002}, 0.9), "val_accuracy").endswith("| lr 0.002")
+    assert trial_line(finished({"optim.lr": 0.002}, 0.9), "val_accuracy", params_text).endswith("| lr 0.002")
+    assert train_trial.describe_params is params_text  # what the trial lines of an ablation study use

@@ -1,7 +1,7 @@
-"""The statistics of an ablation: its settings, one setting's interval over seeds, each setting against a baseline.
+"""The statistics of an ablation: one setting's interval over seeds, each setting against a baseline.
 
-Shared by `rpb-ablate` (the verdict table it prints at its end, `sweeps.summary`) and `rpb-report` / the W&B
-report (`dashboards`), so both say the same. Plain numbers in, plain numbers out: no Optuna, no torch.
+Shared by `rpb-ablate` (the verdict table it prints at its end, `sweeps.ablation.verdict`) and `rpb-report` / the
+W&B report (`dashboards`), so both say the same. Plain numbers in, plain numbers out: no Optuna, no torch.
 
 The methods (all from `scipy.stats`), chosen for the handful of seeds an ablation has:
 
@@ -32,12 +32,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from experiments.metrics import metric_direction
+from sweeps.ablation.settings import Setting
 
 CONFIDENCE = 0.95  # of every interval
 ALPHA = 0.05  # family-wise error rate of the verdicts (Holm)
 ACCURACY_RANGE = (0.0, 1.0)
 LOSS_RANGE = (0.0, math.inf)
-DEFAULT_BASELINE = "none"  # no position information: what a setting is compared with unless ablation.baseline says
 BETTER, WORSE, NO_DIFFERENCE = "better", "worse", "no difference shown"
 METHOD = (
     "A setting's interval: 95% Student t over its seeds, intersected with the accuracy's range [0, 1]. Against the "
@@ -45,98 +45,6 @@ METHOD = (
     "joint 95% paired-t interval (Bonferroni over the comparisons); paired t-test (two-sided) with Holm-adjusted "
     "p-values; better / worse when the adjusted p < 0.05, else no difference shown."
 )
-
-
-# --- What is compared: a setting of the ablation grid -----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One cell of the ablation grid without its seed; ordered by bias type, mode, window area, position embedding.
-
-    Runs without a bias are one setting whatever window and mode their config names (`window_size` None).
-
-    Attributes:
-        bias_type: "2d" | "1d" | "none".
-        mode: "clip" | "local".
-        window_size: (Wh, Ww), None without a bias table.
-        pos_embed: the run's ``model.pos_embed`` ("none", "learned", "sincos"; `rpb.options.POS_EMBEDS`), None
-            for a run whose config predates that key.
-    """
-
-    bias_type: str
-    mode: str
-    window_size: tuple[int, int] | None
-    pos_embed: str | None = None
-
-    def _order(self) -> tuple:
-        h, w = self.window_size or (0, 0)
-        return (self.bias_type, self.mode, h * w, h, self.pos_embed or "")
-
-    def __lt__(self, other: Setting) -> bool:
-        return self._order() < other._order()
-
-    @property
-    def absolute(self) -> bool:
-        """Whether the model adds an absolute position embedding."""
-        return self.pos_embed not in (None, "none")
-
-    @property
-    def window_label(self) -> str:
-        return "none" if self.window_size is None else f"{self.window_size[0]}x{self.window_size[1]}"
-
-    @property
-    def key(self) -> str:
-        """How a user names it (``ablation.baseline``, ``rpb-report --baseline``): none, abs, abs-sincos, 2d-7x7,
-        2d-7x7-local, 2d-7x7+abs (abs: a learned absolute embedding)."""
-        pos = "abs" if self.pos_embed == "learned" else f"abs-{self.pos_embed}"
-        if self.window_size is None:
-            return pos if self.absolute else "none"
-        mode = "" if self.mode == "clip" else f"-{self.mode}"
-        return f"{self.bias_type}-{self.window_label}{mode}" + (f"+{pos}" if self.absolute else "")
-
-    @property
-    def label(self) -> str:
-        """How tables and plots name it, as W&B's ``setting`` key does (`sweeps.ablate.setting_label`): "none",
-        "abs (learned)", "rpb 2d 7x7", "abs (sincos)+rpb 2d 7x7 local"."""
-        from sweeps.ablate import setting_label  # ablate imports this module
-
-        enabled = self.window_size is not None
-        return setting_label(self.pos_embed or "none", enabled, self.bias_type, self.window_label, self.mode)
-
-
-NO_BIAS = Setting(bias_type="none", mode="clip", window_size=None)
-
-
-def setting_of(rpb: Mapping[str, Any], pos_embed: Any = None) -> Setting:
-    """The setting of a run from its ``model.rpb`` values (enabled, bias_type, mode, window_size: an int, a pair or
-    "HxW") and its ``model.pos_embed`` (None when the config has none)."""
-    pos = None if pos_embed is None else str(pos_embed).lower()
-    if not rpb.get("enabled", True) or rpb.get("bias_type") == "none":
-        return Setting("none", "clip", None, pos)
-    window = rpb.get("window_size", (0, 0))
-    if isinstance(window, str):
-        window = [int(v) for v in window.lower().split("x")]
-    window = (int(window), int(window)) if isinstance(window, int) else (int(window[0]), int(window[-1]))
-    return Setting(str(rpb.get("bias_type", "2d")), str(rpb.get("mode", "clip")), window, pos)
-
-
-def find_setting(name: str, settings: Sequence[Setting]) -> Setting:
-    """The setting a user named by its key or label (case and spaces ignored; "none" also names the no-position
-    setting of a study whose runs do not name their position embedding).
-
-    Raises:
-        KeyError: one sentence listing the settings' keys.
-    """
-    want = " ".join(str(name).lower().split())
-    for s in settings:
-        if want in (s.key.lower(), s.label.lower()):
-            return s
-    raise KeyError(
-        f"the baseline {name!r} names no setting of this ablation; choose one of: "
-        + ", ".join(s.key for s in sorted(settings))
-        + " (bias type none must be in ablation.bias_types for the default baseline)"
-    )
 
 
 def metric_range(metric: str) -> tuple[float, float]:
@@ -169,7 +77,7 @@ def mean_interval(
         (mean, low, high); NaN bounds with fewer than 2 values, NaN everywhere with none. Seeds that all agree
         give the zero-width interval [mean, mean].
     """
-    from scipy import stats
+    from scipy import stats  # deferred: scipy is heavy to import, and only the numbers need it
 
     finite = _finite(values)
     if not finite:
@@ -232,7 +140,7 @@ def paired_difference(
     bounds: tuple[float, float] = ACCURACY_RANGE,
 ) -> Comparison:
     """The paired comparison of one setting with the baseline (seed -> value each), before any correction."""
-    from scipy import stats
+    from scipy import stats  # deferred: see mean_interval
 
     seeds = tuple(sorted(s for s in setting if s in baseline and len(_finite([setting[s], baseline[s]])) == 2))
     a = [float(setting[s]) for s in seeds]
@@ -296,34 +204,6 @@ def compare_to_baseline(
 
 
 # --- How the numbers are printed (terminal, HTML and W&B alike) -------------------------------------------------
-
-
-def format_number(value: object, digits: int = 3) -> str:
-    """A number at `digits` significant digits, without exponent for everyday magnitudes: 0.00125, 590, 12.3k,
-    1.23M; integers below 10,000 as they are; "n/a" for None, NaN and non-numbers; other values as str()."""
-    if value is None:
-        return "n/a"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    if not math.isfinite(value):
-        return "n/a"
-    if isinstance(value, int) and abs(value) < 10_000:
-        return str(value)
-    text = f"{value:.{digits}g}"
-    if abs(value) >= 1000 or ("e" in text and abs(value) >= 1):
-        for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-            if abs(value) >= size * (1 - 0.5 * 10 ** (-digits)):
-                return f"{value / size:.{digits}g}{suffix}"
-    if "e" in text:  # a short exponent: 3.12e-5
-        mantissa, exponent = text.split("e")
-        text = f"{mantissa}e{int(exponent)}"
-    return text
-
-
-def short_names(paths: Sequence[str]) -> list[str]:
-    """Column names for config paths: the last part ("lr" for optim.lr) unless two paths share it (then whole)."""
-    last = [p.rsplit(".", 1)[-1] for p in paths]
-    return [name if last.count(name) == 1 else path for name, path in zip(last, paths)]
 
 
 def format_accuracy(value: float, signed: bool = False) -> str:

@@ -111,6 +111,7 @@ class TrainerConfig:
     early_stopping_patience: int | None = None
     early_stopping_monitor: str = "val_loss"
     cpu: bool = False
+    threads: int | None = None  # null: experiments.threads.choose_threads (the free cores)
     log_every_n_steps: int = 10
     heatmap_every_n_epochs: int = 1
     progress_bar: bool = True

@@ -11,7 +11,10 @@ The rule (`choose_threads`):
   (`/sys/fs/cgroup/cpu.max`, cgroup v2; `cpu.cfs_quota_us` / `cpu.cfs_period_us`, v1);
 - less the cores other work keeps busy, sampled from `/proc/stat` over `sample_s` seconds at the start of a run
   (this process sleeps meanwhile, so what is busy is someone else's), rounded to the nearest core;
-- at least 1. `trainer.threads` overrides it.
+- at least 1. `trainer.threads` overrides it, and so does OMP_NUM_THREADS set by the user.
+
+A process decides once (`apply_threads`): later runs in it (sweep trials) keep the first choice, so runs that are
+compared in one process (a resumed run, a study's trials) use the same threads and the same arithmetic.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ThreadChoice", "busy_cores", "choose_threads", "usable_cores"]
+from experiments.config_errors import ConfigError
+
+__all__ = ["ThreadChoice", "apply_threads", "busy_cores", "choose_threads", "usable_cores"]
 
 
 def _cgroup_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
@@ -85,9 +90,12 @@ class ThreadChoice:
     usable: int
     busy: float | None
     configured: int | None
+    source: str = ""  # what set it when neither the rule nor trainer.threads did
 
     @property
     def line(self) -> str:
+        if self.source:
+            return f"threads: {self.threads} ({self.source}); {self.usable} cores usable"
         if self.configured is not None:
             return f"threads: {self.threads} (trainer.threads); {self.usable} cores usable"
         busy = "" if self.busy is None else f", {self.busy:.1f} busy with other work"
@@ -98,13 +106,34 @@ def choose_threads(configured: int | None = None, sample_s: float = 0.2) -> Thre
     """The intra-op threads of a CPU run: `configured` when given, else the usable cores less the busy ones.
 
     Raises:
-        ValueError: `configured` below 1.
+        ConfigError: `configured` below 1.
     """
     usable = usable_cores()
     if configured is not None:
         if int(configured) < 1:
-            raise ValueError(f"trainer.threads={configured} must be at least 1 (or null: chosen from the free cores).")
+            raise ConfigError(f"trainer.threads={configured} must be at least 1 (or null: chosen from the free cores).")
         return ThreadChoice(int(configured), usable, None, int(configured))
     busy = busy_cores(sample_s)
     free = usable if busy is None else usable - round(busy)
     return ThreadChoice(max(1, min(usable, free)), usable, busy, None)
+
+
+_CHOSEN: list[ThreadChoice] = []  # this process's choice (`apply_threads`)
+
+
+def apply_threads(configured: int | None = None) -> ThreadChoice:
+    """Set torch's intra-op threads for a CPU run and return the choice: `configured` (trainer.threads) always;
+    else OMP_NUM_THREADS when the user set it; else the rule, measured once per process."""
+    import torch  # deferred: the rule itself is torch-free (its tests and the benchmark's busy processes need none)
+
+    if configured is not None:
+        choice = choose_threads(configured)
+    elif os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        n = int(os.environ["OMP_NUM_THREADS"])
+        choice = ThreadChoice(torch.get_num_threads(), usable_cores(), None, None, f"OMP_NUM_THREADS={n}")
+    else:
+        if not _CHOSEN:
+            _CHOSEN.append(choose_threads())
+        choice = _CHOSEN[0]
+    torch.set_num_threads(choice.threads)
+    return choice

@@ -132,7 +132,9 @@ def build_tracker(tracker_cfg: Mapping[str, Any] | None, *, is_main_process: boo
         return NoOpTracker()
     entries = dict(to_plain(tracker_cfg))
     extra_config = entries.pop(EXTRA_CONFIG, None)
-    trackers = [t for name, entry in entries.items() if (t := instantiate_tracker(name, entry)) is not None]
+    # a tracker that records nothing (W&B disabled) is left out: the run then draws no heatmaps for it either
+    built = [instantiate_tracker(name, entry) for name, entry in entries.items()]
+    trackers = [t for t in built if t is not None and getattr(t, "records", True)]
     return CompositeTracker(trackers, extra_config) if trackers else NoOpTracker()
 
 

@@ -30,6 +30,7 @@ from experiments.engine import evaluate, train_epoch
 from experiments.launch import stop_signal
 from experiments.metrics import better, metric_direction
 from experiments.run_dir import FINAL_STATUSES, RunDir
+from experiments.threads import apply_threads
 
 __all__ = ["SCHEDULE_ON_EXTEND", "EpochCallback", "RunInterrupted", "epoch_line", "extend_run", "plural", "train"]
 
@@ -115,6 +116,10 @@ def train(cfg: DictConfig, on_epoch_end: EpochCallback | None = None) -> dict[st
     )
     # The precision trained in ("no", "fp16", "bf16"), never null: config.yaml, checkpoints, W&B and a resume read it.
     tc.mixed_precision = accelerator.mixed_precision
+    if accelerator.device.type == "cpu":
+        threads = apply_threads(tc.threads)  # a busy machine: fewer threads than cores (experiments.threads)
+        if on_epoch_end is None:  # the run's first line (a sweep prints its own lines per trial)
+            accelerator.print(f"[rpb-train] {threads.line}", flush=True)
     run = RunDir(_run_dir(cfg, broadcast_object_list))  # after the Accelerator: its process group broadcasts
     cfg.run_dir = str(run.path)
     if cfg.resume and (done := _already_finished(run, tc.epochs)) is not None:
@@ -149,7 +154,7 @@ def train(cfg: DictConfig, on_epoch_end: EpochCallback | None = None) -> dict[st
             state.epoch, state.last_metrics = epoch, metrics
             s.lap(state)
             _record_epoch(s, state, metrics, status if stop else None)
-            _log_epoch(s, metrics, train_m["grad_norms"], epoch)
+            _log_epoch(s, metrics, train_m["grad_norms"], epoch, last=stop is not None or epoch == tc.epochs)
             if on_epoch_end is None:  # a caller with a callback says how far it got itself (sweeps: per trial)
                 accelerator.print(epoch_line(metrics, tc.epochs, train_m["images"]), flush=True)
             if stop is not None:
@@ -355,14 +360,15 @@ def _record_epoch(s: _Session, state: TrainState, metrics: dict[str, float], sto
         save_last(s.accelerator, s.run.path, state, s.config_yaml)
 
 
-def _log_epoch(s: _Session, metrics: dict[str, float], grad_norms: dict[str, float], epoch: int) -> None:
-    """The epoch's scalars, gradient norms and (every heatmap_every_n_epochs) bias heatmaps and statistics."""
+def _log_epoch(s: _Session, metrics: dict[str, float], grad_norms: dict[str, float], epoch: int, last: bool) -> None:
+    """The epoch's scalars, gradient norms and (every heatmap_every_n_epochs, and at the run's last epoch, a pruned
+    or early-stopped one too, so every run has its final maps) bias heatmaps and statistics."""
     from experiments.tracking import NoOpTracker
 
     tc = s.cfg.trainer
     row = {k: v for k, v in metrics.items() if k != "epoch"} | {f"grad_norm/{k}": v for k, v in grad_norms.items()}
     keeps_images = s.accelerator.is_main_process and not isinstance(s.tracker, NoOpTracker)
-    if keeps_images and tc.heatmap_every_n_epochs and epoch % tc.heatmap_every_n_epochs == 0:
+    if keeps_images and tc.heatmap_every_n_epochs and (epoch % tc.heatmap_every_n_epochs == 0 or last):
         row |= _log_bias(s.accelerator.unwrap_model(s.setup.model, keep_torch_compile=False), s.tracker, epoch)
     s.tracker.log(row, step=epoch)
 

@@ -70,6 +70,11 @@ class WandbTracker:
         self._best_val_accuracy = -math.inf
         self._history_keys: set[str] = set()
 
+    @property
+    def records(self) -> bool:
+        """False in mode disabled: the run gets no W&B tracker at all (`experiments.tracking.build_tracker`)."""
+        return self.mode != "disabled"
+
     def start(self, config: Mapping[str, Any], run_dir: Path) -> None:
         if self.mode == "disabled":
             return

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from experiments import threads
+from experiments.config_errors import ConfigError
 
 
 def _stat(path: Path, busy: int, idle: int) -> None:
@@ -28,7 +29,7 @@ def test_trainer_threads_overrides_the_rule(monkeypatch):
     monkeypatch.setattr(threads, "busy_cores", lambda sample_s: pytest.fail("no sampling when configured"))
     choice = threads.choose_threads(3)
     assert choice.threads == 3 and "(trainer.threads)" in choice.line
-    with pytest.raises(ValueError, match=r"trainer.threads=0 must be at least 1"):
+    with pytest.raises(ConfigError, match=r"trainer.threads=0 must be at least 1"):
         threads.choose_threads(0)
 
 
@@ -53,3 +54,34 @@ def test_a_cgroup_quota_caps_the_usable_cores(tmp_path, monkeypatch):
     monkeypatch.setattr(threads, "_cgroup_quota", lambda: 1.5)
     monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     assert threads.usable_cores() == 2
+
+
+def test_a_process_chooses_once_and_trainer_threads_or_omp_num_threads_win(monkeypatch):
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(threads, "_CHOSEN", [])
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    calls = []
+    monkeypatch.setattr(threads, "choose_threads", lambda configured=None: calls.append(configured)
+                        or threads.ThreadChoice(configured or 1, 2, 1.0, configured))  # fmt: skip
+    try:
+        assert threads.apply_threads().threads == 1 and torch.get_num_threads() == 1
+        assert threads.apply_threads().threads == 1 and calls == [None]  # measured once per process
+        assert threads.apply_threads(2).threads == 2 and torch.get_num_threads() == 2
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(1)
+        assert "OMP_NUM_THREADS=1" in threads.apply_threads().line
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_run_says_what_it_chose_first(tmp_path, capsys):
+    from experiments.config import compose_config
+    from experiments.train import train
+
+    train(compose_config(["trainer.epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
+                          "tracker=none", "trainer.threads=1", "trainer.progress_bar=false", "model.depth=1",
+                          f"run_dir={tmp_path}/run"]))  # fmt: skip
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "[rpb-train] threads: 1 (trainer.threads); " + out[0].split("; ")[1]

@@ -328,3 +328,16 @@ def test_a_crash_while_saving_leaves_the_last_good_checkpoint_and_resume_continu
     assert result["status"] == "completed" and result["epochs_run"] == 2
     assert [r["epoch"] for r in _lines(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["best.pt", "last", "state-e0002"]
+
+
+def test_a_run_stopped_off_the_heatmap_schedule_logs_its_last_maps(compose, monkeypatch):
+    """A sweep trial pruned at epoch 2 with heatmaps every 5 epochs still shows its learned bias (at epoch 2)."""
+    import experiments.tracking
+
+    tracker = RecordingTracker()
+    monkeypatch.setattr(experiments.tracking, "build_tracker", lambda cfg, is_main_process: tracker)
+    result = train(compose(["tracker=tensorboard", "trainer.epochs=4", "trainer.limit_train_batches=2",
+                            "trainer.heatmap_every_n_epochs=5"]),
+                   on_epoch_end=lambda epoch, m: "pruned" if epoch == 2 else None)  # fmt: skip
+    assert result["status"] == "pruned"
+    assert [step for _, step in tracker.images] == [2]

@@ -195,7 +195,7 @@ def _param_names(trials: list[optuna.trial.FrozenTrial]) -> list[str]:
 
 def best_result(study: optuna.Study, res: Results) -> tuple[optuna.trial.FrozenTrial, RunData | None] | None:
     """The best kept complete result (ties: the earlier trial); None without one."""
-    if not res.complete or study._is_multi_objective():
+    if not res.complete or len(study.directions) > 1:
         return None
     sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
     return max(res.complete, key=lambda tr: (sign * tr[0].value, -tr[0].number))

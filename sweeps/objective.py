@@ -24,6 +24,7 @@ from experiments.config import to_yaml, validate_config
 from experiments.launch import stop_signal
 from experiments.run_dir import RunDir
 from sweeps.format import format_number
+from sweeps.optuna_internals import trial_record
 from sweeps.recovery import worker_identity
 from sweeps.samplers import held_params, params_key, trial_origin
 from sweeps.space import Dimension, SweepConfigError, apply_params, fixed_values, window_label
@@ -240,7 +241,7 @@ class Objective:
         self.last_status = None
         # First: a RUNNING trial without a worker is one recovery can never tell dead (journal storages).
         trial.set_user_attr("worker", worker_identity())
-        record = trial.study._storage.get_trial(trial._trial_id)  # a retry's record holds its killed attempts' epochs
+        record = trial_record(trial)  # a retry's record holds its killed attempts' epochs
         origin = trial_origin(record.system_attrs)
         trial.set_user_attr("origin", origin)
         old_run_dir = _resume_dir(trial)  # read before run_dir is overwritten
@@ -337,7 +338,7 @@ class Objective:
         (a creator that died half-way, two starts repairing the same stale trial): the lowest-numbered trial that
         is not failed holds the claim.
         """
-        me = trial.study._storage.get_trial(trial._trial_id)
+        me = trial_record(trial)
         claims = [
             ("cell", me.user_attrs.get("cell")),
             ("retry_of", (me.system_attrs.get("retry_history") or [None])[-1]),

@@ -28,11 +28,11 @@ from collections.abc import Container
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeps.optuna_internals import NO_BRACKET, BracketedHyperbandPruner  # noqa: F401 (NO_BRACKET: a failed trial's)
 from sweeps.samplers import DRAW_ATTR, draw_index
 
 __all__ = ["RetryAwareHyperbandPruner", "RetryAwareSuccessiveHalvingPruner", "bracket_number", "first_attempt"]
 
-NO_BRACKET = -1  # the bracket of a failed trial: it belongs to none, so no bracket's rungs count its values
 
 
 def first_attempt(trial: FrozenTrial) -> int:
@@ -74,15 +74,15 @@ class RetryAwareSuccessiveHalvingPruner(optuna.pruners.SuccessiveHalvingPruner):
         return super().prune(_WithoutFailed(study), trial)  # type: ignore[arg-type]
 
 
-class RetryAwareHyperbandPruner(optuna.pruners.HyperbandPruner):
+class RetryAwareHyperbandPruner(BracketedHyperbandPruner):
     """Optuna's Hyperband in which a retry stays in the bracket of the trial it continues and failed trials are in
     no bracket."""
 
-    def _get_bracket_id(self, study: optuna.Study, trial: FrozenTrial) -> int:
+    def bracket_trial(self, study: optuna.Study, trial: FrozenTrial) -> FrozenTrial | None:
         if trial.state == TrialState.FAIL:
-            return NO_BRACKET
+            return None
         number = bracket_number(study, trial)
         if number != trial.number:
             trial = copy.copy(trial)  # Optuna's bracket is a function of (study name, trial number)
             trial.number = number
-        return super()._get_bracket_id(study, trial)
+        return trial

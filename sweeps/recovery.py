@@ -20,6 +20,8 @@ import psutil
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeps.optuna_internals import stale_trial_ids, storage_of, trial_id
+
 log = logging.getLogger(__name__)
 
 
@@ -130,11 +132,11 @@ def fail_and_retry(study: optuna.Study, trial: FrozenTrial, reason: str, max_ret
     Failing goes through the storage (RUNNING -> FAIL happens once), so of several processes reaping the same
     trial only one enqueues its retry.
     """
-    storage, trial_id = study._storage, trial._trial_id
+    storage, stored_id = storage_of(study), trial_id(trial)
     try:
-        storage.set_trial_user_attr(trial_id, "status", "stale")
-        storage.set_trial_user_attr(trial_id, "reason", reason)
-        if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
+        storage.set_trial_user_attr(stored_id, "status", "stale")
+        storage.set_trial_user_attr(stored_id, "reason", reason)
+        if not storage.set_trial_state_values(stored_id, TrialState.FAIL):
             return False
     except UpdateFinishedTrialError:  # another worker reaped it first
         return False
@@ -171,15 +173,13 @@ def fail_dead_worker_trials(study: optuna.Study, max_retry: int | None = 2, grac
 def mark_stale_heartbeat_trials(study: optuna.Study) -> None:
     """RDB storages: give the trials whose heartbeat went stale their status and reason while they are still
     RUNNING (Optuna's `fail_stale_trials` fails them first, after which no attribute can be written)."""
-    storage = study._storage
-    if not hasattr(storage, "_get_stale_trial_ids") or storage.get_heartbeat_interval() is None:
-        return  # sweep.heartbeat_interval=null: no heartbeat to go stale (dead workers are found by pid)
-    for trial_id in storage._get_stale_trial_ids(study._study_id):
-        worker = storage.get_trial(trial_id).user_attrs.get("worker") or {}
+    storage = storage_of(study)  # sweep.heartbeat_interval=null: no heartbeat to go stale (dead workers: by pid)
+    for stale_id in stale_trial_ids(study):
+        worker = storage.get_trial(stale_id).user_attrs.get("worker") or {}
         reason = f"worker {worker.get('host', '?')}:{worker.get('pid', '?')} sent no heartbeat for the grace period"
         try:
-            storage.set_trial_user_attr(trial_id, "status", "stale")
-            storage.set_trial_user_attr(trial_id, "reason", reason)
+            storage.set_trial_user_attr(stale_id, "status", "stale")
+            storage.set_trial_user_attr(stale_id, "reason", reason)
         except UpdateFinishedTrialError:  # failed meanwhile by another worker
             continue
 

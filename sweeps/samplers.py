@@ -43,6 +43,7 @@ from optuna.samplers import BaseSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeps.optuna_internals import QueueOnlyStudy, all_trials, set_trial_system_attr
 from sweeps.space import Dimension
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class NothingQueued(Exception):
     """A cell study has no WAITING trial left for this worker (raised instead of creating a stray trial)."""
 
 
-class CellStudy(optuna.Study):
+class CellStudy(QueueOnlyStudy):
     """A study whose workers only run enqueued trials: `ask()` pops a WAITING trial or raises `NothingQueued`.
 
     `Study.optimize` asks for a trial, and `Study.ask` creates a new one when the queue is empty; with several
@@ -63,11 +64,8 @@ class CellStudy(optuna.Study):
     `NothingQueued` instead, before any trial exists.
     """
 
-    def _pop_waiting_trial_id(self) -> int | None:
-        trial_id = super()._pop_waiting_trial_id()
-        if trial_id is None:
-            raise NothingQueued(self.study_name)
-        return trial_id
+    def nothing_waiting(self) -> None:
+        raise NothingQueued(self.study_name)
 
 
 def params_key(params: dict[str, Any], names: Iterable[str]) -> tuple:
@@ -93,9 +91,7 @@ def draw_index(study: Study, trial: FrozenTrial) -> int:
     retry exists only because a trial was killed or stopped, so it takes no place; without this, a study stopped
     in the middle of trial k and continued would seed every later trial one number off and draw other points.
     """
-    # All the study's trials, read from the storage: a sampler and a pruner may be handed Hyperband's view of one
-    # bracket (`optuna.pruners._filter_study`), whose get_trials leaves the other brackets' trials out.
-    trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+    trials = all_trials(study)  # not study.get_trials: a sampler or pruner may be handed one bracket's view
     retries = sum(t.number < trial.number and trial_origin(t.system_attrs) == "retry" for t in trials)
     return trial.number - retries
 
@@ -179,7 +175,7 @@ class TrialSeededSampler(BaseSampler):
         (`sweeps.pruners`), so a study that retried a killed trial brackets its later trials as the same study run
         without the kill does. A retry carries its original's (its system attrs are copied)."""
         if DRAW_ATTR not in trial.system_attrs and trial_origin(trial.system_attrs) != "retry":
-            study._storage.set_trial_system_attr(trial._trial_id, DRAW_ATTR, draw_index(study, trial))
+            set_trial_system_attr(study, trial, DRAW_ATTR, draw_index(study, trial))
 
     @staticmethod
     def _preset(trial: FrozenTrial) -> bool:

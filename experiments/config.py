@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from experiments.config_errors import ConfigError, rephrase
+from experiments.config_errors import ConfigError, closest, rephrase
 from experiments.launch import MIXED_PRECISION_ENV, launcher_name
 from experiments.schema import TrainConfig, register_schemas
 from experiments.tracking import check_trackers, mask_secrets
-from rpb.options import OptionError, check_model_options
+from rpb.options import OptionError, check_model_options, to_2tuple
 
 if TYPE_CHECKING:
     from rpb import VisionTransformer
@@ -127,11 +127,42 @@ def compose_config(
     return validate_config(compose_unvalidated(overrides, config_name, config_dir))
 
 
+NAMED_GROUPS = ("data", "optim", "schedule")  # config groups whose files carry a `name` key of their own
+
+
+def group_names_as_groups(overrides: list[str]) -> list[str]:
+    """`data.name=cifar10` as `data=cifar10`: the group's own settings come with its name (32x32 RGB for CIFAR-10,
+    where `data.name` alone kept the digits group's 28x28 greyscale); the same for every group in `NAMED_GROUPS`.
+
+    Raises:
+        ConfigError: a name no file of the group has, or one that contradicts the group chosen beside it.
+    """
+    out = list(overrides)
+    for i, override in enumerate(overrides):
+        key, eq, value = override.partition("=")
+        group = key.removeprefix("+").removesuffix(".name")
+        if not eq or group not in NAMED_GROUPS or key.lstrip("+") != f"{group}.name":
+            continue
+        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        chosen = [o.partition("=")[2] for o in overrides if o.partition("=")[0] == group]
+        if value not in options:
+            raise ConfigError(
+                f"{group}.name={value} is not one of the {group} group's files{closest(value, options)}: choose it "
+                f"with {group}=NAME, one of {', '.join(options)} (it brings that {group}'s settings)."
+            )
+        if chosen and chosen[-1] != value:
+            raise ConfigError(
+                f"{group}.name={value} contradicts {group}={chosen[-1]}: drop {group}.name and set {group}={value}."
+            )
+        out[i] = f"{group}={value}"
+    return out
+
+
 def compose_unvalidated(
     overrides: Sequence[str] = (), config_name: str = "train", config_dir: str | Path | None = None
 ) -> DictConfig:
     """The composed config before `validate_config` (schema types and keys are already enforced by Hydra)."""
-    overrides = list(overrides)
+    overrides = [_window_override(o) for o in group_names_as_groups(list(overrides))]
     if config_dir is not None:  # conf/ stays on the search path: the folder's config composes over train.yaml
         overrides.insert(0, f"hydra.searchpath=[file://{CONF_DIR}]")
 
@@ -174,6 +205,7 @@ def validate_config(cfg: DictConfig | dict) -> DictConfig:
     try:
         # Through a plain container so that keys a `+key=` override slipped into a typed node are refused too.
         plain = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else cfg
+        _window_as_pair(plain)
         typed = OmegaConf.merge(OmegaConf.structured(TrainConfig), plain)
         missing = sorted(OmegaConf.missing_keys(typed))
         if missing:
@@ -185,6 +217,40 @@ def validate_config(cfg: DictConfig | dict) -> DictConfig:
     _check_model(typed)
     check_trackers(typed.tracker)
     return typed
+
+
+def _window_override(override: str) -> str:
+    """`model.rpb.window_size=9x9` (or `=9`) as `model.rpb.window_size=[9,9]`: Hydra checks the schema's list type
+    while it composes, before `validate_config` could read the other spellings."""
+    key, eq, value = override.partition("=")
+    if not eq or key.lstrip("+") != "model.rpb.window_size" or value.strip().startswith(("[", "$", "null")):
+        return override
+    try:
+        h, w = to_2tuple(value)
+    except OptionError:
+        raise ConfigError(
+            f"model.rpb.window_size={value} is not a window size: write 7, 7x7 or [7,7] (height x width)."
+        ) from None
+    return f"{key}=[{h},{w}]"
+
+
+def _window_as_pair(plain: Any) -> None:
+    """`model.rpb.window_size` spelt 7, "7", "7x7" or [7, 7] -> [7, 7] in place (`rpb.options.to_2tuple`), before
+    the schema (a list of two ints) sees it.
+
+    Raises:
+        ConfigError: a value that is no window.
+    """
+    rpb = plain.get("model", {}).get("rpb") if isinstance(plain, dict) and isinstance(plain.get("model"), dict) else None
+    value = rpb.get("window_size") if isinstance(rpb, dict) else None
+    if value is None or (isinstance(value, str) and value.startswith("${")):
+        return
+    try:
+        rpb["window_size"] = list(to_2tuple(value))
+    except OptionError:
+        raise ConfigError(
+            f"model.rpb.window_size={value!r} is not a window size: write 7, 7x7 or [7,7] (height x width)."
+        ) from None
 
 
 def _get(cfg: DictConfig, key: str) -> Any:

@@ -78,19 +78,24 @@ class OptionError(ValueError):
         return _FIELD.sub(field, self.template)
 
 
-def to_2tuple(x: int | Sequence[int], name: str = "window_size", minimum: int = 1) -> Pair:
-    """An int or a pair as a (height, width) tuple of ints >= `minimum` (1: sizes; 0: shifts, as Swin's (3, 0)).
+def to_2tuple(x: int | str | Sequence[int], name: str = "window_size", minimum: int = 1) -> Pair:
+    """An int, an "HxW" string ("7x7", or "7" for a square) or a pair as a (height, width) tuple of ints >= `minimum`
+    (1: sizes; 0: shifts, as Swin's (3, 0)). The one spelling of a window in training, sweeps and ablations.
 
     Raises:
-        OptionError: not an int or a pair, or a side below `minimum`.
+        OptionError: not an int, an "HxW" string or a pair, or a side below `minimum`.
     """
+    if isinstance(x, str):
+        x = x.strip().lower().split("x") if "x" in x.lower() else [x.strip(), x.strip()]
     try:
+        if isinstance(x, bool):
+            raise TypeError
         pair = (int(x), int(x)) if isinstance(x, int) else tuple(int(v) for v in x)
     except (TypeError, ValueError):
         pair = ()
     if len(pair) != 2 or min(pair) < minimum:
         what = "positive ints" if minimum == 1 else f"ints of at least {minimum}"
-        raise OptionError(f"<{name}=> must be an int or a pair of {what}.", name, **{name: x})
+        raise OptionError(f"<{name}=> must be an int, an 'HxW' string or a pair of {what}.", name, **{name: x})
     return pair  # type: ignore[return-value]
 
 

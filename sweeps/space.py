@@ -13,7 +13,6 @@ the same path from the space. Window sizes are categoricals of ints (square wind
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +21,7 @@ import optuna
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from experiments.config_errors import SweepConfigError
+from rpb.options import OptionError, to_2tuple
 
 DIMENSION_TYPES = ("float", "int", "categorical")
 _ALLOWED_KEYS = {
@@ -30,7 +30,6 @@ _ALLOWED_KEYS = {
     "categorical": {"type", "choices"},
 }
 _MISSING = object()
-_WINDOW_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
 
 @dataclass(frozen=True)
@@ -107,24 +106,14 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def parse_window(value: Any, key: str = "window_size") -> list[int]:
-    """An int (square window), an "HxW" string or a pair -> [H, W]."""
-    if isinstance(value, bool):
+    """An int (square window), an "HxW" string or a pair -> [H, W] (`rpb.options.to_2tuple`, the one spelling of a
+    window in training, sweeps and ablations)."""
+    try:
+        return list(to_2tuple(list(value) if isinstance(value, ListConfig) else value))
+    except OptionError:
         raise SweepConfigError(
             f"{key}: {value!r} is not a window size; use an int such as 7 or a string such as '7x7'."
-        )
-    if isinstance(value, int):
-        hw = [value, value]
-    elif isinstance(value, str) and (m := _WINDOW_RE.match(value)):
-        hw = [int(m.group(1)), int(m.group(2))]
-    elif isinstance(value, (list, tuple, ListConfig)) and len(value) == 2 and all(isinstance(v, int) for v in value):
-        hw = [int(v) for v in value]
-    else:
-        raise SweepConfigError(
-            f"{key}: {value!r} is not a window size; use an int such as 7 or a string such as '7x7'."
-        )
-    if min(hw) < 1:
-        raise SweepConfigError(f"{key}: window size {value!r} must be positive.")
-    return hw
+        ) from None
 
 
 def window_label(value: Any) -> str:

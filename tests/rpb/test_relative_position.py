@@ -163,7 +163,7 @@ def test_the_bias_follows_every_change_of_the_table(route, train):
             "window_size=9 spans 9 positions but the sequence has 4 tok",
         ),
         (dict(window_size=2, init_std=-1.0), r"init_std=-1.0 must be a finite number >= 0"),
-        (dict(window_size=(0, 2)), r"window_size=\(0, 2\) must be an int or a pair of positive ints"),
+        (dict(window_size=(0, 2)), r"window_size=\(0, 2\) must be an int, an 'HxW' string or a pair of positive ints"),
         # `mode` is kept for callers that predate windows in the attention layer: its rules still hold
         (dict(window_size=(3, 3), mode="global"), "mode='global' is not allowed: choose one of clip, local"),
         (dict(window_size=(2, 2), grid_size=(5, 5), mode="local"), r"needs window_size=\(2, 2\) to tile the 5x5"),

@@ -60,9 +60,11 @@ def trial_config(base: DictConfig, sweep: DictConfig, spec: TrialSpec) -> DictCo
     cfg.run_dir = spec.run_dir
     cfg.resume = spec.resume
     cfg.name = f"{sweep.study_name}-trial-{spec.number}"
-    wb = cfg.tracker.wandb
-    wb.group, wb.job_type, wb.name, wb.id = sweep.study_name, "trial", f"trial-{spec.number}", spec.wandb_id
-    tags = [*wb.tags, f"study-{sweep.study_name}"]
+    wb = cfg.tracker.get("wandb")  # None with tracker=none (or a preset without W&B)
+    tags = [f"study-{sweep.study_name}"]
+    if wb is not None:
+        wb.group, wb.job_type, wb.name, wb.id = sweep.study_name, "trial", f"trial-{spec.number}", spec.wandb_id
+        tags = [*wb.tags, *tags]
     window = OmegaConf.select(cfg, "model.rpb.window_size")
     flat = {}
     if window is not None:
@@ -70,7 +72,8 @@ def trial_config(base: DictConfig, sweep: DictConfig, spec: TrialSpec) -> DictCo
         enabled = OmegaConf.select(cfg, "model.rpb.enabled", default=True)
         flat["window_size"] = window_label(list(window)) if enabled else "none"
         tags.append(f"window-{flat['window_size']}")
-    wb.tags = tags
+    if wb is not None:
+        wb.tags = tags
     cfg.tracker.extra_config = {
         **OmegaConf.to_container(cfg.tracker.extra_config),
         **flat,

@@ -59,9 +59,10 @@ def best_config(cfg: DictConfig | CheckedSweep, trial: FrozenTrial) -> DictConfi
     spec = TrialSpec(trial.number, dict(trial.params), run_dir="unused", wandb_id="unused")
     out = trial_config(base, sweep, spec)
     out.run_dir, out.resume, out.name = None, None, f"{sweep.study_name}-best"
-    wb = out.tracker.wandb
-    wb.group, wb.job_type, wb.name, wb.id = sweep.study_name, "train", None, None
-    wb.tags = [t for t in wb.tags if not t.startswith("study-")] + [f"best-of-{sweep.study_name}"]
+    wb = out.tracker.get("wandb")
+    if wb is not None:
+        wb.group, wb.job_type, wb.name, wb.id = sweep.study_name, "train", None, None
+        wb.tags = [t for t in wb.tags if not t.startswith("study-")] + [f"best-of-{sweep.study_name}"]
     out.tracker.extra_config = {"from_study": sweep.study_name, "from_trial": trial.number}
     out.sweep = None
     return out

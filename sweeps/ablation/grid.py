@@ -152,7 +152,7 @@ def run_factors(cfg: DictConfig) -> dict[str, Any]:
         "pos_embed": cfg.model.pos_embed,
         "setting": setting_label(cfg.model.pos_embed, rpb.enabled, rpb.bias_type, window, rpb.mode),
         "seed": int(cfg.seed),
-        "ablation": cfg.tracker.wandb.group,
+        "ablation": OmegaConf.select(cfg, "tracker.wandb.group") or OmegaConf.select(cfg, "tracker.extra_config.study_name"),
     }
 
 
@@ -168,12 +168,13 @@ def params_text(params: Mapping[str, Any]) -> str:
 def train_trial(cfg: DictConfig, on_epoch_end: Callable | None = None, train_fn: Callable | None = None) -> dict:
     """Train one ablation trial: the factors go into the W&B config and tags, then `experiments.train.train`."""
     factors = run_factors(cfg)
-    wb = cfg.tracker.wandb
-    tags = [*wb.tags, "ablation", f"bias-{factors['bias_type']}", f"mode-{factors['mode']}",
+    wb = cfg.tracker.get("wandb")  # None with tracker=none
+    tags = [*(wb.tags if wb is not None else []), "ablation", f"bias-{factors['bias_type']}", f"mode-{factors['mode']}",
             f"pos-{factors['pos_embed']}", f"seed-{factors['seed']}"]  # fmt: skip
     if not any(t.startswith("window-") for t in tags):  # a config that did not come through trial_config
         tags.append(f"window-{factors['window_size']}")
-    wb.tags = list(dict.fromkeys(tags))
+    if wb is not None:
+        wb.tags = list(dict.fromkeys(tags))
     with open_dict(cfg.tracker):
         cfg.tracker.extra_config = {**OmegaConf.to_container(cfg.tracker.extra_config), **factors}
     if train_fn is None:

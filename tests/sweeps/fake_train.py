@@ -13,6 +13,8 @@ import os
 import time
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 
 def quality(cfg) -> float:
     lr = float(cfg.optim.lr)
@@ -75,7 +77,7 @@ def train(cfg, on_epoch_end=None) -> dict:
         "val_loss": 1 - acc,
         "train_loss": 1 - acc,
         "run_dir": str(run_dir),
-        "wandb_run_id": cfg.tracker.wandb.id,
+        "wandb_run_id": OmegaConf.select(cfg, "tracker.wandb.id"),  # None with tracker=none
         "resumed_from_epoch": start,
     }
     (run_dir / "summary.json").write_text(json.dumps(result))

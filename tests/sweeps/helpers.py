@@ -12,7 +12,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def sweep_overrides(tmp_path: Path, *extra: str, fake: bool = True) -> list[str]:
-    base = [f"sweep.output_dir={tmp_path}/sweeps", "tracker.wandb.mode=offline", "trainer.progress_bar=false"]
+    base = [f"sweep.output_dir={tmp_path}/sweeps", "trainer.progress_bar=false"]
+    if not any(e.startswith("tracker=") for e in extra):  # tracker=none has no W&B entry to set
+        base.append("tracker.wandb.mode=offline")
     if fake:
         base.append("sweep.train_fn=tests.sweeps.fake_train:train")
     return [*base, *extra]

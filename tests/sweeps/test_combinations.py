@@ -65,7 +65,7 @@ def _cfg(out: Path, metric: str, pruner: str, storage: str | None, name: str):
             out, f"sweep.metric={metric}", f"sweep.pruner.name={pruner}", f"sweep.study_name={name}",
             f"sweep.storage={storage or 'null'}", f"sweep.n_trials={N_TRIALS}", f"trainer.epochs={EPOCHS}",
             "sweep.pruner.n_startup_trials=2", "sweep.pruner.n_warmup_steps=1", "sweep.enqueue_defaults=false",
-            "sweep.sampler.n_startup_trials=3", "tracker=none", "sweep.heartbeat_interval=null", "~sweep.space.model",
+            "sweep.sampler.n_startup_trials=3", "tracker.wandb.mode=disabled", "tracker.tensorboard.enabled=false", "sweep.heartbeat_interval=null", "~sweep.space.model",
         ),
         config_name="sweep",
     )  # fmt: skip

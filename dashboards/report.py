@@ -1,6 +1,8 @@
 """rpb-report: write a study's report (sweep or ablation) as one HTML file, or serve a local dashboard.
 
-The page (reports/<study>/index.html) carries its plots inside it: copy or mail it alone. An ablation's page
+The page (reports/<study>/index.html; reports/<study>-vs-<baseline>/ with --baseline) carries its plots inside it:
+copy or mail it alone. A folder holding the report of another study or baseline is not written over without
+--force; the same command again refreshes its own report. An ablation's page
 opens with the verdict of every setting against the baseline (--baseline; default: the study's
 ablation.baseline, else "none", no position information).
 
@@ -282,6 +284,7 @@ def build_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     index = out_dir / "index.html"
     index.write_text(html.page(f"rpb-lab report: {study.study_name}", sections))
+    (out_dir / REPORT_STAMP).write_text(json.dumps({"study": study.study_name, "baseline": baseline}))
     return index
 
 
@@ -292,6 +295,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="Optuna journal file or database URL of the study")
     p.add_argument("--study", help="study name (optional when the storage holds one study)")
     p.add_argument("--out", help="output folder (default: reports/<study name>)")
+    p.add_argument("--force", action="store_true", help="write over a report of another study or baseline in --out")
     p.add_argument("--baseline", help="ablation: the setting every other one is compared with (none, abs, 2d-7x7, ...)")
     p.add_argument("--source", choices=("local", "wandb"), default="local", help="read runs from folders or W&B")
     p.add_argument("--runs-root", default=".", help="folder that relative run_dir paths start from")
@@ -308,6 +312,20 @@ def _parser() -> argparse.ArgumentParser:
 def _fail(message: str) -> int:
     print(f"rpb-report: error: {message}", file=sys.stderr)
     return EXIT_CONFIG
+
+
+REPORT_STAMP = "report.json"  # beside index.html: the study and baseline it was made for
+
+
+def default_out_dir(study_name: str, baseline: str | None) -> Path:
+    """reports/<study>, or reports/<study>-vs-<baseline> for an ablation against a named baseline: a report
+    against another baseline gets a folder of its own instead of overwriting the last one."""
+    return Path("reports") / (f"{study_name}-vs-{baseline}" if baseline else study_name)
+
+
+def _describe(made_for: dict) -> str:
+    against = f" against {made_for['baseline']}" if made_for.get("baseline") else ""
+    return f"the report of study {made_for.get('study')!r}{against}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -333,7 +351,15 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(
             f"--baseline is for ablations; study {study.study_name!r} is a {study.user_attrs.get('kind', 'sweep')}."
         )
-    index = build_report(study, reader, args.out or Path("reports") / study.study_name, args.block, args.baseline)
+    out = Path(args.out) if args.out else default_out_dir(study.study_name, args.baseline)
+    made_for = {"study": study.study_name, "baseline": args.baseline}
+    stamp = out / REPORT_STAMP
+    if (out / "index.html").is_file() and not args.force:
+        previous = json.loads(stamp.read_text()) if stamp.is_file() else None
+        if previous != made_for:
+            what = "another report" if previous is None else _describe(previous)
+            return _fail(f"{out} holds {what}: pass --out with another folder, or --force to write over it.")
+    index = build_report(study, reader, out, args.block, args.baseline)
     print(f"report written: {index} (one file: open it, copy it or mail it as it is)\nopen it with: xdg-open {index}")
     return 0
 

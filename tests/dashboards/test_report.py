@@ -130,7 +130,7 @@ def test_cli_writes_the_report(ablation_journal, tmp_path, capsys, monkeypatch):
 
     (tmp_path / "rep" / "figures").mkdir(parents=True)  # an older report's side folder
     assert main(["--storage", str(ablation_journal), "--out", str(tmp_path / "rep")]) == 0
-    assert [p.name for p in (tmp_path / "rep").iterdir()] == ["index.html"]
+    assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == ["index.html", "report.json"]
     assert "report written" in capsys.readouterr().out
     seen = {}
     monkeypatch.setattr(report, "build_report", lambda *args: seen.update(args=args) or tmp_path / "x.html")
@@ -257,3 +257,23 @@ def test_optuna_own_tools_work_in_the_installed_project(sweep_journal):
     figure = optuna.visualization.plot_optimization_history(study)
     assert len(figure.data) >= 1
     assert optuna.visualization.plot_intermediate_values(study).data
+
+
+def test_a_report_is_never_written_over_without_a_word(ablation_journal, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "rep"
+    assert main(["--storage", str(ablation_journal), "--out", str(out)]) == 0
+    first = (out / "index.html").read_text()
+    assert main(["--storage", str(ablation_journal), "--out", str(out)]) == 0  # the same report, refreshed
+    # another baseline into the same folder: refused in one sentence, exit 2
+    assert main(["--storage", str(ablation_journal), "--out", str(out), "--baseline", "2d-3x3"]) == 2
+    message = capsys.readouterr().err.strip()
+    assert f"{out} holds the report of study 'abl'" in message and "--force" in message
+    assert (out / "index.html").read_text() == first
+    assert main(["--storage", str(ablation_journal), "--out", str(out), "--baseline", "2d-3x3", "--force"]) == 0
+    assert (out / "index.html").read_text() != first
+    # without --out, each baseline gets its own folder
+    monkeypatch.chdir(tmp_path)
+    assert main(["--storage", str(ablation_journal)]) == 0
+    assert main(["--storage", str(ablation_journal), "--baseline", "2d-3x3"]) == 0
+    assert (tmp_path / "reports" / "abl" / "index.html").is_file()
+    assert (tmp_path / "reports" / "abl-vs-2d-3x3" / "index.html").is_file()

@@ -10,7 +10,7 @@ A stack read from the bottom up; each module imports only those above it in this
     worker                               one worker's part: `prepare_study`, `worker_loop`, `done_message`
     cluster                              workers as SLURM jobs (submitit)
     study                                `run_study`: this command's workers, local or on the cluster
-    summary, cli                         the end of a sweep; `rpb-sweep`
+    summary, wandb_study, cli            the end of a sweep (its W&B run: trials table, best.yaml); `rpb-sweep`
     ablation/                            `rpb-ablate`, a client of all the above, imported by none of them
 
 Public API (import from the modules; `import sweeps` stays light):

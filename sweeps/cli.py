@@ -39,14 +39,17 @@ from sweeps.space import SweepConfigError
 from sweeps.storage import build_storage
 from sweeps.study import StudyAlreadyDone, run_study
 from sweeps.summary import interrupted_trials, print_summary
+from sweeps.wandb_study import log_study_run
 
 log = logging.getLogger("rpb-sweep")
 
 
-def _summary(checked) -> None:
+def _summary(checked, *, log_to_wandb: bool = False) -> None:
     sweep = checked.sweep
     study = optuna.load_study(study_name=sweep.study_name, storage=build_storage(sweep, heartbeat=False))
-    print_summary(checked, study)
+    best_yaml = print_summary(checked, study)
+    if log_to_wandb:  # the study's own W&B run: its trials' table and best.yaml (where W&B is the tracker)
+        log_study_run(checked, study, best_yaml)
 
 
 def sweep_main(cfg: DictConfig) -> int:
@@ -71,7 +74,7 @@ def sweep_main(cfg: DictConfig) -> int:
             say_interrupted("rpb-sweep", checked.sweep if checked is not None else None)  # the last line
         return interrupted_status()
     if is_main:
-        _summary(checked)
+        _summary(checked, log_to_wandb=True)
     return 0
 
 

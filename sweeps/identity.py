@@ -13,13 +13,15 @@ out: workers on different machines may set them differently.
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import optuna
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from experiments.config import resolve_mixed_precision
+from experiments.config import compose_config, resolve_mixed_precision
 from sweeps.config import CheckedSweep, grid_cells, is_cell_study
 from sweeps.space import SweepConfigError, fixed_values
 from sweeps.storage import describe_storage
@@ -71,6 +73,21 @@ def _json(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+def _base_values(base: DictConfig) -> dict[str, Any]:
+    """{path: value} of a training config, as an identity records them (JSON-ready)."""
+    flat = _flat(OmegaConf.to_container(base, resolve=True))
+    # null means the launcher's precision: record the one the trials train in, as their config.yaml does
+    flat["trainer.mixed_precision"] = resolve_mixed_precision(OmegaConf.select(base, "trainer.mixed_precision"))[0]
+    return _json(flat)
+
+
+@functools.cache
+def default_base_values() -> dict[str, Any]:
+    """{path: value} of the default training config (conf/train.yaml composed): what a run used for a key before
+    the key existed."""
+    return _base_values(compose_config(config_name="train"))
+
+
 def study_identity(checked: CheckedSweep) -> dict[str, Any]:
     """The identity of the study `checked` describes (JSON-ready).
 
@@ -78,10 +95,7 @@ def study_identity(checked: CheckedSweep) -> dict[str, Any]:
     base ({path: value} of the base training config, `NOT_IDENTITY` and the keys every trial sets left out).
     """
     sweep, base, dims = checked
-    base_flat = _flat(OmegaConf.to_container(base, resolve=True))
-    # null means the launcher's precision: record the one the trials train in, as their config.yaml does
-    precision = OmegaConf.select(base, "trainer.mixed_precision")
-    base_flat["trainer.mixed_precision"] = resolve_mixed_precision(precision)[0]
+    base_flat = _base_values(base)
     set_per_trial = {d.path for d in dims} | set(fixed_values(sweep))
     space = {
         d.path: {k: v for k, v in (("type", d.type), ("low", d.low), ("high", d.high), ("log", d.log),
@@ -107,8 +121,15 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def identity_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """What differs between two identities, as config keys ("trainer.epochs 5 -> 10", "sweep.space.optim.lr")."""
+def identity_changes(old: dict[str, Any], new: dict[str, Any], defaults: Mapping[str, Any] | None = None) -> list[str]:
+    """What differs between two identities, as config keys ("trainer.epochs 5 -> 10", "sweep.space.optim.lr").
+
+    Args:
+        defaults: {path: value} of the default training config. A base key `old` lacks (the study was created
+            before the key existed) whose new value is its default is no change: the old trials ran with it.
+            None: every added key is a change.
+    """
+    defaults = defaults or {}
     changes = []
     for key in ("metric", "direction", "value"):
         if old.get(key) != new.get(key):
@@ -119,6 +140,8 @@ def identity_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             if path not in after:
                 changes.append(f"{prefix}{path} removed")
             elif path not in before:
+                if key == "base" and path in defaults and defaults[path] == after[path]:
+                    continue  # a key added to the config since, at its default: what the old trials ran with
                 changes.append(f"{prefix}{path} added")
             elif before[path] != after[path]:
                 what = "changed" if key == "space" else f"{_short(before[path])} -> {_short(after[path])}"
@@ -147,7 +170,8 @@ def check_identity(study: optuna.Study, checked: CheckedSweep) -> None:
     if old is None:  # a new study (or one created before identities were recorded)
         study.set_user_attr(IDENTITY_ATTR, new)
         return
-    changes = identity_changes(old, new)
+    added = set(new.get("base") or {}) - set(old.get("base") or {})
+    changes = identity_changes(old, new, default_base_values() if added else None)
     if not changes:
         return
     named = ", ".join(changes[:_MAX_NAMED]) + (

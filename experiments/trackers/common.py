@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -79,3 +80,11 @@ def scalar(value: Any) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
+
+
+def scalar_or_text(value: Any) -> bool | int | float | str | None:
+    """A cell of a tracker's table (W&B table, TensorBoard hparams): numbers, strings, booleans and None as they
+    are, anything else (a window's [7, 7]) as its JSON text."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return json.dumps(to_plain(value), default=str)

@@ -1,9 +1,14 @@
-"""W&B tracker: one W&B run per run folder, offline unless configured, never a login prompt, quiet unless asked."""
+"""W&B tracker: one W&B run per run folder, offline unless configured, never a login prompt, quiet unless asked.
+
+`open_run` and `log_file_artifact` are the two W&B calls the tracker makes, shared with the study's own run at the
+end of a sweep (`sweeps.wandb_study`).
+"""
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,81 @@ from experiments.trackers.common import (
 )
 
 WANDB_MODES = ("offline", "online", "disabled")  # disabled: no W&B run, nothing written, W&B never imported
+log = logging.getLogger(__name__)
+MODEL_ARTIFACT_TYPE = "model"  # a run's best checkpoint, `model-<run id>` (the name Lightning's WandbLogger uses)
+
+
+def open_run(
+    mode: str,
+    directory: Path,
+    config: Mapping[str, Any],
+    *,
+    tags: Sequence[str] = (),
+    verbose: bool = False,
+    resume: str | None = None,
+    **init_kwargs: Any,
+) -> Any:
+    """A new W&B run under `<directory>/wandb` (`reinit="create_new"`: many runs in one process), with the mode
+    explicit so W&B never prompts, no console capture, W&B's own lines only when `verbose`.
+
+    Args:
+        mode: "offline" or "online" (callers leave "disabled" out: it records nothing).
+        config: recorded with its secrets masked.
+        init_kwargs: the other `wandb.init` arguments (project, entity, group, job_type, name, id, notes); None
+            and empty values are left out.
+
+    Raises:
+        ConfigError: mode online without W&B credentials (it would prompt on a terminal, and block unattended).
+    """
+    import wandb  # optional and ~1 s to import: deferred on purpose, to a run that logs to W&B
+
+    if mode == "online" and wandb.run is None and not wandb.login(prompt=False, verify=False):
+        raise ConfigError(
+            "tracker.wandb.mode=online found no W&B credentials (or WANDB_MODE=offline is set): run `wandb login` "
+            "or set WANDB_API_KEY, or use tracker.wandb.mode=offline and `wandb sync` later."
+        )
+    return wandb.init(
+        mode=mode,
+        dir=str(directory),
+        config=mask_secrets(to_plain(config)),
+        tags=[str(t) for t in tags],
+        reinit="create_new",
+        resume=resume,
+        # Console capture would copy every progress-bar line into the run; the loop logs what matters.
+        settings=wandb.Settings(console="off", silent=not verbose),
+        **{k: v for k, v in init_kwargs.items() if v},
+    )
+
+
+def log_file_artifact(
+    run: Any,
+    path: Path,
+    *,
+    name: str,
+    type: str,
+    metadata: Mapping[str, Any] | None = None,
+    aliases: Sequence[str] = (),
+    in_place: bool = False,
+) -> None:
+    """Log the file `path` as version N of artifact `name` (type `type`) of `run`.
+
+    Args:
+        in_place: the artifact's file is `path` itself, not a copy. W&B copies a file it logs (policy "mutable")
+            into its staging folder under the home directory (WANDB_DATA_DIR), where an offline run's copy waits
+            for `wandb sync`: a checkpoint per trial of a sweep would pile up there. In place, the offline run's
+            record points at the file in the run folder, which `wandb sync` uploads; change it before the sync
+            and that version cannot be uploaded.
+    """
+    import wandb
+
+    artifact = wandb.Artifact(name, type=type, metadata=_plain_metadata(metadata or {}))
+    artifact.add_file(str(path), name=Path(path).name, policy="immutable" if in_place else "mutable")
+    run.log_artifact(artifact, aliases=list(aliases))
+
+
+def _plain_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """The numbers, strings and booleans of `metadata`, secrets masked (W&B stores metadata as JSON)."""
+    return {k: v for k, v in mask_secrets(dict(metadata)).items() if isinstance(v, (str, int, float, bool))}
 
 
 class WandbTracker:
@@ -78,31 +158,21 @@ class WandbTracker:
     def start(self, config: Mapping[str, Any], run_dir: Path) -> None:
         if self.mode == "disabled":
             return
-        import wandb  # optional and ~1 s to import: deferred on purpose, to a run that logs to W&B
-
         folder = RunDir(run_dir)
         folder.path.mkdir(parents=True, exist_ok=True)
-        # Online without credentials would prompt on a terminal (and block forever unattended): refuse instead.
-        if self.mode == "online" and wandb.run is None and not wandb.login(prompt=False, verify=False):
-            raise ConfigError(
-                "tracker.wandb.mode=online found no W&B credentials (or WANDB_MODE=offline is set): run `wandb login` "
-                "or set WANDB_API_KEY, or use tracker.wandb.mode=offline and `wandb sync` later."
-            )
         previous = folder.wandb_run()
         init_kwargs = {**self.init_kwargs, "name": self.init_kwargs["name"] or folder.path.name}
         if previous is not None:
             init_kwargs["id"] = previous.id
         self._step = previous.step if previous is not None else -1
-        self.run = wandb.init(
-            mode=self.mode,
-            dir=str(folder.path),
-            config=mask_secrets(to_plain(config)),
+        self.run = open_run(
+            self.mode,
+            folder.path,
+            config,
             tags=self.tags,
-            reinit="create_new",
+            verbose=self.verbose,
             resume="allow" if previous is not None else None,
-            # Console capture would copy every progress-bar line into the run; the loop logs what matters.
-            settings=wandb.Settings(console="off", silent=not self.verbose),
-            **{k: v for k, v in init_kwargs.items() if v},
+            **init_kwargs,
         )
         self._run_dir = folder
         self.run_id = self.run.id
@@ -164,5 +234,22 @@ class WandbTracker:
             run.summary["state"] = state
             run.summary["reason"] = summary.get("reason") or ""  # W&B drops None values
             run.tags = (*run.tags, state) if state not in run.tags else run.tags
+            self._log_best_checkpoint(run, state, summary)
         finally:
             run.finish(exit_code=1 if state in FAILED_STATES else 0)
+
+    def _log_best_checkpoint(self, run: Any, state: str, summary: Mapping[str, Any]) -> None:
+        """`checkpoints/best.pt` as artifact `model-<run id>` (type "model", alias "best"), its summary as metadata.
+
+        A failed or interrupted run logs none: it is resumed or retried, and logs its best when it ends. Offline,
+        the artifact's file is the run folder's checkpoint itself (`log_file_artifact`'s `in_place`): sync the run
+        before extending it (`resume=` with more epochs), which may overwrite best.pt.
+        """
+        best = self._run_dir.best_checkpoint if self._run_dir is not None else None
+        if state in FAILED_STATES or best is None or not best.is_file():
+            return
+        try:
+            log_file_artifact(run, best, name=f"model-{run.id}", type=MODEL_ARTIFACT_TYPE, aliases=["best"],
+                              metadata={"state": state, **summary}, in_place=self.mode == "offline")  # fmt: skip
+        except Exception as err:  # the run's result stands without its artifact: say so, do not fail the run
+            log.warning("W&B run %s: the best checkpoint was not logged as an artifact (%s)", run.id, err)

@@ -330,3 +330,94 @@ def test_wandb_speaks_when_verbose(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "run")], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
     assert any(line.startswith("wandb:") for line in (proc.stdout + proc.stderr).splitlines())
+
+
+def _artifacts(run_dir: Path) -> list[dict]:
+    """The artifact records of the run's offline folder, as `wandb leet inspect --json` reads them."""
+    return [r["artifact"] for r in leet(run_dir) if r["type"] == "artifact"]
+
+
+def _write_best_checkpoint(run_dir: Path) -> Path:
+    best = run_dir / "checkpoints" / "best.pt"
+    best.parent.mkdir(parents=True, exist_ok=True)
+    best.write_bytes(b"a checkpoint")
+    return best
+
+
+def test_best_checkpoint_is_logged_as_a_model_artifact(tmp_path):
+    best = _write_best_checkpoint(tmp_path)
+    tracker = build_tracker(tracker_cfg(tensorboard=False), is_main_process=True)
+    fake_training(tracker, tmp_path)
+
+    [artifact] = _artifacts(tmp_path)
+    assert artifact["type"] == "model" and artifact["name"] == f"model-{tracker.run_id}"
+    assert set(artifact["aliases"]) == {"best", "latest"}
+    metadata = json.loads(artifact["metadata"])
+    assert metadata["state"] == "completed" and metadata["best_val_accuracy"] == 0.75 and metadata["best_epoch"] == 2
+    [entry] = artifact["manifest"]["contents"]
+    # offline, the artifact's file is the run folder's own checkpoint (no copy in W&B's staging folder)
+    assert entry["path"] == "best.pt" and entry["local_path"] == str(best) and int(entry["size"]) == best.stat().st_size
+
+
+@pytest.mark.parametrize("state", ["failed", "interrupted"])
+def test_no_model_artifact_for_a_failed_run_or_without_a_checkpoint(tmp_path, state):
+    _write_best_checkpoint(tmp_path / state)
+    fake_training(build_tracker(tracker_cfg(tensorboard=False), is_main_process=True), tmp_path / state, state=state)
+    assert _artifacts(tmp_path / state) == []  # resumed or retried: it logs its best when it ends
+    fake_training(build_tracker(tracker_cfg(tensorboard=False), is_main_process=True), tmp_path / "no-checkpoint")
+    assert _artifacts(tmp_path / "no-checkpoint") == []
+
+
+def _hparams(tensorboard_dir: Path):
+    """TensorBoard's hparams plugin data of the run: {tag: HParamsPluginData}, and the scalars' tags."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    events = EventAccumulator(str(tensorboard_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    try:
+        content = events.PluginTagToContent("hparams")
+    except KeyError:  # no hparams in the run
+        content = {}
+    data = {tag: plugin_data_pb2.HParamsPluginData.FromString(c) for tag, c in content.items()}
+    return data, events
+
+
+def test_tensorboard_writes_a_sweep_trials_hparams(tmp_path):
+    cfg = tracker_cfg(wandb=False)
+    cfg["extra_config"]["trial_params"] = {"optim.lr": 0.01, "model.rpb.window_size": [7, 7], "model.drop": None}
+    fake_training(build_tracker(cfg, is_main_process=True), tmp_path)
+
+    data, events = _hparams(tmp_path / "tensorboard")
+    start = data["_hparams_/session_start_info"].session_start_info
+    assert start.hparams["optim.lr"].number_value == 0.01
+    assert start.hparams["model.rpb.window_size"].string_value == "[7, 7]"
+    assert "model.drop" not in start.hparams  # None is no hparam
+    metrics = {m.name.tag for m in data["_hparams_/experiment"].experiment.metric_infos}
+    assert {"hparams/best_val_accuracy", "hparams/val_accuracy", "hparams/epochs_run"} <= metrics
+    assert "hparams/status" not in metrics and "hparams/run_dir" not in metrics  # numbers only
+    # in the run's own folder (one session per trial), beside its curves
+    assert [(e.step, e.value) for e in events.Scalars("hparams/best_val_accuracy")] == [(EPOCHS, 0.75)]
+    assert [e.value for e in events.Scalars("val_accuracy")] == [0.5, 0.75]
+    assert [p.name for p in (tmp_path / "tensorboard").iterdir() if p.is_dir()] == []
+
+
+def test_tensorboard_writes_no_hparams_outside_a_sweep(tmp_path):
+    fake_training(build_tracker(tracker_cfg(wandb=False), is_main_process=True), tmp_path)
+    data, _ = _hparams(tmp_path / "tensorboard")
+    assert data == {}
+
+
+def test_a_training_run_logs_its_best_checkpoint_and_a_trials_hparams(compose, tmp_path):
+    from experiments.train import train
+
+    cfg = compose(["tracker=default", "+tracker.extra_config.trial_params={optim.lr: 0.001}"])
+    result = train(cfg)
+    run_dir = Path(result["run_dir"])
+    [artifact] = _artifacts(run_dir)
+    assert artifact["type"] == "model" and artifact["name"] == f"model-{result['wandb_run_id']}"
+    [entry] = artifact["manifest"]["contents"]
+    assert entry["local_path"] == str(run_dir / "checkpoints" / "best.pt")
+    assert json.loads(artifact["metadata"])["best_epoch"] == result["best_epoch"] == 1
+    data, _ = _hparams(run_dir / "tensorboard")
+    assert data["_hparams_/session_start_info"].session_start_info.hparams["optim.lr"].number_value == 0.001

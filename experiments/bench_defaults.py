@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from experiments.result import COMPLETE_STATUSES, PRUNED
 from experiments.run_dir import RunDir
 
 __all__ = ["TARGETS", "Measurement", "Targets", "main", "run_sweep", "run_train"]
@@ -103,10 +104,10 @@ def run_sweep(workdir: Path, setup_seconds: float, overrides: list[str] = ()) ->
     seconds, _ = _run([sys.executable, "-m", "sweeps.cli", *overrides], workdir, "rpb-sweep")
     trials = sorted((workdir / "runs" / "sweeps").glob("*/trial-*/summary.json"))
     summaries = [RunDir(path.parent).read_summary() for path in trials]
-    complete = [s["best_val_accuracy"] for s in summaries if s["status"] in ("completed", "early_stopped")]
+    complete = [s["best_val_accuracy"] for s in summaries if s["status"] in COMPLETE_STATUSES]
     statuses = [s["status"] for s in summaries]
     note = (
-        f"{len(summaries)} trials ({statuses.count('pruned')} pruned); "
+        f"{len(summaries)} trials ({statuses.count(PRUNED)} pruned); "
         f"{seconds:.0f} s sweep + {setup_seconds:.0f} s setup"
     )
     return Measurement(

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from experiments.result import COMPLETE_STATUSES
+
 TRACKED = ["tracker=default", "tracker.wandb.mode=offline"]
 UNTRACKED = ["tracker=none"]
 
@@ -137,7 +139,7 @@ def end_to_end(epochs: int, repeats: int, out: Path) -> None:
         start = time.perf_counter()
         result = train(cfg)
         seconds = time.perf_counter() - start
-        if result["status"] not in ("completed", "early_stopped"):
+        if result["status"] not in COMPLETE_STATUSES:
             raise RuntimeError(f"benchmark run {tag} ended with status {result['status']!r}: {result['reason']}")
         return seconds
 

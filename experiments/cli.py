@@ -35,6 +35,7 @@ from experiments.launch import (
     stop_on_sigterm,
     stopped_by,
 )
+from experiments.result import DIVERGED
 
 __all__ = ["EXIT_INTERRUPTED", "main", "render_help"]
 
@@ -62,7 +63,7 @@ def _hydra_main(cfg: DictConfig) -> None:
             f"[rpb-train] {result['status']}: {result['reason']} | best val accuracy "
             f"{result['best_val_accuracy']:.4f} (epoch {result['best_epoch']}) | {result['run_dir']}"
         )
-    if result["status"] == "diverged":
+    if result["status"] == DIVERGED:
         _exit(EXIT_DIVERGED)
 
 

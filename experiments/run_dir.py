@@ -10,7 +10,8 @@
     <run_dir>/wandb_run.json       {"id": W&B run id, "step": last W&B step}: a resumed run continues that W&B run
     <run_dir>/tensorboard/         TensorBoard event files
 
-Only the standard library is imported here: dashboards read run folders without torch.
+Only the standard library (and `experiments.result`, which imports nothing else) is imported here: dashboards read
+run folders without torch.
 """
 
 from __future__ import annotations
@@ -18,15 +19,14 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FINAL_STATUSES", "RunDir", "WandbRun", "atomic_write_text"]
+from experiments.result import FINAL_STATUSES
 
-# Statuses of a run that ended by the loop's own decision: resuming it trains nothing unless trainer.epochs grows.
-FINAL_STATUSES = ("completed", "early_stopped", "pruned", "diverged")
+__all__ = ["FINAL_STATUSES", "RunDir", "WandbRun", "atomic_write_text"]
 
 
 def atomic_write_text(path: str | Path, text: str, *, fsync: bool = True) -> None:
@@ -127,8 +127,9 @@ class RunDir:
         """summary.json as a dict ({} when the run wrote none yet)."""
         return json.loads(self.summary.read_text()) if self.summary.is_file() else {}
 
-    def write_summary(self, result: dict[str, Any]) -> None:
-        atomic_write_text(self.summary, json.dumps(result, indent=2))
+    def write_summary(self, result: Mapping[str, Any]) -> None:
+        """summary.json from an `experiments.result.TrainResult` (or its dict)."""
+        atomic_write_text(self.summary, json.dumps(dict(result), indent=2))
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         with open(self.metrics, "a") as f:

@@ -1,7 +1,7 @@
-"""`train(cfg, on_epoch_end=None) -> metrics`: one Accelerate training loop, read top to bottom.
+"""`train(cfg, on_epoch_end=None) -> TrainResult`: one Accelerate training loop, read top to bottom.
 
 Runs unchanged on a CPU, one GPU or N processes (`accelerate launch --multi_gpu --num_processes N -m
-experiments.cli ...`). The contract with sweeps and dashboards: the callback, the returned dict, the logged keys
+experiments.cli ...`). The contract with sweeps and dashboards: the callback, the returned `TrainResult`, the logged keys
 and the run folder (`experiments.run_dir.RunDir`: config.yaml, metrics.jsonl, summary.json, checkpoints/, bias/,
 wandb/, wandb_run.json, tensorboard/).
 """
@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,17 @@ from experiments.config_errors import ConfigError
 from experiments.engine import evaluate, train_epoch
 from experiments.launch import stop_signal
 from experiments.metrics import better, metric_direction
-from experiments.run_dir import FINAL_STATUSES, RunDir
+from experiments.result import (
+    COMPLETED,
+    DIVERGED,
+    EARLY_STOPPED,
+    FAILED,
+    FINAL_STATUSES,
+    INTERRUPTED,
+    RUNNING,
+    TrainResult,
+)
+from experiments.run_dir import RunDir
 from experiments.threads import apply_threads
 
 __all__ = ["SCHEDULE_ON_EXTEND", "EpochCallback", "RunInterrupted", "epoch_line", "extend_run", "plural", "train"]
@@ -45,7 +55,7 @@ SCHEDULE_ON_EXTEND = (
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C during `train`: the trackers are finished as "interrupted"; `result` is what summary.json says."""
 
-    def __init__(self, result: dict[str, Any]):
+    def __init__(self, result: TrainResult):
         super().__init__(result["reason"])
         self.result = result
 
@@ -81,14 +91,10 @@ class _Session:
         state.wall_s, self.started = state.wall_s + now - self.started, now
 
 
-def train(cfg: DictConfig, on_epoch_end: EpochCallback | None = None) -> dict[str, Any]:
-    """Train the configured model; returns {status, reason, best_val_accuracy, best_val_loss, best_train_accuracy,
-    best_train_loss, best_epoch, epochs_run, epochs, val_accuracy, val_loss, train_loss, num_params,
-    train_images_per_s, wall_s, run_dir, wandb_run_id}.
-
-    best_<metric> is the best epoch value of each metric of `experiments.metrics.METRICS` over the whole run (its
-    epochs before a resume included): the max of an accuracy, the min of a loss; None (best_val_accuracy: 0.0)
-    when no epoch finished. best_epoch is the epoch of the best val accuracy, whose model is checkpoints/best.pt.
+def train(cfg: DictConfig, on_epoch_end: EpochCallback | None = None) -> TrainResult:
+    """Train the configured model; returns its `TrainResult` (status, reason, best_<metric> of every metric,
+    best_epoch, epochs_run, last epoch's metrics, num_params, throughput, wall_s, run_dir, wandb_run_id), which
+    summary.json holds too and which reads like a dict (`result["status"]`).
 
     Args:
         cfg: a config from `compose_config` (validated again here). With `cfg.resume=<run dir>` the run
@@ -129,7 +135,7 @@ def train(cfg: DictConfig, on_epoch_end: EpochCallback | None = None) -> dict[st
     s = _Session(cfg, run, accelerator, setup, build_tracker(cfg.tracker, is_main_process=accelerator.is_main_process),
                  to_yaml(cfg), started)  # fmt: skip
     _open_run(s, state)
-    status, reason = "completed", ""
+    status, reason = COMPLETED, ""
     try:
         for epoch in range(state.epoch + 1, tc.epochs + 1):
             t0 = time.perf_counter()
@@ -137,14 +143,14 @@ def train(cfg: DictConfig, on_epoch_end: EpochCallback | None = None) -> dict[st
             state.global_step, state.train_images = train_m["global_step"], state.train_images + train_m["images"]
             state.train_s += time.perf_counter() - t0
             if train_m["diverged"]:
-                status, reason = "diverged", _diverged_reason(epoch, state)
+                status, reason = DIVERGED, _diverged_reason(epoch, state)
                 break
             # plain cross-entropy (no label smoothing): validation losses compare across runs
             val_m = evaluate(setup.model, setup.val_loader, torch.nn.CrossEntropyLoss(), accelerator.device,
                              accelerator=accelerator, max_batches=tc.limit_val_batches)  # fmt: skip
             metrics = _epoch_metrics(epoch, train_m, val_m, setup.optimizer, time.perf_counter() - t0)
             if not math.isfinite(val_m["loss"]):
-                status, reason = "diverged", f"non-finite validation loss after epoch {epoch}: lower optim.lr"
+                status, reason = DIVERGED, f"non-finite validation loss after epoch {epoch}: lower optim.lr"
                 break
             _keep_best(s, state, metrics)
             early = _early_stop(state, metrics, tc)  # both run every epoch: the callback reports every epoch
@@ -162,15 +168,15 @@ def train(cfg: DictConfig, on_epoch_end: EpochCallback | None = None) -> dict[st
     except BaseException as exc:
         _finish_failed(s, state, exc)  # raises
 
-    if status == "completed":
+    if status == COMPLETED:
         reason = f"trained {plural(state.epoch, 'epoch')}"
-    if status != "diverged" and accelerator.is_main_process:
+    if status != DIVERGED and accelerator.is_main_process:
         _write_final_bias(accelerator.unwrap_model(setup.model, keep_torch_compile=False), run)
     s.lap(state)
     result = _result(s, state, status, reason)
     if accelerator.is_main_process:
         run.write_summary(result)
-    s.tracker.finish(status, summary=result)
+    s.tracker.finish(status, summary=result.to_dict())
     accelerator.wait_for_everyone()
     return result
 
@@ -248,13 +254,14 @@ def extend_run(run_dir: str | Path, epochs: int) -> None:
     run.write_config(OmegaConf.to_yaml(saved))
 
 
-def _already_finished(run: RunDir, epochs: int) -> dict[str, Any] | None:
+def _already_finished(run: RunDir, epochs: int) -> TrainResult | None:
     """The saved result of a run that ended by its own decision and is not extended (None: it goes on)."""
     saved = run.read_summary()
     if saved.get("status") not in FINAL_STATUSES or epochs > saved.get("epochs", saved.get("epochs_run", 0)):
         return None
     why, trained = saved.get("reason") or saved["status"], saved.get("epochs_run", 0)
-    return {**saved, "reason": f"already finished ({why}); nothing trained (trainer.epochs above {trained} extends it)"}
+    why = f"already finished ({why}); nothing trained (trainer.epochs above {trained} extends it)"
+    return replace(TrainResult.from_dict(saved), reason=why)
 
 
 def _open_run(s: _Session, state: TrainState) -> None:
@@ -269,7 +276,7 @@ def _open_run(s: _Session, state: TrainState) -> None:
             run.forget_wandb_run()  # a fresh run in a used folder opens a new W&B run
     s.tracker.start(OmegaConf.to_container(OmegaConf.create(s.config_yaml)), run.path)
     if s.accelerator.is_main_process:
-        run.write_summary(_result(s, state, "running", ""))
+        run.write_summary(_result(s, state, RUNNING, ""))
 
 
 def _run_dir(cfg: DictConfig, broadcast: Callable) -> Path:
@@ -326,7 +333,7 @@ def _keep_best(s: _Session, state: TrainState, metrics: dict[str, float]) -> Non
 
 
 def _early_stop(state: TrainState, metrics, tc) -> tuple[str, str] | None:
-    """The guide's patience recipe on trainer.early_stopping_monitor; ("early_stopped", reason) when it stops."""
+    """The guide's patience recipe on trainer.early_stopping_monitor; (EARLY_STOPPED, reason) when it stops."""
     direction = metric_direction(tc.early_stopping_monitor)
     if better(metrics[tc.early_stopping_monitor], state.best_monitor, direction):
         state.best_monitor, state.bad_epochs = metrics[tc.early_stopping_monitor], 0
@@ -334,7 +341,7 @@ def _early_stop(state: TrainState, metrics, tc) -> tuple[str, str] | None:
         state.bad_epochs += 1
     if tc.early_stopping_patience is None or state.bad_epochs < tc.early_stopping_patience:
         return None
-    return "early_stopped", (
+    return EARLY_STOPPED, (
         f"{tc.early_stopping_monitor} did not improve for {plural(state.bad_epochs, 'epoch')} "
         f"(best {state.best_monitor:.4f})"
     )
@@ -355,7 +362,7 @@ def _record_epoch(s: _Session, state: TrainState, metrics: dict[str, float], sto
     if s.accelerator.is_main_process:
         s.run.append_metrics(metrics | ({"status": stop_status} if stop_status else {}))
         # kept current while the run goes on: a run killed mid-way still says how far it got
-        s.run.write_summary(_result(s, state, "running", f"epoch {state.epoch}/{s.cfg.trainer.epochs}"))
+        s.run.write_summary(_result(s, state, RUNNING, f"epoch {state.epoch}/{s.cfg.trainer.epochs}"))
     if s.cfg.trainer.save_checkpoints:
         save_last(s.accelerator, s.run.path, state, s.config_yaml)
 
@@ -417,12 +424,12 @@ def _finish_failed(s: _Session, state: TrainState, exc: BaseException) -> None:
         reason = f"stopped with {stop_signal()} in epoch {state.epoch + 1}; {kept}"
     else:
         reason = f"{type(exc).__name__}: {exc}"
-    status = "interrupted" if interrupted else "failed"
+    status = INTERRUPTED if interrupted else FAILED
     result = _result(s, state, status, reason)
     with _no_interrupts():
         if s.accelerator.is_main_process:
             s.run.write_summary(result)
-        s.tracker.finish(status, summary=result)
+        s.tracker.finish(status, summary=result.to_dict())
     if interrupted:
         raise RunInterrupted(result) from None
     raise exc
@@ -441,26 +448,27 @@ def _write_final_bias(model: torch.nn.Module, run: RunDir) -> None:
     save_bias_heatmaps(model, run.bias)
 
 
-def _result(s: _Session, state: TrainState, status: str, reason: str) -> dict[str, Any]:
+def _result(s: _Session, state: TrainState, status: str, reason: str) -> TrainResult:
     last = state.last_metrics
-    return {
-        "status": status,
-        "reason": reason,
-        **state.best_metrics(),  # best_<metric> of experiments.metrics.METRICS; None before the first epoch
-        # before the first epoch 0.0, as it always was (rpb-train's last line and the benches print it as a number)
-        "best_val_accuracy": state.best_val_accuracy if state.best_val_accuracy is not None else 0.0,
-        "best_epoch": state.best_epoch,
-        "epochs_run": state.epoch,
-        "epochs": int(s.cfg.trainer.epochs),
-        "val_accuracy": last.get("val_accuracy"),
-        "val_loss": last.get("val_loss"),
-        "train_loss": last.get("train_loss"),
-        "num_params": s.setup.num_params,  # the model's trainable parameters (a cost comparison's size axis)
-        "train_images_per_s": state.train_images / state.train_s if state.train_s > 0 else None,
-        "wall_s": state.wall_s,  # every session of the run, setup and evaluation included
-        "run_dir": str(s.run.path),
-        "wandb_run_id": getattr(s.tracker, "run_id", None),
-    }
+    best = state.best_metrics()  # best_<metric> of experiments.metrics.METRICS; None before the first epoch
+    # before the first epoch 0.0, as it always was (rpb-train's last line and the benches print it as a number)
+    best["best_val_accuracy"] = state.best_val_accuracy if state.best_val_accuracy is not None else 0.0
+    return TrainResult(
+        status=status,
+        reason=reason,
+        **best,
+        best_epoch=state.best_epoch,
+        epochs_run=state.epoch,
+        epochs=int(s.cfg.trainer.epochs),
+        val_accuracy=last.get("val_accuracy"),
+        val_loss=last.get("val_loss"),
+        train_loss=last.get("train_loss"),
+        num_params=s.setup.num_params,
+        train_images_per_s=state.train_images / state.train_s if state.train_s > 0 else None,
+        wall_s=state.wall_s,
+        run_dir=str(s.run.path),
+        wandb_run_id=getattr(s.tracker, "run_id", None),
+    )
 
 
 def plural(n: int, noun: str) -> str:

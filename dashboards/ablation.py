@@ -16,6 +16,7 @@ from experiments.metrics import metric_direction
 from sweeps.ablation.settings import DEFAULT_BASELINE, NO_BIAS, Setting, find_setting
 from sweeps.ablation.settings import setting_of as setting_of_rpb
 from sweeps.ablation.stats import Comparison, mean_interval, metric_range, verdict_table
+from sweeps.record import StudyAttr
 
 __all__ = ["DEFAULT_BASELINE", "NO_BIAS", "Setting", "SettingSummary", "Verdict", "setting_of", "summarise", "verdict"]
 
@@ -49,7 +50,7 @@ class SettingSummary:
 
 def study_metric(study: optuna.Study) -> tuple[str, str]:
     """(metric, direction) of a study: what its trials' values are and which way they improve."""
-    return str(study.user_attrs.get("metric", "val_accuracy")), study.direction.name.lower()
+    return str(study.user_attrs.get(StudyAttr.METRIC, "val_accuracy")), study.direction.name.lower()
 
 
 def run_value(run: RunData, metric: str = "val_accuracy", direction: str | None = None) -> float:

@@ -14,15 +14,16 @@ import optuna
 from dashboards.runs import RunData
 from sweeps.ablation.settings import Setting
 from sweeps.ablation.settings import setting_of as setting_of_rpb
+from sweeps.record import StudyAttr, TrialAttr, retry_history
 
 Cell = Callable[[optuna.trial.FrozenTrial, "RunData | None"], Hashable]
 
 
 def retried_from(trial: optuna.trial.FrozenTrial) -> set[int]:
-    """Numbers of the earlier attempts `trial` retries (``system_attrs["retry_history"]``, ``user_attrs["retry_of"]``)."""
-    earlier = {int(n) for n in trial.system_attrs.get("retry_history", []) or []}
-    if trial.user_attrs.get("retry_of") is not None:
-        earlier.add(int(trial.user_attrs["retry_of"]))
+    """Numbers of the earlier attempts `trial` retries (its retry history, and the trial it is the retry of)."""
+    earlier = {int(n) for n in retry_history(trial)}
+    if trial.user_attrs.get(TrialAttr.RETRY_OF) is not None:
+        earlier.add(int(trial.user_attrs[TrialAttr.RETRY_OF]))
     return earlier
 
 
@@ -66,4 +67,4 @@ def ablation_cell(trial: optuna.trial.FrozenTrial, run: RunData | None) -> Hasha
 
 def default_cell(study: optuna.Study) -> Cell:
     """`params_cell`, or for an ablation study (kind "ablation") `ablation_cell`."""
-    return ablation_cell if study.user_attrs.get("kind") == "ablation" else params_cell
+    return ablation_cell if study.user_attrs.get(StudyAttr.KIND) == "ablation" else params_cell

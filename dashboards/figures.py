@@ -28,6 +28,7 @@ from optuna.trial import TrialState
 from dashboards import html
 from dashboards.ablation import SettingSummary
 from dashboards.runs import RunData
+from sweeps.record import StudyAttr
 
 DPI = 100  # plots: matplotlib's default 10 pt text is 14 px, legends at 8 pt are 11 px
 HEATMAP_DPI = 130  # heatmaps: their 6 pt tick labels are 10.8 px
@@ -236,7 +237,7 @@ def intermediate_values(study: optuna.Study) -> Figure:
     Draws every COMPLETE and PRUNED trial of `study`; failed attempts (killed, interrupted) and running or waiting
     trials are never drawn (a waiting retry carries the values its killed attempt reported).
     """
-    metric = str(study.user_attrs.get("metric", "value"))
+    metric = str(study.user_attrs.get(StudyAttr.METRIC, "value"))
     fig, ax = plt.subplots(figsize=(6.5, 4))
     shown = {"pruned": False, "complete": False}
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):

@@ -38,6 +38,7 @@ from dashboards.runs import LocalRunReader, RunData, RunReader
 from dashboards.wandb_reader import WandbRunReader
 from experiments.launch import EXIT_CONFIG
 from sweeps.format import format_number, short_names
+from sweeps.record import DUPLICATE, FAILED, INTERRUPTED, STALE, StudyAttr, TrialAttr
 
 OLD_FIG_DIR = "figures"  # where reports before the one-file page kept their images: removed on rewrite
 
@@ -55,10 +56,10 @@ STATE_LABELS = {
     "waiting": "waiting",
 }
 ATTEMPT_WORDS = {  # user_attrs["status"] of a FAIL trial -> how the page says what happened to it
-    "stale": "killed (its worker died)",
-    "interrupted": "interrupted (Ctrl-C)",
-    "failed": "failed",
-    "duplicate": "duplicate",
+    STALE: "killed (its worker died)",
+    INTERRUPTED: "interrupted (Ctrl-C)",
+    FAILED: "failed",
+    DUPLICATE: "duplicate",
 }
 COUNTS_RE = re.compile(r'<table class="counts" data-counts="([^"]*)"><caption>trials by state</caption>')
 
@@ -101,11 +102,11 @@ def _attempt_notes(study: optuna.Study, res: Results) -> tuple[list[str], list[l
     groups: dict[str, list[str]] = {}
     rows = []
     for trial in res.attempts:
-        status = str(trial.user_attrs.get("status") or "failed")
+        status = str(trial.user_attrs.get(TrialAttr.STATUS) or FAILED)
         then = retried.get(trial.number)
         after = f"retried as trial {then.number} ({STATE_LABELS[then.state.name.lower()]})" if then else "not retried"
         groups.setdefault(status, []).append(f"trial {trial.number} {after}")
-        rows.append([trial.number, status, trial.user_attrs.get("reason", ""), after])
+        rows.append([trial.number, status, trial.user_attrs.get(TrialAttr.REASON, ""), after])
     notes = []
     for status, items in groups.items():
         what = ATTEMPT_WORDS.get(status, f"failed (status {status!r})")
@@ -118,7 +119,7 @@ def _attempt_notes(study: optuna.Study, res: Results) -> tuple[list[str], list[l
 
 def overview_section(study: optuna.Study, res: Results) -> str:
     """The study's trial counts (as stored, by state), its results and what was left out of them and why."""
-    kind = study.user_attrs.get("kind", "sweep")
+    kind = study.user_attrs.get(StudyAttr.KIND, "sweep")
     direction = ", ".join(d.name.lower() for d in study.directions)
     counts = res.counts
     read = len(res.runs("complete")) + len(res.runs("pruned"))
@@ -270,10 +271,10 @@ def build_report(
         shutil.rmtree(out_dir / OLD_FIG_DIR)  # the side folder of an older report: the page needs none now
     figs = PageFigures()
     res = results(study, reader)
-    if study.user_attrs.get("kind") == "ablation":
+    if study.user_attrs.get(StudyAttr.KIND) == "ablation":
         metric = study_metric(study)
         summaries = summarise([r for _, r in res.runs("complete")], *metric)
-        name = baseline or study.user_attrs.get("baseline") or DEFAULT_BASELINE
+        name = baseline or study.user_attrs.get(StudyAttr.BASELINE) or DEFAULT_BASELINE
         sections = [
             verdict_section(verdict(summaries, name, *metric)),
             ablation_section(summaries, figs, block, res),
@@ -347,9 +348,9 @@ def main(argv: list[str] | None = None) -> int:
         reader: RunReader = WandbRunReader.from_public_api(args.entity, args.project)
     else:
         reader = LocalRunReader(args.runs_root)
-    if args.baseline and study.user_attrs.get("kind") != "ablation":
+    if args.baseline and study.user_attrs.get(StudyAttr.KIND) != "ablation":
         return _fail(
-            f"--baseline is for ablations; study {study.study_name!r} is a {study.user_attrs.get('kind', 'sweep')}."
+            f"--baseline is for ablations; study {study.study_name!r} is a {study.user_attrs.get(StudyAttr.KIND, 'sweep')}."
         )
     out = Path(args.out) if args.out else default_out_dir(study.study_name, args.baseline)
     made_for = {"study": study.study_name, "baseline": args.baseline}

@@ -16,6 +16,7 @@ import optuna
 import yaml
 
 from experiments.run_dir import RunDir
+from sweeps.record import TrialAttr
 
 
 @dataclass
@@ -85,7 +86,7 @@ class LocalRunReader:
         self.root = Path(root) if root is not None else Path.cwd()
 
     def read(self, trial: optuna.trial.FrozenTrial) -> RunData | None:
-        run_dir = trial.user_attrs.get("run_dir")
+        run_dir = trial.user_attrs.get(TrialAttr.RUN_DIR)
         if not run_dir:
             return None
         path = Path(run_dir)

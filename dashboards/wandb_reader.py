@@ -16,6 +16,7 @@ import optuna
 
 from dashboards.runs import RunData
 from experiments.trackers.common import EPOCH_KEYS as TRACKED_EPOCH_KEYS
+from sweeps.record import TrialAttr
 
 log = logging.getLogger(__name__)
 # One epoch row of experiments.train: all of these are logged together, so a scan over them finds every epoch.
@@ -47,7 +48,7 @@ class WandbRunReader:
         return f"{self.entity}/{self.project}/{run_id}" if self.entity else f"{self.project}/{run_id}"
 
     def read(self, trial: optuna.trial.FrozenTrial) -> RunData | None:
-        run_id = trial.user_attrs.get("wandb_run_id")
+        run_id = trial.user_attrs.get(TrialAttr.WANDB_RUN_ID)
         if not run_id:
             return None
         try:

@@ -34,8 +34,8 @@ from dashboards.cli_parser import ToolParser
 from dashboards.load import load_study, results
 from dashboards.runs import LocalRunReader
 from experiments.launch import EXIT_CONFIG
-from sweeps.objective import COMPLETE_STATUSES, PRUNED_STATUSES
 from sweeps.ablation.stats import METHOD
+from sweeps.record import COMPLETE_STATUSES, PRUNED_STATUSES, StudyAttr
 
 EPOCH_X, STEP_X = "epoch", "global_step"
 TARGET = "best_val_accuracy"  # W&B summary key kept by the tracker (max of val_accuracy)
@@ -311,11 +311,12 @@ def study_verdict(storage: str, study_name: str, runs_root: str = ".", baseline:
         ValueError: the storage or the study cannot be found, or the study is not an ablation.
     """
     study = load_study(storage, study_name)
-    if study.user_attrs.get("kind") != "ablation":
+    if study.user_attrs.get(StudyAttr.KIND) != "ablation":
         raise ValueError(f"study {study_name!r} is not an ablation, so it has no verdict; pass the ablation's --group.")
     runs = [r for _, r in results(study, LocalRunReader(runs_root)).runs("complete")]
     metric = study_metric(study)
-    return verdict(summarise(runs, *metric), baseline or study.user_attrs.get("baseline") or DEFAULT_BASELINE, *metric)
+    name = baseline or study.user_attrs.get(StudyAttr.BASELINE) or DEFAULT_BASELINE
+    return verdict(summarise(runs, *metric), name, *metric)
 
 
 def to_json(workspace: Any, report: Any) -> dict[str, Any]:

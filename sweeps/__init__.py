@@ -1,6 +1,8 @@
 """rpb-lab: Optuna sweeps over the training config.
 
 A stack read from the bottom up; each module imports only those above it in this list (tests/test_layout.py):
+    record                               the trial record: statuses, trial/study/system attr keys (on
+                                         experiments.result, the run's statuses and TrainResult)
     space, format, recovery              the search space; how numbers and tables print; dead workers' trials
     storage, samplers, pruners, devices, validate
     config                               the `sweep` node checked once (`check_sweep` -> CheckedSweep)

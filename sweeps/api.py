@@ -17,6 +17,7 @@ from torch import nn
 
 from experiments.api import load_run
 from experiments.config_errors import ConfigError
+from sweeps.record import TrialAttr
 from sweeps.storage import build_storage, is_url
 
 __all__ = ["BestRun", "best_run"]
@@ -63,7 +64,7 @@ def best_run(storage: str | Path | optuna.storages.BaseStorage, study_name: str)
         trial = study.best_trial
     except ValueError:
         raise ConfigError(f"study {study_name!r} has no complete trial yet: nothing is best so far.") from None
-    run_dir = trial.user_attrs.get("run_dir")
+    run_dir = trial.user_attrs.get(TrialAttr.RUN_DIR)
     if not run_dir:
         raise ConfigError(f"trial {trial.number} of study {study_name!r} records no run_dir: it has no run folder.")
     return BestRun(study_name, trial.number, float(trial.value), dict(trial.params), Path(run_dir))

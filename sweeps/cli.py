@@ -35,6 +35,7 @@ from experiments.launch import (
 from sweeps import distributed
 from sweeps.config import check_sweep
 from sweeps.objective import quiet_optuna
+from sweeps.record import TrialAttr
 from sweeps.space import SweepConfigError
 from sweeps.storage import build_storage
 from sweeps.study import StudyAlreadyDone, run_study
@@ -85,7 +86,7 @@ def _interrupted_trials(sweep) -> list[str]:
         stopped = interrupted_trials(study)
     except Exception:
         return []
-    return [_resumes(t.number, t.user_attrs.get("run_dir")) for t in stopped]
+    return [_resumes(t.number, t.user_attrs.get(TrialAttr.RUN_DIR)) for t in stopped]
 
 
 def _resumes(number: int, run_dir: str | None) -> str:

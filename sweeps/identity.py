@@ -23,11 +23,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.config import compose_config, resolve_mixed_precision
 from sweeps.config import CheckedSweep, grid_cells, is_cell_study
+from sweeps.record import StudyAttr
 from sweeps.space import SweepConfigError, fixed_values
 from sweeps.storage import describe_storage
 
-IDENTITY_ATTR = "identity"
-CHANGES_ATTR = "identity_changes"
+IDENTITY_ATTR = StudyAttr.IDENTITY
+CHANGES_ATTR = StudyAttr.IDENTITY_CHANGES
 # Base-config keys (and prefixes) that do not change what a trial computes.
 NOT_IDENTITY = (
     "name",

@@ -20,20 +20,33 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
-from experiments.config import to_yaml, validate_config
+from experiments.config import to_yaml
 from experiments.launch import stop_signal
+from experiments.result import TrainResult
 from experiments.run_dir import RunDir
 from sweeps.format import format_number
 from sweeps.optuna_internals import trial_record
+from sweeps.record import (
+    COMPLETE_STATUSES,
+    DUPLICATE,
+    FAILED,
+    INTERRUPTED,
+    PRUNED,
+    PRUNED_STATUSES,
+    RUNNING,
+    SAMPLED,
+    TrialAttr,
+    retry_history,
+    trial_origin,
+)
 from sweeps.recovery import worker_identity
-from sweeps.samplers import held_params, params_key, trial_origin
+from sweeps.samplers import held_params, params_key
 from sweeps.space import Dimension, SweepConfigError, apply_params, fixed_values, window_label
 from sweeps.storage import mask_secrets
 
-TrainFn = Callable[..., dict]
-# train() statuses that end a trial early; a diverged trial is pruned (so samplers learn to avoid its region).
-PRUNED_STATUSES = ("pruned", "diverged")
-COMPLETE_STATUSES = ("completed", "early_stopped")
+# `train(cfg, on_epoch_end=...)`: experiments.train's returns a TrainResult, a user's may return a plain dict with
+# the same keys (both read through the Mapping interface here).
+TrainFn = Callable[..., TrainResult | Mapping[str, Any]]
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 
 
@@ -83,7 +96,10 @@ def trial_config(base: DictConfig, sweep: DictConfig, spec: TrialSpec) -> DictCo
         "trial_params": dict(spec.params),
         **spec.extra,
     }
-    return validate_config(cfg)
+    # Not validated again here (~40 ms a trial, `sweeps.bench_overhead`): the base config was validated once, each
+    # value set above is type-checked by the typed config as it is set, the space's values were checked against the
+    # model's rules before the study started (`sweeps.validate`), and `experiments.train.train` validates its config.
+    return cfg
 
 
 def run_trial(
@@ -92,7 +108,7 @@ def run_trial(
     spec: TrialSpec,
     train_fn: TrainFn,
     on_epoch_end: Callable[[int, dict[str, float]], str | None] | None = None,
-) -> dict:
+) -> TrainResult | Mapping[str, Any]:
     """Train one trial on this process (every rank calls it; only the main one passes `on_epoch_end`)."""
     return train_fn(trial_config(base, sweep, spec), on_epoch_end=on_epoch_end)
 
@@ -106,7 +122,7 @@ def _resume_dir(trial: optuna.Trial) -> str | None:
     """
     from experiments.checkpoint import last_checkpoint  # deferred: torch (see trial_line)
 
-    old = trial.user_attrs.get("run_dir")
+    old = trial.user_attrs.get(TrialAttr.RUN_DIR)
     return old if old and last_checkpoint(old) is not None else None
 
 
@@ -154,16 +170,18 @@ def trial_line(
     trial 4 pruned at epoch 2 (val_accuracy 0.41) | lr 0.00871, ...
     trial 5 failed: RuntimeError: CUDA out of memory | lr ...
     """
-    from experiments.train import plural  # deferred: experiments.train imports torch, which a reader of trials needs not
+    from experiments.train import (
+        plural,
+    )  # deferred: experiments.train imports torch, which a reader of trials needs not
 
-    status = trial.user_attrs.get("status") or trial.state.name.lower()
-    epochs = int(trial.user_attrs.get("epochs_run") or len(trial.intermediate_values))
+    status = trial.user_attrs.get(TrialAttr.STATUS) or trial.state.name.lower()
+    epochs = int(trial.user_attrs.get(TrialAttr.EPOCHS_RUN) or len(trial.intermediate_values))
     if trial.state == TrialState.COMPLETE:
         head = f"complete: {metric} {format_number(trial.value)} after {plural(epochs, 'epoch')}"
     elif trial.state == TrialState.PRUNED:
         head = f"{status} at epoch {epochs} ({metric} {format_number(last_value(trial))})"
     else:
-        head = f"{status}: {trial.user_attrs.get('reason') or 'see the study record'}"
+        head = f"{status}: {trial.user_attrs.get(TrialAttr.REASON) or 'see the study record'}"
     return f"trial {trial.number} {head}" + (f" | {params}" if (params := describe_params(trial.params)) else "")
 
 
@@ -172,6 +190,11 @@ def progress_due(epoch: int, epochs: int, lines: int = 5) -> bool:
     spaced, the last included (20 epochs: 1, 4, 8, 12, 16, 20), so a study's console stays a page long."""
     every = max(1, math.ceil(epochs / lines))
     return epoch == 1 or epoch % every == 0 or epoch == epochs
+
+
+def _retried(trial: FrozenTrial) -> int | None:
+    """The number of the trial `trial` retries last (None: it retries none)."""
+    return (retry_history(trial) or [None])[-1]
 
 
 class DuplicateTrial(RuntimeError):
@@ -243,13 +266,13 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         self.last_status = None
         # First: a RUNNING trial without a worker is one recovery can never tell dead (journal storages).
-        trial.set_user_attr("worker", worker_identity())
+        trial.set_user_attr(TrialAttr.WORKER, worker_identity())
         record = trial_record(trial)  # a retry's record holds its killed attempts' epochs
         origin = trial_origin(record.system_attrs)
-        trial.set_user_attr("origin", origin)
+        trial.set_user_attr(TrialAttr.ORIGIN, origin)
         old_run_dir = _resume_dir(trial)  # read before run_dir is overwritten
         spec = self.spec(trial)
-        if origin == "sampled":
+        if origin == SAMPLED:
             self._refuse_duplicate(trial, spec.params)
         else:
             self._refuse_second_claim(trial)
@@ -258,12 +281,13 @@ class Objective:
             if previous is not None:  # the retry continues its predecessor's W&B run
                 spec.wandb_id = previous.id
             spec.resume = seed_resume(old_run_dir, trial_config(self.base, self.sweep, spec))
-            trial.set_user_attr("resumed_from", old_run_dir)
+            trial.set_user_attr(TrialAttr.RESUMED_FROM, old_run_dir)
+        # Before training: where its files go (a run killed mid-way is found and resumed from them) and "running".
         for key, value in (
-            ("run_dir", spec.run_dir),
-            ("wandb_run_id", spec.wandb_id),
-            ("status", "running"),
-            ("reason", ""),
+            (TrialAttr.RUN_DIR, spec.run_dir),
+            (TrialAttr.WANDB_RUN_ID, spec.wandb_id),
+            (TrialAttr.STATUS, RUNNING),
+            (TrialAttr.REASON, ""),
         ):
             trial.set_user_attr(key, value)
         if self.broadcast is not None:
@@ -290,26 +314,31 @@ class Objective:
                 return None
             history[int(epoch)] = value
             trial.report(value, int(epoch))
-            return "pruned" if trial.should_prune() else None
+            return PRUNED if trial.should_prune() else None
 
         try:
-            result = run_trial(self.base, self.sweep, spec, self.train_fn, on_epoch_end)
+            returned = run_trial(self.base, self.sweep, spec, self.train_fn, on_epoch_end)
         except KeyboardInterrupt:
-            self._record(trial, "interrupted", f"KeyboardInterrupt: stopped with {stop_signal()}")
+            self._record(trial, INTERRUPTED, f"KeyboardInterrupt: stopped with {stop_signal()}")
             raise
         except SweepConfigError as e:
-            self._record(trial, "failed", str(e))
+            self._record(trial, FAILED, str(e))
             raise
         except Exception as e:
-            self._record(trial, "failed", _reason(e))
+            self._record(trial, FAILED, _reason(e))
             raise
-        status, reason = str(result.get("status")), str(result.get("reason") or "")
+        result = TrainResult.from_dict(returned)  # a user's train_fn may return a plain dict
+        status, reason = str(result.status), str(result.reason or "")
         self._record(trial, status, reason)
-        if result.get("run_dir"):
-            trial.set_user_attr("run_dir", str(result["run_dir"]))
-        if result.get("wandb_run_id"):
-            trial.set_user_attr("wandb_run_id", str(result["wandb_run_id"]))
-        trial.set_user_attr("epochs_run", int(result.get("epochs_run") or max(history, default=0)))
+        # The run folder and W&B run train() ended with, written again only where they differ from those recorded
+        # before training (a storage write each; on PostgreSQL a commit).
+        for key, recorded, returned in (
+            (TrialAttr.RUN_DIR, spec.run_dir, result.run_dir),
+            (TrialAttr.WANDB_RUN_ID, spec.wandb_id, result.wandb_run_id),
+        ):
+            if returned and str(returned) != recorded:
+                trial.set_user_attr(key, str(returned))
+        trial.set_user_attr(TrialAttr.EPOCHS_RUN, int(result.epochs_run or max(history, default=0)))
         if status in PRUNED_STATUSES:
             raise optuna.TrialPruned(f"{status}: {reason}" if reason else status)
         if status not in COMPLETE_STATUSES:
@@ -331,7 +360,7 @@ class Objective:
         number = earlier.get(params_key(params, names))
         if number is not None:
             reason = f"trial {number} holds the same parameters; not trained again"
-            self._record(trial, "duplicate", reason)
+            self._record(trial, DUPLICATE, reason)
             raise DuplicateTrial(reason)
 
     def _refuse_second_claim(self, trial: optuna.Trial) -> None:
@@ -342,21 +371,18 @@ class Objective:
         is not failed holds the claim.
         """
         me = trial_record(trial)
-        claims = [
-            ("cell", me.user_attrs.get("cell")),
-            ("retry_of", (me.system_attrs.get("retry_history") or [None])[-1]),
-        ]
+        claims = [(TrialAttr.CELL, me.user_attrs.get(TrialAttr.CELL)), (TrialAttr.RETRY_OF, _retried(me))]
         for t in trial.study.get_trials(deepcopy=False):
             if t.number >= trial.number or t.state == optuna.trial.TrialState.FAIL:
                 continue
-            theirs = {"cell": t.user_attrs.get("cell"), "retry_of": (t.system_attrs.get("retry_history") or [None])[-1]}
+            theirs = {TrialAttr.CELL: t.user_attrs.get(TrialAttr.CELL), TrialAttr.RETRY_OF: _retried(t)}
             for key, value in claims:
                 if value is not None and theirs[key] == value:
                     reason = f"trial {t.number} already holds {key} {value}; not trained again"
-                    self._record(trial, "duplicate", reason)
+                    self._record(trial, DUPLICATE, reason)
                     raise DuplicateTrial(reason)
 
-    def value(self, history: dict[int, float], result: dict) -> float:
+    def value(self, history: dict[int, float], result: Mapping[str, Any]) -> float:
         """The trial's objective value from its own record: the best (in the study's direction) or the last of the
         values it reported, epoch -> value, the epochs of killed attempts included; what `train_fn` returns is used
         only by a `train_fn` that reported no epoch.
@@ -378,7 +404,7 @@ class Objective:
     def _record(self, trial: optuna.Trial, status: str, reason: str) -> None:
         self.last_status = status
         try:
-            trial.set_user_attr("status", status)
-            trial.set_user_attr("reason", mask_secrets(reason))
+            trial.set_user_attr(TrialAttr.STATUS, status)
+            trial.set_user_attr(TrialAttr.REASON, mask_secrets(reason))
         except Exception:  # the storage may be gone (Ctrl-C during a write); the trial's own state still tells
             pass

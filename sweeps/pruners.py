@@ -29,6 +29,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.optuna_internals import NO_BRACKET, BracketedHyperbandPruner  # noqa: F401 (NO_BRACKET: a failed trial's)
+from sweeps.record import retry_history
 from sweeps.samplers import DRAW_ATTR, draw_index
 
 __all__ = ["RetryAwareHyperbandPruner", "RetryAwareSuccessiveHalvingPruner", "bracket_number", "first_attempt"]
@@ -37,7 +38,7 @@ __all__ = ["RetryAwareHyperbandPruner", "RetryAwareSuccessiveHalvingPruner", "br
 
 def first_attempt(trial: FrozenTrial) -> int:
     """The number of the trial that `trial` continues: the first trial of its retry chain (itself if not a retry)."""
-    history = trial.system_attrs.get("retry_history") or []
+    history = retry_history(trial)
     return int(history[0]) if history else trial.number
 
 

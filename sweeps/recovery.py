@@ -21,8 +21,11 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.optuna_internals import stale_trial_ids, storage_of, trial_id
+from sweeps.record import INTERRUPTED, KILLED_STATUSES, STALE, SystemAttr, TrialAttr, retried_numbers, retry_history
 
 log = logging.getLogger(__name__)
+# What a retry does not carry over from the trial it replaces: the attempt's own outcome, process and W&B run.
+_NOT_RETRIED = (TrialAttr.STATUS, TrialAttr.REASON, TrialAttr.WORKER, TrialAttr.WANDB_RUN_ID)
 
 
 def _process_start_time(pid: int) -> float | None:
@@ -66,12 +69,12 @@ def worker_alive(worker: dict) -> bool | None:
 
 def retry_attrs(trial: FrozenTrial, reason: str) -> tuple[dict, dict]:
     """User and system attrs of the retry of `trial` (same shape as Optuna's RetryHeartbeatStaleTrialCallback)."""
-    history = [*trial.system_attrs.get("retry_history", []), trial.number]
-    system_attrs = {**trial.system_attrs, "failed_trial": trial.system_attrs.get("failed_trial", trial.number)}
-    system_attrs["retry_history"] = history
-    user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in ("status", "reason", "worker", "wandb_run_id")}
-    user_attrs["retry_of"] = trial.number
-    user_attrs["retry_reason"] = reason
+    history = [*trial.system_attrs.get(SystemAttr.RETRY_HISTORY, []), trial.number]
+    failed = trial.system_attrs.get(SystemAttr.FAILED_TRIAL, trial.number)
+    system_attrs = {**trial.system_attrs, SystemAttr.FAILED_TRIAL: failed, SystemAttr.RETRY_HISTORY: history}
+    user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in _NOT_RETRIED}
+    user_attrs[TrialAttr.RETRY_OF] = trial.number
+    user_attrs[TrialAttr.RETRY_REASON] = reason
     return user_attrs, system_attrs
 
 
@@ -92,7 +95,7 @@ def _enqueue_retry(study: optuna.Study, trial: FrozenTrial, reason: str) -> None
 
 def _retry_unless_exhausted(study: optuna.Study, trial: FrozenTrial, reason: str, max_retry: int | None) -> None:
     """Enqueue the retry of a failed `trial` unless its original was retried `max_retry` times already."""
-    retries = len(trial.system_attrs.get("retry_history", []))
+    retries = len(retry_history(trial))
     if max_retry is not None and retries >= max_retry:
         log.warning("trial %d: retried %d times already; not enqueued again", trial.number, retries)
         return
@@ -110,7 +113,7 @@ class RetryStaleTrial:
         self.max_retry = max_retry
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        reason = trial.user_attrs.get("reason") or "no heartbeat for the grace period"
+        reason = trial.user_attrs.get(TrialAttr.REASON) or "no heartbeat for the grace period"
         log.warning("trial %d: %s; failed it", trial.number, reason)
         _retry_unless_exhausted(study, trial, reason, self.max_retry)
 
@@ -120,7 +123,7 @@ def _orphaned(trial: FrozenTrial, grace_period: float) -> bool:
     the queue and its first write (no pid to check, no heartbeat row to go stale)."""
     start = trial.datetime_start
     return (
-        not trial.user_attrs.get("worker")
+        not trial.user_attrs.get(TrialAttr.WORKER)
         and start is not None
         and (datetime.datetime.now() - start).total_seconds() > grace_period
     )
@@ -134,8 +137,8 @@ def fail_and_retry(study: optuna.Study, trial: FrozenTrial, reason: str, max_ret
     """
     storage, stored_id = storage_of(study), trial_id(trial)
     try:
-        storage.set_trial_user_attr(stored_id, "status", "stale")
-        storage.set_trial_user_attr(stored_id, "reason", reason)
+        storage.set_trial_user_attr(stored_id, TrialAttr.STATUS, STALE)
+        storage.set_trial_user_attr(stored_id, TrialAttr.REASON, reason)
         if not storage.set_trial_state_values(stored_id, TrialState.FAIL):
             return False
     except UpdateFinishedTrialError:  # another worker reaped it first
@@ -158,7 +161,7 @@ def fail_dead_worker_trials(study: optuna.Study, max_retry: int | None = 2, grac
     """
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = trial.user_attrs.get("worker") or {}
+        worker = trial.user_attrs.get(TrialAttr.WORKER) or {}
         if _orphaned(trial, grace_period):
             reason = f"no worker started the trial within {grace_period:g} s of taking it (it died first)"
         elif worker and worker_alive(worker) is False:
@@ -175,11 +178,11 @@ def mark_stale_heartbeat_trials(study: optuna.Study) -> None:
     RUNNING (Optuna's `fail_stale_trials` fails them first, after which no attribute can be written)."""
     storage = storage_of(study)  # sweep.heartbeat_interval=null: no heartbeat to go stale (dead workers: by pid)
     for stale_id in stale_trial_ids(study):
-        worker = storage.get_trial(stale_id).user_attrs.get("worker") or {}
+        worker = storage.get_trial(stale_id).user_attrs.get(TrialAttr.WORKER) or {}
         reason = f"worker {worker.get('host', '?')}:{worker.get('pid', '?')} sent no heartbeat for the grace period"
         try:
-            storage.set_trial_user_attr(stale_id, "status", "stale")
-            storage.set_trial_user_attr(stale_id, "reason", reason)
+            storage.set_trial_user_attr(stale_id, TrialAttr.STATUS, STALE)
+            storage.set_trial_user_attr(stale_id, TrialAttr.REASON, reason)
         except UpdateFinishedTrialError:  # failed meanwhile by another worker
             continue
 
@@ -194,16 +197,16 @@ def requeue_unretried_trials(study: optuna.Study, max_retry: int | None = 2, set
     same trial, `sweeps.objective` lets only the first retry train.
     """
     trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    retried = retried_numbers(trials)
     now = datetime.datetime.now()
     requeued = []
     for trial in trials:
-        status = trial.user_attrs.get("status")
-        if trial.state != TrialState.FAIL or trial.number in retried or status not in ("interrupted", "stale"):
+        status = trial.user_attrs.get(TrialAttr.STATUS)
+        if trial.state != TrialState.FAIL or trial.number in retried or status not in KILLED_STATUSES:
             continue
-        if status == "stale":
+        if status == STALE:
             done = trial.datetime_complete
-            retries = len(trial.system_attrs.get("retry_history", []))
+            retries = len(retry_history(trial))
             if (
                 done is None
                 or (now - done).total_seconds() < settle_s
@@ -213,7 +216,7 @@ def requeue_unretried_trials(study: optuna.Study, max_retry: int | None = 2, set
         _enqueue_retry(
             study,
             trial,
-            "interrupted with Ctrl-C" if status == "interrupted" else trial.user_attrs.get("reason", "stale"),
+            "interrupted with Ctrl-C" if status == INTERRUPTED else trial.user_attrs.get(TrialAttr.REASON, STALE),
         )
         requeued.append(trial.number)
     if requeued:

@@ -44,6 +44,7 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.optuna_internals import QueueOnlyStudy, all_trials, set_trial_system_attr
+from sweeps.record import DUPLICATE, RETRY, SystemAttr, TrialAttr, trial_origin
 from sweeps.space import Dimension
 
 log = logging.getLogger(__name__)
@@ -73,15 +74,7 @@ def params_key(params: dict[str, Any], names: Iterable[str]) -> tuple:
     return tuple((name, repr(params.get(name))) for name in names)
 
 
-def trial_origin(system_attrs: dict[str, Any]) -> str:
-    """Where a trial's parameters come from: "retry" (of a killed or interrupted trial), "enqueued" (a grid
-    cell, the defaults, sweep.enqueue) or "sampled"."""
-    if "retry_history" in system_attrs or "failed_trial" in system_attrs:
-        return "retry"
-    return "enqueued" if "fixed_params" in system_attrs else "sampled"
-
-
-DRAW_ATTR = "draw_index"  # trial system attr: `draw_index`, recorded when the trial starts (a retry carries its original's)
+DRAW_ATTR = SystemAttr.DRAW_INDEX  # recorded when the trial starts (a retry carries its original's)
 
 
 def draw_index(study: Study, trial: FrozenTrial) -> int:
@@ -92,7 +85,7 @@ def draw_index(study: Study, trial: FrozenTrial) -> int:
     in the middle of trial k and continued would seed every later trial one number off and draw other points.
     """
     trials = all_trials(study)  # not study.get_trials: a sampler or pruner may be handed one bracket's view
-    retries = sum(t.number < trial.number and trial_origin(t.system_attrs) == "retry" for t in trials)
+    retries = sum(t.number < trial.number and trial_origin(t.system_attrs) == RETRY for t in trials)
     return trial.number - retries
 
 
@@ -132,9 +125,9 @@ def held_params(
     for t in study.get_trials(deepcopy=False):
         if t.number == exclude or (before is not None and t.number >= before):
             continue
-        if t.user_attrs.get("status") == "duplicate":
+        if t.user_attrs.get(TrialAttr.STATUS) == DUPLICATE:
             continue
-        params = {**t.params, **t.system_attrs.get("fixed_params", {})}
+        params = {**t.params, **t.system_attrs.get(SystemAttr.FIXED_PARAMS, {})}
         if all(name in params for name in names):
             held.setdefault(params_key(params, names), t.number)
     return held
@@ -174,12 +167,12 @@ class TrialSeededSampler(BaseSampler):
         """Record the trial's `draw_index` (`DRAW_ATTR`): Hyperband places a trial in a bracket by it
         (`sweeps.pruners`), so a study that retried a killed trial brackets its later trials as the same study run
         without the kill does. A retry carries its original's (its system attrs are copied)."""
-        if DRAW_ATTR not in trial.system_attrs and trial_origin(trial.system_attrs) != "retry":
+        if DRAW_ATTR not in trial.system_attrs and trial_origin(trial.system_attrs) != RETRY:
             set_trial_system_attr(study, trial, DRAW_ATTR, draw_index(study, trial))
 
     @staticmethod
     def _preset(trial: FrozenTrial) -> bool:
-        return bool(trial.params) or "fixed_params" in trial.system_attrs
+        return bool(trial.params) or SystemAttr.FIXED_PARAMS in trial.system_attrs
 
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return {} if self._preset(trial) else dict(self._space)

@@ -18,6 +18,7 @@ from experiments.config import to_yaml
 from sweeps.config import CheckedSweep, check_sweep
 from sweeps.format import console_for, format_number, print_fitted, short_names
 from sweeps.objective import TrialSpec, last_value, trial_config
+from sweeps.record import DIVERGED, INTERRUPTED, TrialAttr, retried_numbers
 from sweeps.storage import describe_storage
 
 
@@ -26,24 +27,19 @@ def state_counts(study: optuna.Study) -> dict[str, int]:
     and `retried` (failed trials a later trial retries: killed workers, Ctrl-C)."""
     trials = study.get_trials(deepcopy=False)
     counts = Counter(t.state.name.lower() for t in trials)
-    counts["diverged"] = sum(t.user_attrs.get("status") == "diverged" for t in trials)
-    retried = _retried_numbers(trials)
+    counts["diverged"] = sum(t.user_attrs.get(TrialAttr.STATUS) == DIVERGED for t in trials)
+    retried = retried_numbers(trials)
     counts["retried"] = sum(t.state == TrialState.FAIL and t.number in retried for t in trials)
     keys = ("complete", "pruned", "fail", "running", "waiting", "diverged", "retried")
     return {k: counts.get(k, 0) for k in keys}
-
-
-def _retried_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
-    """Numbers of the trials a later trial retries (each retry lists its predecessors in `retry_history`)."""
-    return {n for t in trials for n in t.system_attrs.get("retry_history", [])}
 
 
 def interrupted_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Failed trials stopped by Ctrl-C or SIGTERM (status "interrupted") that no later trial has retried yet: the
     next run of the study retries each from its checkpoint."""
     trials = study.get_trials(deepcopy=False)
-    retried = _retried_numbers(trials)
-    return [t for t in trials if t.user_attrs.get("status") == "interrupted" and t.number not in retried]
+    retried = retried_numbers(trials)
+    return [t for t in trials if t.user_attrs.get(TrialAttr.STATUS) == INTERRUPTED and t.number not in retried]
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
@@ -136,8 +132,8 @@ def print_summary(cfg: DictConfig | CheckedSweep, study: optuna.Study, console=N
         )
         for name, value in best.params.items():
             table.add_row(f"  {name}", format_number(value))
-        table.add_row("run dir", str(best.user_attrs.get("run_dir", "")))
-        table.add_row("W&B run", str(best.user_attrs.get("wandb_run_id", "")))
+        table.add_row("run dir", str(best.user_attrs.get(TrialAttr.RUN_DIR, "")))
+        table.add_row("W&B run", str(best.user_attrs.get(TrialAttr.WANDB_RUN_ID, "")))
     console.print(table)
 
     complete, pruned = ranked_trials(study, sweep.direction)
@@ -161,7 +157,7 @@ def print_summary(cfg: DictConfig | CheckedSweep, study: optuna.Study, console=N
             continue
         rows = []
         for t in trials:
-            state = t.user_attrs.get("status") if t.state == TrialState.PRUNED else t.state.name.lower()
+            state = t.user_attrs.get(TrialAttr.STATUS) if t.state == TrialState.PRUNED else t.state.name.lower()
             rows.append(
                 [str(t.number), str(state), format_number(value_of(t), 4), str(len(t.intermediate_values))]
                 + [format_number(t.params.get(n, "")) for n in names]

@@ -25,6 +25,7 @@ from experiments.trackers.wandb_tracker import WandbTracker, log_file_artifact, 
 from experiments.tracking import instantiate_tracker
 from sweeps.config import CheckedSweep
 from sweeps.objective import last_value
+from sweeps.record import TrialAttr
 from sweeps.summary import best_trial, state_counts
 
 STUDY_JOB_TYPE = "study"
@@ -49,8 +50,9 @@ def trial_rows(trials: Sequence[FrozenTrial], params: Sequence[str]) -> list[lis
     rows = []
     for t in trials:
         attrs = t.user_attrs
-        row = [t.number, t.state.name.lower(), attrs.get("status"), t.value, last_value(t),
-               attrs.get("epochs_run", len(t.intermediate_values)), attrs.get("run_dir"), attrs.get("wandb_run_id")]  # fmt: skip
+        row = [t.number, t.state.name.lower(), attrs.get(TrialAttr.STATUS), t.value, last_value(t),
+               attrs.get(TrialAttr.EPOCHS_RUN, len(t.intermediate_values)), attrs.get(TrialAttr.RUN_DIR),
+               attrs.get(TrialAttr.WANDB_RUN_ID)]  # fmt: skip
         rows.append([scalar_or_text(v) for v in (*row, *(t.params.get(p) for p in params))])
     return rows
 
@@ -106,7 +108,7 @@ def log_study_run(checked: CheckedSweep, study: optuna.Study, best_yaml: Path | 
                     "trial": best.number,
                     "metric": sweep.metric,
                     "value": best.value,
-                    "run_dir": best.user_attrs.get("run_dir"),
+                    "run_dir": best.user_attrs.get(TrialAttr.RUN_DIR),
                 },
             )
     finally:

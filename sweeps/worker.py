@@ -29,7 +29,8 @@ from sweeps.config import (
     study_class,
 )
 from sweeps.identity import check_identity
-from sweeps.objective import COMPLETE_STATUSES, PRUNED_STATUSES, Objective, TrainFn, quiet_optuna
+from sweeps.objective import Objective, TrainFn, quiet_optuna
+from sweeps.record import DUPLICATE, FINISHED_STATUSES, StudyAttr, TrialAttr
 from sweeps.recovery import (
     fail_dead_worker_trials,
     mark_stale_heartbeat_trials,
@@ -43,8 +44,7 @@ from sweeps.storage import build_storage, journal_path
 from sweeps.validate import check_trial_values
 
 log = logging.getLogger(__name__)
-FINISHED_STATUSES = (*COMPLETE_STATUSES, *PRUNED_STATUSES)
-QUEUED_ATTR = "queued"  # study user attr: the creator enqueued the first trials (their count)
+QUEUED_ATTR = StudyAttr.QUEUED  # the creator enqueued the first trials (their count)
 _QUEUE_WAIT_S = 120.0  # how long a joining worker waits for the creator to enqueue a grid's cells
 _POLL_S = 1.0
 _RESULTS = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -74,22 +74,22 @@ def _first_trials(checked: CheckedSweep) -> list[tuple[dict, dict]]:
     sweep, base, dims = checked
     if is_cell_study(sweep):
         cells = grid_cells(sweep, dims)
-        return [(cells[i], {"cell": i}) for i in cell_order(cells, sweep.sampler.seed)]
+        return [(cells[i], {TrialAttr.CELL: i}) for i in cell_order(cells, sweep.sampler.seed)]
     first = []
     if sweep.enqueue_defaults:
-        first.append((config_params(dims, base), {"enqueued": "defaults"}))
-    first += [(dict(p), {"enqueued": "config"}) for p in sweep.enqueue]
+        first.append((config_params(dims, base), {TrialAttr.ENQUEUED: "defaults"}))
+    first += [(dict(p), {TrialAttr.ENQUEUED: "config"}) for p in sweep.enqueue]
     return first
 
 
 def _enqueue_first_trials(study: optuna.Study, checked: CheckedSweep, *, missing_only: bool) -> None:
     """Enqueue the first trials; `missing_only` (repairing a creator that died half-way): cells with no trial yet."""
-    held = {t.user_attrs.get("cell") for t in study.get_trials(deepcopy=False)} if missing_only else set()
+    held = {t.user_attrs.get(TrialAttr.CELL) for t in study.get_trials(deepcopy=False)} if missing_only else set()
     trials = _first_trials(checked)
     for params, attrs in trials:
-        if "cell" in attrs and attrs["cell"] in held:
+        if TrialAttr.CELL in attrs and attrs[TrialAttr.CELL] in held:
             continue
-        study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=missing_only and "cell" not in attrs)
+        study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=missing_only and TrialAttr.CELL not in attrs)
     study.set_user_attr(QUEUED_ATTR, len(trials))
 
 
@@ -97,7 +97,7 @@ def _wait_for_creator(study: optuna.Study, checked: CheckedSweep) -> None:
     """A worker joining a study another process has just created waits until its first trials are enqueued."""
     deadline = time.monotonic() + _QUEUE_WAIT_S
     while QUEUED_ATTR not in study.user_attrs:
-        creator = study.user_attrs.get("creator") or {}
+        creator = study.user_attrs.get(StudyAttr.CREATOR) or {}
         if worker_alive(creator) is False or time.monotonic() > deadline:
             log.warning("study %s: its creator stopped before enqueuing its first trials; enqueuing them here",
                         study.study_name)  # fmt: skip
@@ -141,8 +141,12 @@ def prepare_study(cfg) -> optuna.Study:
     created = _create(checked, storage)
     study = open_study(checked, storage)
     if created:
-        study.set_user_attr("creator", worker_identity())
-        for key, value in (("kind", sweep.kind), ("metric", sweep.metric), ("output_dir", sweep.output_dir)):
+        study.set_user_attr(StudyAttr.CREATOR, worker_identity())
+        for key, value in (
+            (StudyAttr.KIND, sweep.kind),
+            (StudyAttr.METRIC, sweep.metric),
+            (StudyAttr.OUTPUT_DIR, sweep.output_dir),
+        ):
             study.set_user_attr(key, value)
         with warnings.catch_warnings():  # experimental since Optuna 3.2; labels the objective in optuna-dashboard
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -150,7 +154,7 @@ def prepare_study(cfg) -> optuna.Study:
     check_identity(study, checked)
     if created:
         _enqueue_first_trials(study, checked, missing_only=False)
-    elif QUEUED_ATTR not in study.user_attrs and ("creator" in study.user_attrs or not study.trials):
+    elif QUEUED_ATTR not in study.user_attrs and (StudyAttr.CREATOR in study.user_attrs or not study.trials):
         _wait_for_creator(study, checked)  # (a study from before this rule has trials and no creator: as it is)
     recover(study, sweep)
     requeue_unretried_trials(study, sweep.max_retry)
@@ -172,7 +176,7 @@ def _watched_running(study: optuna.Study, journal: bool) -> int:
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if not journal:
         return len(running)
-    return sum(worker_alive(t.user_attrs.get("worker") or {}) is True for t in running)
+    return sum(worker_alive(t.user_attrs.get(TrialAttr.WORKER) or {}) is True for t in running)
 
 
 def done_message(study: optuna.Study, checked: CheckedSweep) -> str | None:
@@ -184,7 +188,8 @@ def done_message(study: optuna.Study, checked: CheckedSweep) -> str | None:
     name = sweep.study_name
     if is_cell_study(sweep):
         cells = len(grid_cells(sweep, dims))
-        failed = cells - len({t.user_attrs.get("cell") for t in study.get_trials(deepcopy=False, states=_RESULTS)})
+        held = {t.user_attrs.get(TrialAttr.CELL) for t in study.get_trials(deepcopy=False, states=_RESULTS)}
+        failed = cells - len(held)
         lost = f", {failed} failed (see the trials' reason)" if failed > 0 else ""
         return (
             f"study {name!r} already holds all {cells} grid cells ({done} finished{lost}): choose another "
@@ -258,7 +263,7 @@ def worker_loop(cfg, train_fn: TrainFn | None = None, *, worker_index: int = 0) 
             except NothingQueued:  # another worker popped the last queued cell first
                 continue
             ran += 1
-            if objective.last_status in (*FINISHED_STATUSES, "duplicate"):
+            if objective.last_status in (*FINISHED_STATUSES, DUPLICATE):
                 crashes = 0
             else:  # None: the trial failed before train() returned a status
                 crashes += 1

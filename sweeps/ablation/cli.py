@@ -22,6 +22,7 @@ from sweeps.ablation.grid import ablation_config
 from sweeps.ablation.verdict import print_verdict
 from sweeps.cli import say_interrupted
 from sweeps.objective import quiet_optuna
+from sweeps.record import StudyAttr
 from sweeps.storage import describe_storage
 from sweeps.study import StudyAlreadyDone, run_study
 
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     if study is None:  # a non-main rank of a multi-process launch
         return 0
     if cfg.ablation.get("baseline"):
-        study.set_user_attr("baseline", str(cfg.ablation.baseline))  # rpb-report's default baseline
+        study.set_user_attr(StudyAttr.BASELINE, str(cfg.ablation.baseline))  # rpb-report's default baseline
     print_verdict(study, cfg.ablation.get("baseline"))
     storage = describe_storage(cfg.sweep)
     print(

@@ -9,6 +9,7 @@ from optuna.trial import TrialState
 from sweeps.ablation.settings import DEFAULT_BASELINE, SEED, Setting, find_setting, trial_setting
 from sweeps.ablation.stats import MEAN_COLUMN, verdict_table
 from sweeps.format import console_for, print_fitted
+from sweeps.record import StudyAttr
 
 
 def ablation_values(study: optuna.Study) -> dict[Setting, dict[int, float]]:
@@ -25,7 +26,7 @@ def print_verdict(study: optuna.Study, baseline: str | None = None, console=None
     the terminal; returns False (after one sentence saying why) when there is no table to print."""
     console = console or console_for()
     values = ablation_values(study)
-    name = baseline or study.user_attrs.get("baseline") or DEFAULT_BASELINE
+    name = baseline or study.user_attrs.get(StudyAttr.BASELINE) or DEFAULT_BASELINE
     if not values:
         console.print("No verdict: the ablation has no complete trial yet.")
         return False
@@ -34,7 +35,7 @@ def print_verdict(study: optuna.Study, baseline: str | None = None, console=None
     except KeyError as err:
         console.print(f"No verdict: {err.args[0]}.")
         return False
-    metric = study.user_attrs.get("metric", "val_accuracy")
+    metric = study.user_attrs.get(StudyAttr.METRIC, "val_accuracy")
     direction = study.direction.name.lower()
     header, rows, _ = verdict_table(values, base, metric, direction)
     priority = {"setting": 0, "n": 3, header[MEAN_COLUMN]: 2, "95% CI": 5, "p (Holm)": 4, "verdict": 0}

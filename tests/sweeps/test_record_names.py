@@ -1,0 +1,87 @@
+"""sweeps.record: the trial record's statuses and keys, spelt once; Objective writes a trial's attrs as few times as
+its recovery allows, and worker first."""
+
+from __future__ import annotations
+
+from typing import get_args
+
+import optuna
+import pytest
+
+from experiments.result import RUN_STATUSES
+from sweeps import record
+from sweeps.config import check_sweep
+from sweeps.objective import COMPLETE_STATUSES, PRUNED_STATUSES, Objective
+from sweeps.record import FINISHED_STATUSES, KILLED_STATUSES, TRIAL_STATUSES, StudyAttr, SystemAttr, TrialAttr
+from tests.sweeps import fake_train
+
+
+def _values(namespace) -> list[str]:
+    return [v for k, v in vars(namespace).items() if k.isupper()]
+
+
+def test_trial_statuses_are_the_run_statuses_plus_stale_and_duplicate():
+    assert TRIAL_STATUSES == (*RUN_STATUSES, "stale", "duplicate") == get_args(record.TrialStatus)
+    assert set(FINISHED_STATUSES) == {*COMPLETE_STATUSES, *PRUNED_STATUSES}
+    assert set(KILLED_STATUSES) == {"interrupted", "stale"}
+
+
+@pytest.mark.parametrize("namespace", [TrialAttr, StudyAttr, SystemAttr])
+def test_every_key_is_spelt_once(namespace):
+    values = _values(namespace)
+    assert len(values) == len(set(values)) and all(v == v.lower() for v in values)
+
+
+def test_trial_origin():
+    assert record.trial_origin({}) == record.SAMPLED
+    assert record.trial_origin({SystemAttr.FIXED_PARAMS: {"a": 1}}) == record.ENQUEUED
+    assert record.trial_origin({SystemAttr.FIXED_PARAMS: {}, SystemAttr.RETRY_HISTORY: [0]}) == record.RETRY
+    assert set(get_args(record.Origin)) == {record.SAMPLED, record.ENQUEUED, record.RETRY}
+
+
+class _Recorder(optuna.storages.InMemoryStorage):
+    """Counts the user-attr writes, in order (each one a commit on PostgreSQL)."""
+
+    def __init__(self):
+        super().__init__()
+        self.writes: list[str] = []
+
+    def set_trial_user_attr(self, trial_id, key, value):
+        self.writes.append(key)
+        super().set_trial_user_attr(trial_id, key, value)
+
+
+@pytest.mark.parametrize("wandb_id", [True, False])
+def test_a_trial_writes_its_attrs_once_each_worker_first(compose_sweep, wandb_id):
+    sweep, base, dims = check_sweep(compose_sweep("sweep.n_trials=1", "trainer.epochs=2"))
+    storage = _Recorder()
+    study = optuna.create_study(storage=storage, direction="maximize")
+
+    def train(cfg, on_epoch_end=None):
+        out = dict(fake_train.train(cfg, on_epoch_end))  # a plain dict, as a user's train_fn returns
+        return out if wandb_id else {**out, "wandb_run_id": None}
+
+    study.optimize(Objective(base, sweep, dims, train), n_trials=1)
+    trial = study.trials[0]
+    assert storage.writes == [
+        TrialAttr.WORKER, TrialAttr.ORIGIN,
+        TrialAttr.RUN_DIR, TrialAttr.WANDB_RUN_ID, TrialAttr.STATUS, TrialAttr.REASON,  # before training
+        TrialAttr.STATUS, TrialAttr.REASON, TrialAttr.EPOCHS_RUN,  # when it ends
+    ]  # fmt: skip
+    assert trial.user_attrs[TrialAttr.STATUS] == "completed" and trial.user_attrs[TrialAttr.EPOCHS_RUN] == 2
+    assert trial.user_attrs[TrialAttr.RUN_DIR].endswith("trial-0") and trial.user_attrs[TrialAttr.WANDB_RUN_ID]
+
+
+def test_a_run_dir_train_changed_is_written_again(compose_sweep, tmp_path):
+    sweep, base, dims = check_sweep(compose_sweep("sweep.n_trials=1", "trainer.epochs=1"))
+    storage = _Recorder()
+    study = optuna.create_study(storage=storage, direction="maximize")
+    moved = str(tmp_path / "elsewhere")
+
+    def train(cfg, on_epoch_end=None):
+        return {**fake_train.train(cfg, on_epoch_end), "run_dir": moved, "wandb_run_id": "other"}
+
+    study.optimize(Objective(base, sweep, dims, train), n_trials=1)
+    attrs = study.trials[0].user_attrs
+    assert attrs[TrialAttr.RUN_DIR] == moved and attrs[TrialAttr.WANDB_RUN_ID] == "other"
+    assert storage.writes.count(TrialAttr.RUN_DIR) == 2 and storage.writes.count(TrialAttr.WANDB_RUN_ID) == 2

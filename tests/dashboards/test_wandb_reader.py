@@ -86,7 +86,7 @@ def test_report_from_wandb_uses_the_logged_heatmaps(ablation_journal, fake_api, 
     study = load_study(str(ablation_journal))
     index = build_report(study, WandbRunReader(fake_api, "me", "rpb-lab", cache_dir=tmp_path / "c"), tmp_path / "r")
     text = index.read_text()
-    assert "rpb 2d 7x7" in text and [p.name for p in (tmp_path / "r").iterdir()] == ["index.html"]
+    assert "rpb 2d 7x7" in text and sorted(p.name for p in (tmp_path / "r").iterdir()) == ["index.html", "report.json"]
     figure = re.search(r'<figure data-name="heatmap_rpb_2d_3x3"><img src="data:image/png;base64,([^"]+)"', text)
     assert figure and base64.b64decode(figure.group(1)) == (tmp_path / "heatmap.png").read_bytes()  # W&B's image
 

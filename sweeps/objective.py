@@ -11,6 +11,7 @@ import math
 import secrets
 import shutil
 import string
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,11 +186,59 @@ def trial_line(
     return f"trial {trial.number} {head}" + (f" | {params}" if (params := describe_params(trial.params)) else "")
 
 
-def progress_due(epoch: int, epochs: int, lines: int = 5) -> bool:
+def progress_due(epoch: int, epochs: int, lines: int = 10) -> bool:
     """Whether a trial prints its progress line after `epoch`: the first epoch, then about `lines` more, evenly
-    spaced, the last included (20 epochs: 1, 4, 8, 12, 16, 20), so a study's console stays a page long."""
+    spaced, the last included (20 epochs: 1, 2, 4, ..., 20; 35 epochs: every 4th), a line about every few seconds
+    of a short trial without a study's console running to pages."""
     every = max(1, math.ceil(epochs / lines))
     return epoch == 1 or epoch % every == 0 or epoch == epochs
+
+
+def format_duration(seconds: float) -> str:
+    """ "45s", "3m10s", "1h05m": a time left, to the precision a person reads it."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+@dataclass
+class Progress:
+    """Where a study stands, for the lines a sweep prints: a trial's place among the study's results ("4 of 12")
+    and, once this worker has finished a trial, the time left for the trial and for the study.
+
+    Attributes:
+        n_trials: the results the study should hold (None: until a timeout or the grid's end).
+        workers: the workers sharing the study (the study's time left divides by them).
+        durations: seconds of the trials this worker finished.
+    """
+
+    n_trials: int | None
+    workers: int = 1
+    durations: list[float] = field(default_factory=list)
+
+    @staticmethod
+    def place(study: optuna.Study, number: int) -> int:
+        """The trial's place: results the study holds, plus running trials numbered before it, plus one."""
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+        return 1 + sum(t.state != TrialState.RUNNING or t.number < number for t in trials)
+
+    def tag(self, number: int, place: int) -> str:
+        return f"trial {number}, {place} of {self.n_trials}" if self.n_trials else f"trial {number}, {place}"
+
+    def time_left(self, place: int, trial_elapsed: float, done: int, left: int) -> str:
+        """ "~1m20s left in the trial, ~14m in the study" (empty until there is something to go by)."""
+        parts = []
+        if done > 0 and left > 0:
+            parts.append(f"~{format_duration(trial_elapsed / done * left)} left in the trial")
+        if self.durations and self.n_trials:
+            trial_left = trial_elapsed / done * left if done > 0 else 0.0
+            mean = sum(self.durations) / len(self.durations)
+            study_left = trial_left + mean * max(0, self.n_trials - place) / max(1, self.workers)
+            parts.append(f"~{format_duration(study_left)} in the study")
+        return ", ".join(parts)
 
 
 def _retried(trial: FrozenTrial) -> int | None:
@@ -257,6 +306,8 @@ class Objective:
         # How a trial line names the trial's params: the train_fn's own `describe_params` (the ablation names its
         # setting and seed), else `params_text`.
         self.describe_params: Callable[[Mapping[str, Any]], str] = getattr(train_fn, "describe_params", params_text)
+        self.progress = Progress(sweep.n_trials, sweep.workers)
+        self._places: dict[int, int] = {}  # trial number -> its place, for the line that ends it
 
     def spec(self, trial: optuna.Trial) -> TrialSpec:
         params = {dim.path: dim.suggest(trial) for dim in self.dims}
@@ -296,12 +347,22 @@ class Objective:
         # enqueued with them); its value is computed from this record alone (`value`).
         history: dict[int, float] = dict(record.intermediate_values)
         epochs = int(spec.params.get("trainer.epochs", self.base.trainer.epochs))
+        place = self._places[trial.number] = self.progress.place(trial.study, trial.number)
+        tag = self.progress.tag(trial.number, place)
+        resumed = f" (resumed from {spec.resume})" if spec.resume else ""
+        print(f"[{tag}] started{resumed}: {self.describe_params(spec.params) or 'no params'}", flush=True)
+        started, first_epoch = time.perf_counter(), None
 
         def on_epoch_end(epoch: int, metrics: dict[str, float]) -> str | None:
+            nonlocal first_epoch
+            first_epoch = epoch if first_epoch is None else first_epoch
             if progress_due(epoch, epochs):
                 from experiments.train import epoch_line  # deferred: torch (see trial_line)
 
-                print(f"[trial {trial.number}] {epoch_line(metrics, epochs, epoch=epoch)}", flush=True)
+                left = self.progress.time_left(place, time.perf_counter() - started, epoch - first_epoch + 1,
+                                               epochs - epoch)  # fmt: skip
+                line = epoch_line(metrics, epochs, epoch=epoch) + (f" | {left}" if left else "")
+                print(f"[{tag}] {line}", flush=True)
             if self.sweep.metric not in metrics:
                 raise RuntimeError(
                     f"train_fn reported no {self.sweep.metric!r} for epoch {epoch} (it reported "
@@ -327,6 +388,7 @@ class Objective:
         except Exception as e:
             self._record(trial, FAILED, _reason(e))
             raise
+        self.progress.durations.append(time.perf_counter() - started)
         result = TrainResult.from_dict(returned)  # a user's train_fn may return a plain dict
         status, reason = str(result.status), str(result.reason or "")
         self._record(trial, status, reason)
@@ -346,8 +408,12 @@ class Objective:
         return self.value(history, result)
 
     def announce(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        """`study.optimize` callback: one line per finished trial (`trial_line`)."""
-        print(trial_line(trial, self.sweep.metric, self.describe_params), flush=True)
+        """`study.optimize` callback: one line per finished trial (`trial_line`), with its place in the study."""
+        line = trial_line(trial, self.sweep.metric, self.describe_params)
+        place = self._places.pop(trial.number, None)
+        if place is not None:
+            line = line.replace(f"trial {trial.number} ", f"{self.progress.tag(trial.number, place)} ", 1)
+        print(line, flush=True)
 
     def _refuse_duplicate(self, trial: optuna.Trial, params: dict[str, Any]) -> None:
         """Fail a sampled trial, before it trains, whose parameters an earlier trial already holds.

@@ -53,9 +53,11 @@ def test_real_study_prunes_and_every_trial_has_its_wandb_run(compose_sweep, caps
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.PRUNED]
     out = capsys.readouterr().out  # one line per finished trial, after its epoch lines
     lines = [line for line in out.splitlines() if line.startswith("trial ")]
-    assert lines[0].startswith(f"trial 0 complete: val_loss {trials[0].value:.3g} after 2 epochs | lr ")
-    assert lines[1].startswith("trial 1 pruned at epoch 1 (val_loss ") and len(lines) == 3
-    assert "[trial 2] epoch 1/2 | train loss" in out and "on_epoch_end" not in out
+    assert lines[0].startswith(f"trial 0, 1 of 3 complete: val_loss {trials[0].value:.3g} after 2 epochs | lr ")
+    assert lines[1].startswith("trial 1, 2 of 3 pruned at epoch 1 (val_loss ") and len(lines) == 3
+    assert "[trial 2, 3 of 3] started: lr " in out  # as soon as it starts, before its first epoch
+    assert "[trial 2, 3 of 3] epoch 1/2 | train loss" in out and "on_epoch_end" not in out
+    assert " in the study" in out.split("[trial 1, 2 of 3] epoch 1/2")[1].splitlines()[0]  # once a trial has run
     for t in trials:
         run_dir = Path(t.user_attrs["run_dir"])
         run = json.loads(leet(run_dir, "--summary"))

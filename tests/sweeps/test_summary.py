@@ -163,3 +163,16 @@ def test_an_ablation_trial_line_names_its_setting_not_the_unused_window():
     assert trial_line(finished({"optim.lr": 0.002}, 0.9), "val_accuracy").endswith("| lr 0.002")
     assert trial_line(finished({"optim.lr": 0.002}, 0.9), "val_accuracy", params_text).endswith("| lr 0.002")
     assert train_trial.describe_params is params_text  # what the trial lines of an ablation study use
+
+
+def test_progress_says_the_place_and_the_time_left():
+    from sweeps.objective import Progress, format_duration
+
+    assert [format_duration(s) for s in (0.4, 45, 190, 3725)] == ["0s", "45s", "3m10s", "1h02m"]
+    progress = Progress(n_trials=12, workers=2)
+    assert progress.tag(5, 4) == "trial 5, 4 of 12" and Progress(None).tag(5, 4) == "trial 5, 4"
+    # 2 of 10 epochs took 20 s: 80 s left in the trial; no finished trial yet, so nothing said of the study
+    assert progress.time_left(place=4, trial_elapsed=20, done=2, left=8) == "~1m20s left in the trial"
+    progress.durations += [100.0, 140.0]  # a trial takes 120 s: 8 more after this one, on 2 workers
+    assert progress.time_left(4, 20, 2, 8) == "~1m20s left in the trial, ~9m20s in the study"
+    assert progress.time_left(12, 100, 10, 0) == "~0s in the study"

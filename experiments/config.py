@@ -41,7 +41,7 @@ __all__ = [
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
-DATASETS = ("digits", "synthetic", "cifar10", "imagefolder")  # experiments.data.DATASETS (torch-free copy; tested)
+DATASETS = ("digits", "synthetic", "cifar10", "imagefolder")  # one file each in conf/data/ (tested)
 CHOICES = {
     "data.name": DATASETS,
     "optim.name": ("adamw", "sgd"),

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from experiments.config import DATASETS  # the torch-free home of the names (conf/data/)
 from experiments.datasets import (
     SyntheticImageDataset,
     build_cifar10,
@@ -32,7 +33,6 @@ __all__ = [
     "set_epoch",
 ]
 
-DATASETS = ("digits", "synthetic", "cifar10", "imagefolder")
 # The synthetic train and val sets share class templates and differ in their samples; fixed, like the digits split.
 SYNTHETIC_TRAIN_SEED, SYNTHETIC_VAL_SEED = 0, 1
 

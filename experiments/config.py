@@ -9,10 +9,14 @@ sentence that names the key and says what is allowed.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import functools
 import inspect
 import math
 import os
-from collections.abc import Sequence
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +38,8 @@ __all__ = [
     "build_model",
     "compose_config",
     "compose_unvalidated",
+    "composed_defaults",
+    "fill_defaults",
     "resolve_mixed_precision",
     "to_yaml",
     "validate_config",
@@ -196,8 +202,59 @@ def _compose(overrides: list[str], config_name: str, config_dir: str | Path | No
             GlobalHydra.instance().initialize(outer)
 
 
+@functools.cache
+def _composed_defaults(config_name: str, overrides: tuple[str, ...]) -> dict[str, Any]:
+    return OmegaConf.to_container(_compose(list(overrides), config_name), resolve=False)
+
+
+def composed_defaults(config_name: str = "train", overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """`conf/<config_name>.yaml` composed with `overrides`, unresolved, as a plain dict (a fresh copy each call):
+    the defaults of a config built by hand (the schemas hold none). Composed once per process."""
+    return copy.deepcopy(_composed_defaults(config_name, tuple(overrides)))
+
+
+def fill_defaults(given: Any, schema: type, defaults: Callable[[], Mapping[str, Any]]) -> Any:
+    """`given` (a plain dict) with every key of `schema` it leaves out taken from `defaults()`, the composed YAML.
+
+    The nodes `schema` types as dataclasses are filled key by key; any other value, a mapping such as `sweep.space`
+    or `tracker` included, is taken whole, from `given` when it has the key, else from the defaults (so a space given
+    is never merged with the default one). `defaults` is called only when a key is left out; `given` is not changed.
+    A key given as `???` stays missing (the schema check names it).
+    """
+    loaded: list[Mapping[str, Any]] = []
+
+    def default(path: tuple[str, ...]) -> Any:
+        if not loaded:
+            loaded.append(defaults())
+        value: Any = loaded[0]
+        for key in path:
+            value = value.get(key, _ABSENT) if isinstance(value, Mapping) else _ABSENT
+        return value
+
+    def fill(node: Any, dc: type, path: tuple[str, ...]) -> Any:
+        if not isinstance(node, dict):
+            return node
+        out = dict(node)
+        for name, kind in typing.get_type_hints(dc).items():
+            if name not in node:
+                value = default((*path, name))
+                if value is not _ABSENT:
+                    out[name] = copy.deepcopy(value)
+            elif dataclasses.is_dataclass(kind):
+                out[name] = fill(node[name], kind, (*path, name))
+        return out
+
+    return fill(given, schema, ())
+
+
+_ABSENT = object()
+
+
 def validate_config(cfg: DictConfig | dict) -> DictConfig:
     """Check `cfg` against the schema and the rules types cannot express; return it typed.
+
+    A key `cfg` leaves out (a config built by hand, a run's config.yaml saved before the key existed) takes its value
+    from `conf/train.yaml` as composed: the YAML files are the defaults, the schema only types them.
 
     Raises:
         ConfigError: one sentence naming the first offending key and what is allowed.
@@ -205,6 +262,7 @@ def validate_config(cfg: DictConfig | dict) -> DictConfig:
     try:
         # Through a plain container so that keys a `+key=` override slipped into a typed node are refused too.
         plain = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else cfg
+        plain = fill_defaults(plain, TrainConfig, composed_defaults)
         _window_as_pair(plain)
         typed = OmegaConf.merge(OmegaConf.structured(TrainConfig), plain)
         missing = sorted(OmegaConf.missing_keys(typed))

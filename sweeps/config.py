@@ -1,7 +1,8 @@
-"""The `sweep` config node: its schema (defaults for any key a prepared config leaves out), checks, samplers, pruners.
+"""The `sweep` config node: its schema (types only), checks, samplers, pruners.
 
 `rpb-sweep` composes `conf/sweep.yaml`; other tools (`rpb-ablate`) may hand `run_study` any training config with a
-`sweep` node: keys it leaves out take the defaults below, misspelt ones are refused.
+`sweep` node: keys it leaves out take their values from `conf/sweep/default.yaml` (`sweep_defaults`), the one home
+of the defaults; misspelt ones are refused.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import optuna
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from experiments.config import composed_defaults, fill_defaults
 from experiments.config_errors import closest, known_keys_sentence
 from experiments.metrics import DIRECTIONS, METRICS, metric_direction
 from sweeps.devices import parse_devices
@@ -33,69 +35,69 @@ CLUSTERS = ("slurm", "local")  # submitit executors (`sweeps.cluster`); "local" 
 
 @dataclass
 class SamplerConfig:
-    name: str = "tpe"
-    seed: int | None = 0
-    n_startup_trials: int = 4
+    name: str = MISSING
+    seed: int | None = MISSING
+    n_startup_trials: int = MISSING
 
 
 @dataclass
 class PrunerConfig:
-    name: str = "median"
-    n_startup_trials: int = 3
-    n_warmup_steps: int = 2
-    min_resource: int = 1
-    reduction_factor: int = 3
+    name: str = MISSING
+    n_startup_trials: int = MISSING
+    n_warmup_steps: int = MISSING
+    min_resource: int = MISSING
+    reduction_factor: int = MISSING
 
 
 @dataclass
 class LauncherConfig:
     """Where the workers run (conf/sweep/launcher/): `local` processes, or `slurm` jobs (sweeps.cluster)."""
 
-    name: str = "local"
-    cluster: str = "slurm"
-    partition: str | None = None
-    array_size: int = 4
-    array_parallelism: int | None = None
-    gpus_per_job: int = 1
-    cpus_per_job: int = 8
-    mem_gb: int | None = None
-    timeout_min: int = 240
-    account: str | None = None
-    qos: str | None = None
-    constraint: str | None = None
-    setup: list[str] = field(default_factory=list)
-    additional: dict[str, Any] = field(default_factory=dict)
-    wait: bool = True
-    resubmit: int = 2
+    name: str = MISSING
+    cluster: str = MISSING
+    partition: str | None = MISSING
+    array_size: int = MISSING
+    array_parallelism: int | None = MISSING
+    gpus_per_job: int = MISSING
+    cpus_per_job: int = MISSING
+    mem_gb: int | None = MISSING
+    timeout_min: int = MISSING
+    account: str | None = MISSING
+    qos: str | None = MISSING
+    constraint: str | None = MISSING
+    setup: list[str] = MISSING
+    additional: dict[str, Any] = MISSING
+    wait: bool = MISSING
+    resubmit: int = MISSING
 
 
 @dataclass
 class SweepConfig:
-    study_name: str = "rpb-sweep"
-    kind: str = "sweep"
-    direction: str | None = None  # None: the metric's own (`experiments.metrics.metric_direction`)
-    metric: str = "val_accuracy"
-    value: str = "best"
-    n_trials: int | None = 12
-    timeout: float | None = None
-    workers: int = 1
-    devices: list[Any] = field(default_factory=list)
-    storage: str | None = None
-    output_dir: str = "runs/sweeps"
-    enqueue_defaults: bool = True
-    enqueue: list[Any] = field(default_factory=list)
-    cells: list[Any] = field(default_factory=list)
-    allow_space_change: bool = False
-    max_failures: int = 3
-    max_retry: int | None = 2
-    heartbeat_interval: int | None = 20
-    grace_period: int = 60
-    train_fn: str = DEFAULT_TRAIN_FN
+    study_name: str = MISSING
+    kind: str = MISSING
+    direction: str | None = MISSING  # None: the metric's own (`experiments.metrics.metric_direction`)
+    metric: str = MISSING
+    value: str = MISSING
+    n_trials: int | None = MISSING
+    timeout: float | None = MISSING
+    workers: int = MISSING
+    devices: list[Any] = MISSING
+    storage: str | None = MISSING
+    output_dir: str = MISSING
+    enqueue_defaults: bool = MISSING
+    enqueue: list[Any] = MISSING
+    cells: list[Any] = MISSING
+    allow_space_change: bool = MISSING
+    max_failures: int = MISSING
+    max_retry: int | None = MISSING
+    heartbeat_interval: int | None = MISSING
+    grace_period: int = MISSING
+    train_fn: str = MISSING
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
-    space: dict[str, Any] = field(default_factory=dict)
-    fixed: dict[str, Any] = field(default_factory=dict)
+    space: dict[str, Any] = MISSING
+    fixed: dict[str, Any] = MISSING
 
 
 def _choice(key: str, value: Any, options: tuple[str, ...]) -> None:
@@ -105,13 +107,25 @@ def _choice(key: str, value: Any, options: tuple[str, ...]) -> None:
         )
 
 
+def sweep_defaults() -> dict[str, Any]:
+    """The `sweep` node's defaults: conf/sweep/default.yaml as composed (launcher local), with the keys local.yaml
+    leaves out (the cluster's, unused by local workers) from conf/sweep/launcher/slurm.yaml, so that a launcher
+    named alone (`sweep.launcher.name=slurm`) has them too."""
+    sweep = composed_defaults("sweep/default")["sweep"]
+    sweep["launcher"] = {**composed_defaults("sweep/default", ["sweep/launcher=slurm"])["sweep"]["launcher"],
+                         **sweep["launcher"]}  # fmt: skip
+    return sweep
+
+
 def sweep_config(cfg: DictConfig) -> DictConfig:
-    """`cfg.sweep` merged onto the schema defaults and checked (names, counts; the space is checked by `parse_space`)."""
+    """`cfg.sweep` typed and checked (names, counts; the space is checked by `parse_space`); the keys it leaves out
+    take their values from `sweep_defaults` (the space, a mapping, is given whole or taken whole)."""
     node = cfg.get("sweep") if isinstance(cfg, DictConfig) else None
     if node is None:
         raise SweepConfigError("the config has no `sweep` node; compose conf/sweep.yaml or add `sweep: {...}`.")
     try:
-        sweep = OmegaConf.merge(OmegaConf.structured(SweepConfig), node)
+        plain = OmegaConf.to_container(node, resolve=False) if isinstance(node, DictConfig) else node
+        sweep = OmegaConf.merge(OmegaConf.structured(SweepConfig), fill_defaults(plain, SweepConfig, sweep_defaults))
         OmegaConf.resolve(sweep)
     except OmegaConfBaseException as e:
         key = f"sweep.{e.full_key}" if getattr(e, "full_key", None) else "sweep"
@@ -124,6 +138,9 @@ def sweep_config(cfg: DictConfig) -> DictConfig:
             ) from None
         msg = str(e).splitlines()[0]
         raise SweepConfigError(f"{key}: {msg}; check the key's spelling and type in conf/sweep/default.yaml.") from None
+    missing = sorted(OmegaConf.missing_keys(sweep))
+    if missing:
+        raise SweepConfigError(f"sweep.{missing[0]} has no value (???): set it, e.g. `sweep.{missing[0]}=...`.")
     _choice("sweep.sampler.name", sweep.sampler.name, SAMPLERS)
     _choice("sweep.pruner.name", sweep.pruner.name, PRUNERS)
     sweep.direction = study_direction(sweep.metric, sweep.direction, sweep.train_fn)
@@ -291,7 +308,7 @@ class CheckedSweep(NamedTuple):
     Unpacks as `sweep, base, dims = checked`.
     """
 
-    sweep: DictConfig  # the `sweep` node on the schema's defaults
+    sweep: DictConfig  # the `sweep` node, typed, the keys it left out from conf/sweep/default.yaml
     base: DictConfig  # the training config every trial starts from (no sweep/ablation nodes)
     dims: list[Dimension]  # the searched dimensions (sweep.space minus sweep.fixed)
 

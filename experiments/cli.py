@@ -28,6 +28,7 @@ from experiments.launch import (
     EXIT_CONFIG,
     EXIT_DIVERGED,
     EXIT_INTERRUPTED,
+    exit_status_help,
     interrupted_status,
     relaunch_command,
     say_once,
@@ -203,7 +204,7 @@ Config groups (GROUP=OPTION):
 {_groups_line()}"""
     notes = (
         "A run folder holds config.yaml, metrics.jsonl, summary.json, checkpoints/, bias/, wandb/, tensorboard/.\n"
-        "Exit status: 0 done, 2 a config mistake (one sentence), 3 diverged, 130 Ctrl-C (the line says how to go on)."
+        + exit_status_help(diverged=True, go_on="go on")
     )
     return render_help(
         "rpb-train",

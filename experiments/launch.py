@@ -37,6 +37,17 @@ MAIN_PROCESS_GRACE_S = 30.0
 # The console scripts' exit statuses that come with their own sentence (130 = 128 + SIGINT, as shells report Ctrl-C).
 EXIT_CONFIG, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
 SAID_WHY = (EXIT_CONFIG, EXIT_DIVERGED, EXIT_INTERRUPTED)
+
+
+def exit_status_help(diverged: bool = False, go_on: str = "continue") -> str:
+    """The `Exit status:` line of a console script's --help, written from the constants above."""
+    diverged_part = f", {EXIT_DIVERGED} diverged" if diverged else ""
+    return (
+        f"Exit status: 0 done, {EXIT_CONFIG} a config mistake (one sentence){diverged_part}, {EXIT_INTERRUPTED} "
+        f"Ctrl-C (the line says how to {go_on})."
+    )
+
+
 PURPOSE = "accelerate launch, ended by Ctrl-C with the training's one line (what was saved, how to continue)"
 HELP = """\
 Usage: rpb-launch [accelerate launch options] -m MODULE [ARGS...]

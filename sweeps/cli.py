@@ -26,6 +26,7 @@ from experiments.cli import render_help
 from experiments.config import CONF_DIR, ConfigError, compose_unvalidated
 from experiments.launch import (
     EXIT_CONFIG,
+    exit_status_help,
     interrupted_status,
     relaunch_command,
     say_once,
@@ -138,7 +139,7 @@ def sweep_help() -> str:
     notes = (
         "Training keys (model.*, optim.*, trainer.*, data=..., tracker.*) are those of rpb-train: see rpb-train --help.\n"
         "Each finished trial prints one line; the end prints the summary table and writes <output_dir>/<study>/best.yaml.\n"
-        "Exit status: 0 done, 2 a config mistake (one sentence), 130 Ctrl-C (the line says how to continue)."
+        + exit_status_help()
     )
     return render_help(
         "rpb-sweep",

@@ -16,7 +16,7 @@ import sys
 
 from experiments.cli import render_help
 from experiments.config import CONF_DIR, compose_config
-from experiments.launch import EXIT_CONFIG, interrupted_status, stop_on_sigterm
+from experiments.launch import EXIT_CONFIG, exit_status_help, interrupted_status, stop_on_sigterm
 from sweeps import distributed
 from sweeps.ablation.grid import ablation_config
 from sweeps.ablation.verdict import print_verdict
@@ -37,7 +37,7 @@ def ablate_help() -> str:
   rpb-report --storage runs/sweeps/rpb-ablate.journal   the comparison, as an HTML page"""
     notes = (
         "sweep.* keys set the storage and workers (rpb-sweep --help); training keys are those of rpb-train --help.\n"
-        "Exit status: 0 done, 2 a config mistake (one sentence), 130 Ctrl-C (the line says how to continue)."
+        + exit_status_help()
     )
     return render_help(
         "rpb-ablate",

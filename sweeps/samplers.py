@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -43,7 +44,7 @@ from optuna.samplers import BaseSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeps.optuna_internals import QueueOnlyStudy, all_trials, set_trial_system_attr
+from sweeps.optuna_internals import QueueOnlyStudy, all_trials, set_trial_system_attr, storage_of
 from sweeps.record import DUPLICATE, RETRY, SystemAttr, TrialAttr, trial_origin
 from sweeps.space import Dimension
 
@@ -122,15 +123,32 @@ def held_params(
     with all of `names` set or fixed, except trials failed as duplicates, trial `exclude`, and (given `before`)
     trials numbered `before` or higher."""
     held: dict[tuple, int] = {}
+    known = _HELD_KEYS.setdefault(storage_of(study), {}).setdefault((study.study_name, tuple(names)), {})
     for t in study.get_trials(deepcopy=False):
         if t.number == exclude or (before is not None and t.number >= before):
             continue
-        if t.user_attrs.get(TrialAttr.STATUS) == DUPLICATE:
-            continue
-        params = {**t.params, **t.system_attrs.get(SystemAttr.FIXED_PARAMS, {})}
-        if all(name in params for name in names):
-            held.setdefault(params_key(params, names), t.number)
+        key = known.get(t.number, _UNKNOWN)
+        if key is _UNKNOWN:
+            key = _held_key(t, names)
+            if t.state.is_finished():  # a finished trial's params and status never change: read it once
+                known[t.number] = key
+        if key is not None:
+            held.setdefault(key, t.number)
     return held
+
+
+_UNKNOWN = object()
+# storage -> (study, names) -> {trial number: its params key, or None} of finished trials, so that the sets a study
+# holds are read incrementally (`held_params` runs twice a trial; without this its cost grows with the study).
+_HELD_KEYS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _held_key(t: FrozenTrial, names: Sequence[str]) -> tuple | None:
+    """The params key a trial holds (None: a refused duplicate, or a trial without all of `names`)."""
+    if t.user_attrs.get(TrialAttr.STATUS) == DUPLICATE:
+        return None
+    params = {**t.params, **t.system_attrs.get(SystemAttr.FIXED_PARAMS, {})}
+    return params_key(params, names) if all(name in params for name in names) else None
 
 
 def exhausted(study: Study, dims: Sequence[Dimension]) -> bool:
@@ -159,6 +177,7 @@ class TrialSeededSampler(BaseSampler):
         self._names = [d.path for d in self._dims]
         self._space: dict[str, BaseDistribution] = {d.path: d.distribution() for d in self._dims}
         self._inner: dict[int, BaseSampler] = {}
+        self._draws: dict[int, int] = {}  # trial number -> its draw index, from before_trial
 
     def reseed_rng(self) -> None:  # the seeds come from the draw indices
         pass
@@ -168,7 +187,12 @@ class TrialSeededSampler(BaseSampler):
         (`sweeps.pruners`), so a study that retried a killed trial brackets its later trials as the same study run
         without the kill does. A retry carries its original's (its system attrs are copied)."""
         if DRAW_ATTR not in trial.system_attrs and trial_origin(trial.system_attrs) != RETRY:
-            set_trial_system_attr(study, trial, DRAW_ATTR, draw_index(study, trial))
+            self._draws[trial.number] = draw_index(study, trial)  # read by this trial's sampling, not counted again
+            set_trial_system_attr(study, trial, DRAW_ATTR, self._draws[trial.number])
+
+    def _draw_index(self, study: Study, trial: FrozenTrial) -> int:
+        known = self._draws.get(trial.number)
+        return draw_index(study, trial) if known is None else known
 
     @staticmethod
     def _preset(trial: FrozenTrial) -> bool:
@@ -181,7 +205,7 @@ class TrialSeededSampler(BaseSampler):
         if not search_space:
             return {}
         held = set(held_params(study, self._names, exclude=trial.number))  # later trials too: other workers'
-        index = draw_index(study, trial)
+        index = self._draw_index(study, trial)
         for attempt in range(self._max_attempts):
             inner = self._factory(trial_seed(self._seed, index, attempt))
             params = self._draw(inner, study, trial)
@@ -218,10 +242,11 @@ class TrialSeededSampler(BaseSampler):
 
     def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str, param_distribution):
         # Only for parameters outside the configured space (none in rpb-sweep): one seeded random draw.
-        seed = trial_seed(self._seed, draw_index(study, trial), self._max_attempts + 1)
+        seed = trial_seed(self._seed, self._draw_index(study, trial), self._max_attempts + 1)
         return optuna.samplers.RandomSampler(seed=seed).sample_independent(study, trial, param_name, param_distribution)
 
     def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None):
+        self._draws.pop(trial.number, None)
         inner = self._inner.pop(trial.number, None)
         if inner is not None:
             inner.after_trial(study, trial, state, values)

@@ -59,21 +59,43 @@ def curve_train(cfg, on_epoch_end=None) -> dict:
     return {"status": status, "reason": "", "epochs_run": epoch, "run_dir": str(run_dir), "wandb_run_id": None}
 
 
-def _cfg(out: Path, metric: str, pruner: str, storage: str | None, name: str):
+def killable_train(cfg, on_epoch_end=None):
+    """experiments.train.train itself, SIGKILLed (in the forked child only) right after trial >= 1 reported epoch 3,
+    before that epoch's checkpoint: the retry runs epoch 3 again, which its record already holds."""
+    from experiments.train import train
+
+    trial = int(cfg.tracker.extra_config.trial_number)
+
+    def report(epoch, metrics):
+        decision = on_epoch_end(epoch, metrics)
+        if _kill and trial >= _kill["trial"] and epoch == _kill["epoch"]:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return decision
+
+    return train(cfg, on_epoch_end=report)
+
+
+TINY_REAL = ("model.depth=1", "model.embed_dim=32", "model.num_heads=2", "model.head_dim=null", "data.num_workers=0",
+             "trainer.limit_train_batches=3", "trainer.limit_val_batches=2", "trainer.cpu=true",
+             "trainer.heatmap_every_n_epochs=0")  # fmt: skip
+
+
+def _cfg(out: Path, metric: str, pruner: str, storage: str | None, name: str, *extra: str, fake: bool = True):
     return compose_config(
         sweep_overrides(
             out, f"sweep.metric={metric}", f"sweep.pruner.name={pruner}", f"sweep.study_name={name}",
             f"sweep.storage={storage or 'null'}", f"sweep.n_trials={N_TRIALS}", f"trainer.epochs={EPOCHS}",
             "sweep.pruner.n_startup_trials=2", "sweep.pruner.n_warmup_steps=1", "sweep.enqueue_defaults=false",
-            "sweep.sampler.n_startup_trials=3", "tracker.wandb.mode=disabled", "tracker.tensorboard.enabled=false", "sweep.heartbeat_interval=null", "~sweep.space.model",
+            "sweep.sampler.n_startup_trials=3", "tracker.wandb.mode=disabled", "tracker.tensorboard.enabled=false",
+            "sweep.heartbeat_interval=null", *extra, fake=fake,
         ),
         config_name="sweep",
     )  # fmt: skip
 
 
-def _killed_run(cfg) -> None:
+def _killed_run(cfg, train_fn) -> None:
     _kill.update(trial=1, epoch=KILL_EPOCH)
-    run_study(cfg, curve_train)
+    run_study(cfg, train_fn)
     os._exit(0)  # not reached when a trial got to the kill
 
 
@@ -89,21 +111,13 @@ def _best_yaml(cfg, study: optuna.Study) -> dict:
     return body
 
 
-@pytest.mark.parametrize("storage", ["journal", pytest.param("postgres", marks=pytest.mark.postgres)])
-@pytest.mark.parametrize("pruner", ["none", "median", "successive_halving", "hyperband"])
-@pytest.mark.parametrize("metric", METRICS)
-def test_a_killed_and_retried_study_keeps_the_record_of_one_run_straight(tmp_path, request, metric, pruner, storage):
-    url = request.getfixturevalue("postgres_url") if storage == "postgres" else None
-    name = f"{metric}-{pruner}-{os.getpid()}-{tmp_path.name}"[-60:]  # one name: Hyperband brackets hash it
-    straight_cfg = _cfg(tmp_path / "straight", metric, pruner, None, name)  # on its own journal file
-    killed_cfg = _cfg(tmp_path / "killed", metric, pruner, url, name)
-
-    straight = run_study(straight_cfg, curve_train)
-    child = mp.get_context("fork").Process(target=_killed_run, args=(killed_cfg,))
+def _kill_and_compare(straight_cfg, killed_cfg, train_fn, metric: str) -> None:
+    straight = run_study(straight_cfg, train_fn)
+    child = mp.get_context("fork").Process(target=_killed_run, args=(killed_cfg, train_fn))
     child.start()
-    child.join(120)
+    child.join(300)
     assert child.exitcode == -signal.SIGKILL, "the forked run was not killed in a trial"
-    killed = run_study(killed_cfg, curve_train)
+    killed = run_study(killed_cfg, train_fn)
 
     failed = [t for t in killed.get_trials(deepcopy=False) if t.state == TrialState.FAIL]
     assert len(failed) == 1 and failed[0].user_attrs["status"] == "stale"
@@ -115,7 +129,27 @@ def test_a_killed_and_retried_study_keeps_the_record_of_one_run_straight(tmp_pat
     assert killed.direction == straight.direction
     assert (killed.best_trial.params, killed.best_trial.value) == (straight.best_trial.params, straight.best_trial.value)
     assert _best_yaml(killed_cfg, killed) == _best_yaml(straight_cfg, straight)
-    # the value is the best epoch in the metric's direction (epoch 2 of this curve), not the last
+    # the value is the best epoch in the metric's direction, not the last
     for t in straight.get_trials(states=(TrialState.COMPLETE,)):
         values = t.intermediate_values.values()
         assert t.value == (min(values) if metric.endswith("loss") else max(values))
+
+
+@pytest.mark.parametrize("storage", ["journal", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.mark.parametrize("pruner", ["none", "median", "successive_halving", "hyperband"])
+@pytest.mark.parametrize("metric", METRICS)
+def test_a_killed_and_retried_study_keeps_the_record_of_one_run_straight(tmp_path, request, metric, pruner, storage):
+    url = request.getfixturevalue("postgres_url") if storage == "postgres" else None
+    name = f"{metric}-{pruner}-{os.getpid()}-{tmp_path.name}"[-60:]  # one name: Hyperband brackets hash it
+    straight_cfg = _cfg(tmp_path / "straight", metric, pruner, None, name, "~sweep.space.model")  # own journal
+    killed_cfg = _cfg(tmp_path / "killed", metric, pruner, url, name, "~sweep.space.model")
+    _kill_and_compare(straight_cfg, killed_cfg, curve_train, metric)
+
+
+def test_a_real_training_study_killed_before_a_checkpoint_keeps_its_record(tmp_path):
+    """The same with experiments.train.train on a tiny model: killed after reporting epoch 3 and before saving it,
+    retried from epoch 2's checkpoint (resume is exact), it ends with the straight study's values and best.yaml."""
+    name = f"real-{os.getpid()}-{tmp_path.name}"[-60:]
+    straight_cfg = _cfg(tmp_path / "straight", "val_loss", "median", None, name, *TINY_REAL, fake=False)
+    killed_cfg = _cfg(tmp_path / "killed", "val_loss", "median", None, name, *TINY_REAL, fake=False)
+    _kill_and_compare(straight_cfg, killed_cfg, killable_train, "val_loss")

@@ -27,7 +27,7 @@ from experiments.metrics import METRICS
 from sweeps.study import run_study
 from sweeps.summary import write_best_config
 from tests.sweeps.fake_train import _save_state
-from tests.sweeps.helpers import sweep_overrides
+from tests.sweeps.helpers import run_cli, sweep_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -59,16 +59,20 @@ def curve_train(cfg, on_epoch_end=None) -> dict:
     return {"status": status, "reason": "", "epochs_run": epoch, "run_dir": str(run_dir), "wandb_run_id": None}
 
 
+KILL_ENV = "RPB_TEST_KILL_AT"  # "trial:epoch": killable_train SIGKILLs its process there
+
+
 def killable_train(cfg, on_epoch_end=None):
-    """experiments.train.train itself, SIGKILLed (in the forked child only) right after trial >= 1 reported epoch 3,
-    before that epoch's checkpoint: the retry runs epoch 3 again, which its record already holds."""
+    """experiments.train.train itself, SIGKILLed (in the command run with KILL_ENV only) right after trial >= 1
+    reported epoch 3, before that epoch's checkpoint: the retry runs epoch 3 again, which its record holds."""
     from experiments.train import train
 
     trial = int(cfg.tracker.extra_config.trial_number)
+    kill = dict(zip(("trial", "epoch"), map(int, os.environ[KILL_ENV].split(":")))) if KILL_ENV in os.environ else {}
 
     def report(epoch, metrics):
         decision = on_epoch_end(epoch, metrics)
-        if _kill and trial >= _kill["trial"] and epoch == _kill["epoch"]:
+        if kill and trial >= kill["trial"] and epoch == kill["epoch"]:
             os.kill(os.getpid(), signal.SIGKILL)
         return decision
 
@@ -77,20 +81,22 @@ def killable_train(cfg, on_epoch_end=None):
 
 TINY_REAL = ("model.depth=1", "model.embed_dim=32", "model.num_heads=2", "model.head_dim=null", "data.num_workers=0",
              "trainer.limit_train_batches=3", "trainer.limit_val_batches=2", "trainer.cpu=true",
-             "trainer.heatmap_every_n_epochs=0")  # fmt: skip
+             "trainer.heatmap_every_n_epochs=0", "trainer.threads=1")  # fmt: skip
+
+
+def _overrides(metric: str, pruner: str, storage: str | None, name: str, *extra: str) -> list[str]:
+    return [
+        f"sweep.metric={metric}", f"sweep.pruner.name={pruner}", f"sweep.study_name={name}",
+        f"sweep.storage={storage or 'null'}", f"sweep.n_trials={N_TRIALS}", f"trainer.epochs={EPOCHS}",
+        "sweep.pruner.n_startup_trials=2", "sweep.pruner.n_warmup_steps=1", "sweep.enqueue_defaults=false",
+        "sweep.sampler.n_startup_trials=3", "tracker.wandb.mode=disabled", "tracker.tensorboard.enabled=false",
+        "sweep.heartbeat_interval=null", *extra,
+    ]  # fmt: skip
 
 
 def _cfg(out: Path, metric: str, pruner: str, storage: str | None, name: str, *extra: str, fake: bool = True):
-    return compose_config(
-        sweep_overrides(
-            out, f"sweep.metric={metric}", f"sweep.pruner.name={pruner}", f"sweep.study_name={name}",
-            f"sweep.storage={storage or 'null'}", f"sweep.n_trials={N_TRIALS}", f"trainer.epochs={EPOCHS}",
-            "sweep.pruner.n_startup_trials=2", "sweep.pruner.n_warmup_steps=1", "sweep.enqueue_defaults=false",
-            "sweep.sampler.n_startup_trials=3", "tracker.wandb.mode=disabled", "tracker.tensorboard.enabled=false",
-            "sweep.heartbeat_interval=null", *extra, fake=fake,
-        ),
-        config_name="sweep",
-    )  # fmt: skip
+    overrides = sweep_overrides(out, *_overrides(metric, pruner, storage, name, *extra), fake=fake)
+    return compose_config(overrides, config_name="sweep")
 
 
 def _killed_run(cfg, train_fn) -> None:
@@ -111,12 +117,17 @@ def _best_yaml(cfg, study: optuna.Study) -> dict:
     return body
 
 
-def _kill_and_compare(straight_cfg, killed_cfg, train_fn, metric: str) -> None:
+def _kill_and_compare(straight_cfg, killed_cfg, train_fn, metric: str, kill=None) -> None:
+    """Run the study straight, then killed inside a trial (`kill()`, else a forked copy of this process) and run
+    again here; the two records must be the same."""
     straight = run_study(straight_cfg, train_fn)
-    child = mp.get_context("fork").Process(target=_killed_run, args=(killed_cfg, train_fn))
-    child.start()
-    child.join(300)
-    assert child.exitcode == -signal.SIGKILL, "the forked run was not killed in a trial"
+    if kill is None:
+        child = mp.get_context("fork").Process(target=_killed_run, args=(killed_cfg, train_fn))
+        child.start()
+        child.join(300)
+        assert child.exitcode == -signal.SIGKILL, "the forked run was not killed in a trial"
+    else:
+        kill()
     killed = run_study(killed_cfg, train_fn)
 
     failed = [t for t in killed.get_trials(deepcopy=False) if t.state == TrialState.FAIL]
@@ -148,8 +159,17 @@ def test_a_killed_and_retried_study_keeps_the_record_of_one_run_straight(tmp_pat
 
 def test_a_real_training_study_killed_before_a_checkpoint_keeps_its_record(tmp_path):
     """The same with experiments.train.train on a tiny model: killed after reporting epoch 3 and before saving it,
-    retried from epoch 2's checkpoint (resume is exact), it ends with the straight study's values and best.yaml."""
+    retried from epoch 2's checkpoint (resume is exact), it ends with the straight study's values and best.yaml.
+    The killed run is an rpb-sweep command of its own (a fork of a process that trained would share torch's
+    thread pool and may hang)."""
     name = f"real-{os.getpid()}-{tmp_path.name}"[-60:]
+    ov = _overrides("val_loss", "median", None, name, *TINY_REAL)
     straight_cfg = _cfg(tmp_path / "straight", "val_loss", "median", None, name, *TINY_REAL, fake=False)
     killed_cfg = _cfg(tmp_path / "killed", "val_loss", "median", None, name, *TINY_REAL, fake=False)
-    _kill_and_compare(straight_cfg, killed_cfg, killable_train, "val_loss")
+
+    def kill():
+        done = run_cli(tmp_path / "killed", *ov, "sweep.train_fn=tests.sweeps.test_combinations:killable_train",
+                       env={KILL_ENV: f"1:{KILL_EPOCH}"}, fake=False, timeout=300)  # fmt: skip
+        assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+
+    _kill_and_compare(straight_cfg, killed_cfg, killable_train, "val_loss", kill)

@@ -256,6 +256,8 @@ def worker_loop(cfg, train_fn: TrainFn | None = None, *, worker_index: int = 0) 
                     said_wait = True
                 time.sleep(_POLL_S)
                 continue
+            if not journal:  # Optuna fails stale trials itself as the trial starts: give them their status first
+                mark_stale_heartbeat_trials(study)  # (a heartbeat can go stale between recover() and here)
             try:
                 study.optimize(
                     objective, n_trials=1, catch=(Exception,), gc_after_trial=True, callbacks=[objective.announce]

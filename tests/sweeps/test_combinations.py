@@ -122,9 +122,12 @@ def _kill_and_compare(straight_cfg, killed_cfg, train_fn, metric: str, kill=None
     again here; the two records must be the same."""
     straight = run_study(straight_cfg, train_fn)
     if kill is None:
-        child = mp.get_context("fork").Process(target=_killed_run, args=(killed_cfg, train_fn))
+        child = mp.get_context("fork").Process(target=_killed_run, args=(killed_cfg, train_fn), daemon=True)
         child.start()
-        child.join(300)
+        child.join(120)
+        if child.is_alive():  # never leave a hung fork behind: the test session would wait for it at exit
+            child.kill()
+            child.join(10)
         assert child.exitcode == -signal.SIGKILL, "the forked run was not killed in a trial"
     else:
         kill()

@@ -22,7 +22,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from experiments.config import CONF_DIR, compose_config
+from experiments.config import CONF_DIR, compose_config, normalise_overrides
 from experiments.config_errors import ConfigError
 from experiments.launch import (
     EXIT_CONFIG,
@@ -307,6 +307,10 @@ def _main(argv: Sequence[str] | None) -> None:
             compose_config(overrides)
         elif not hydra_flags:  # --cfg job, --hydra-help, -m ...: Hydra's own business
             compose_config(overrides)
+    except ConfigError as exc:
+        _fail(str(exc))
+    try:
+        overrides = normalise_overrides(overrides)  # what was checked above is what Hydra composes
     except ConfigError as exc:
         _fail(str(exc))
     sys.argv = [sys.argv[0], *hydra_flags, *overrides]

@@ -136,6 +136,16 @@ def compose_config(
 NAMED_GROUPS = ("data", "optim", "schedule")  # config groups whose files carry a `name` key of their own
 
 
+def normalise_overrides(overrides: Sequence[str]) -> list[str]:
+    """The overrides as Hydra must see them: a group's name as the group (`group_names_as_groups`) and a window in
+    any spelling as a list (`_window_override`). `rpb-train` hands these, not the typed ones, to Hydra.
+
+    Raises:
+        ConfigError: a group name or a window that cannot be honoured.
+    """
+    return [_window_override(o) for o in group_names_as_groups(list(overrides))]
+
+
 def group_names_as_groups(overrides: list[str]) -> list[str]:
     """`data.name=cifar10` as `data=cifar10`: the group's own settings come with its name (32x32 RGB for CIFAR-10,
     where `data.name` alone kept the digits group's 28x28 greyscale); the same for every group in `NAMED_GROUPS`.
@@ -168,7 +178,7 @@ def compose_unvalidated(
     overrides: Sequence[str] = (), config_name: str = "train", config_dir: str | Path | None = None
 ) -> DictConfig:
     """The composed config before `validate_config` (schema types and keys are already enforced by Hydra)."""
-    overrides = [_window_override(o) for o in group_names_as_groups(list(overrides))]
+    overrides = normalise_overrides(overrides)
     if config_dir is not None:  # conf/ stays on the search path: the folder's config composes over train.yaml
         overrides.insert(0, f"hydra.searchpath=[file://{CONF_DIR}]")
 

@@ -359,8 +359,10 @@ class Objective:
             if progress_due(epoch, epochs):
                 from experiments.train import epoch_line  # deferred: torch (see trial_line)
 
-                left = self.progress.time_left(place, time.perf_counter() - started, epoch - first_epoch + 1,
-                                               epochs - epoch)  # fmt: skip
+                # an epoch's own time where train_fn reports it (the first epoch's wall time also holds the setup)
+                seconds = metrics.get("epoch_time")
+                elapsed, done = (float(seconds), 1) if seconds else (time.perf_counter() - started, epoch - first_epoch + 1)
+                left = self.progress.time_left(place, elapsed, done, epochs - epoch)
                 line = epoch_line(metrics, epochs, epoch=epoch) + (f" | {left}" if left else "")
                 print(f"[{tag}] {line}", flush=True)
             if self.sweep.metric not in metrics:

@@ -16,6 +16,7 @@ commits per trial (pg_stat_database). `--workers` times how long `sweep.workers=
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -139,8 +140,8 @@ def child(side: str, n: int, url: str | None, out: Path) -> dict:
     _CPU.append(time.process_time())
     _WALL.append(time.perf_counter())
     return {
-        "cpu": [b - a for a, b in zip(_CPU, _CPU[1:])],
-        "wall": [b - a for a, b in zip(_WALL, _WALL[1:])],
+        "cpu": [b - a for a, b in itertools.pairwise(_CPU)],
+        "wall": [b - a for a, b in itertools.pairwise(_WALL)],
         "commits": None if before is None else after - before,
     }
 

@@ -29,7 +29,6 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from experiments.metrics import metric_direction
 from sweeps.ablation.settings import Setting

@@ -21,10 +21,8 @@ def test_data_name_alone_brings_the_group_s_settings():
 @pytest.mark.parametrize(
     ("overrides", "sentence"),
     [
-        (["data.name=cifar"], "data.name=cifar is not one of the data group's files (did you mean 'cifar10'?): "
-                              "choose it with data=NAME"),  # fmt: skip
-        (["data=digits", "data.name=cifar10"], "data.name=cifar10 contradicts data=digits: drop data.name and set "
-                                               "data=cifar10."),  # fmt: skip
+        (["data.name=cifar"], "data.name=cifar is not one of the data group's files (did you mean 'cifar10'?)"),
+        (["data=digits", "data.name=cifar10"], "data.name=cifar10 contradicts data=digits: drop data.name"),
         (["schedule.name=cosine"], "choose it with schedule=NAME"),
     ],
 )

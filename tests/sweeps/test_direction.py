@@ -28,7 +28,7 @@ def test_a_direction_that_contradicts_the_metric_is_one_sentence(compose_sweep, 
 
 def test_a_user_metric_must_state_its_direction(compose_sweep):
     # a train_fn of the user's own (the fake one) may report any metric ...
-    with pytest.raises(SweepConfigError, match="set sweep.direction=maximize or sweep.direction=minimize"):
+    with pytest.raises(SweepConfigError, match=r"set sweep\.direction=maximize or sweep\.direction=minimize"):
         check_sweep(compose_sweep("sweep.metric=f1_macro"))
     assert check_sweep(compose_sweep("sweep.metric=f1_macro", "sweep.direction=maximize")).sweep.direction == "maximize"
     # ... and one whose name tells its direction needs none
@@ -37,5 +37,5 @@ def test_a_user_metric_must_state_its_direction(compose_sweep):
 
 
 def test_the_real_train_refuses_a_metric_it_does_not_log(compose_sweep):
-    with pytest.raises(SweepConfigError, match="sweep.metric='f1_macro' is not known"):
+    with pytest.raises(SweepConfigError, match=r"sweep\.metric='f1_macro' is not known"):
         check_sweep(compose_sweep("sweep.metric=f1_macro", "sweep.direction=maximize", fake=False))

@@ -194,7 +194,7 @@ def test_a_changed_sweep_is_refused_naming_what_changed(compose_sweep):
             run_study(compose_sweep("sweep.n_trials=3", override))
         assert named in str(err.value), str(err.value)
         assert "sweep.allow_space_change=true" in str(err.value)
-    with pytest.raises(SweepConfigError, match="sweep.direction=minimize contradicts sweep.metric=val_accuracy"):
+    with pytest.raises(SweepConfigError, match=r"sweep\.direction=minimize contradicts sweep\.metric=val_accuracy"):
         run_study(compose_sweep("sweep.n_trials=3", "sweep.direction=minimize"))
     # a metric that turns the direction cannot change the study's, even where a changed space is allowed
     with pytest.raises(SweepConfigError, match="created to maximize"):

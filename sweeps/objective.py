@@ -42,7 +42,7 @@ from sweeps.record import (
 )
 from sweeps.recovery import worker_identity
 from sweeps.samplers import held_params, params_key
-from sweeps.space import Dimension, SweepConfigError, apply_params, fixed_values, window_label
+from sweeps.space import ConfigTemplate, Dimension, SweepConfigError, apply_params, fixed_values, window_label
 from sweeps.storage import mask_secrets
 
 # `train(cfg, on_epoch_end=...)`: experiments.train's returns a TrainResult, a user's may return a plain dict with
@@ -68,8 +68,9 @@ def new_run_id() -> str:
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
 
 
-def trial_config(base: DictConfig, sweep: DictConfig, spec: TrialSpec) -> DictConfig:
-    """The full training config of one trial: base + fixed + params, its run dir and its W&B run."""
+def trial_config(base: DictConfig | ConfigTemplate, sweep: DictConfig, spec: TrialSpec) -> DictConfig:
+    """The full training config of one trial: base + fixed + params, its run dir and its W&B run (`base`: the
+    config, or its `ConfigTemplate` where many trials are built from it)."""
     cfg = apply_params(base, spec.params, fixed_values(sweep))
     cfg.run_dir = spec.run_dir
     cfg.resume = spec.resume
@@ -104,7 +105,7 @@ def trial_config(base: DictConfig, sweep: DictConfig, spec: TrialSpec) -> DictCo
 
 
 def run_trial(
-    base: DictConfig,
+    base: DictConfig | ConfigTemplate,
     sweep: DictConfig,
     spec: TrialSpec,
     train_fn: TrainFn,
@@ -301,6 +302,7 @@ class Objective:
         broadcast: Callable[[TrialSpec], None] | None = None,
     ) -> None:
         self.base, self.sweep, self.dims, self.train_fn, self.broadcast = base, sweep, dims, train_fn, broadcast
+        self._template = ConfigTemplate(base)  # each trial's config copied from it (`trial_config`)
         self.maximize = sweep.direction == "maximize"
         self.last_status: str | None = None
         # How a trial line names the trial's params: the train_fn's own `describe_params` (the ablation names its
@@ -331,14 +333,14 @@ class Objective:
             previous = RunDir(old_run_dir).wandb_run()
             if previous is not None:  # the retry continues its predecessor's W&B run
                 spec.wandb_id = previous.id
-            spec.resume = seed_resume(old_run_dir, trial_config(self.base, self.sweep, spec))
+            spec.resume = seed_resume(old_run_dir, trial_config(self._template, self.sweep, spec))
             trial.set_user_attr(TrialAttr.RESUMED_FROM, old_run_dir)
         # Before training: where its files go (a run killed mid-way is found and resumed from them) and "running".
+        # (No reason yet: a retry does not inherit its original's, `sweeps.recovery`.)
         for key, value in (
             (TrialAttr.RUN_DIR, spec.run_dir),
             (TrialAttr.WANDB_RUN_ID, spec.wandb_id),
             (TrialAttr.STATUS, RUNNING),
-            (TrialAttr.REASON, ""),
         ):
             trial.set_user_attr(key, value)
         if self.broadcast is not None:
@@ -380,7 +382,7 @@ class Objective:
             return PRUNED if trial.should_prune() else None
 
         try:
-            returned = run_trial(self.base, self.sweep, spec, self.train_fn, on_epoch_end)
+            returned = run_trial(self._template, self.sweep, spec, self.train_fn, on_epoch_end)
         except KeyboardInterrupt:
             self._record(trial, INTERRUPTED, f"KeyboardInterrupt: stopped with {stop_signal()}")
             raise
@@ -473,6 +475,7 @@ class Objective:
         self.last_status = status
         try:
             trial.set_user_attr(TrialAttr.STATUS, status)
-            trial.set_user_attr(TrialAttr.REASON, mask_secrets(reason))
+            if reason:  # readers take a missing reason as "" (a storage write each; on PostgreSQL a commit)
+                trial.set_user_attr(TrialAttr.REASON, mask_secrets(reason))
         except Exception:  # the storage may be gone (Ctrl-C during a write); the trial's own state still tells
             pass

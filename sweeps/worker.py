@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import time
 import warnings
+from collections import Counter
 
 import optuna
 from optuna.trial import TrialState
@@ -47,6 +49,9 @@ log = logging.getLogger(__name__)
 QUEUED_ATTR = StudyAttr.QUEUED  # the creator enqueued the first trials (their count)
 _QUEUE_WAIT_S = 120.0  # how long a joining worker waits for the creator to enqueue a grid's cells
 _POLL_S = 1.0
+# How often a worker looks for dead workers' trials between its own (at its start, and while it waits, every
+# _POLL_S): trials shorter than this would otherwise pay the storage reads of a recovery each (on RDB 3 queries).
+_RECOVER_EVERY_S = 1.0
 _RESULTS = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -208,12 +213,14 @@ def done_message(study: optuna.Study, checked: CheckedSweep) -> str | None:
 def _next_step(study: optuna.Study, checked: CheckedSweep, journal: bool) -> str:
     """ "run" a trial, "wait" for running trials that may need a retry, or "stop"."""
     sweep, _, dims = checked
-    limit_reached = sweep.n_trials is not None and finished_count(study) >= sweep.n_trials
+    states = Counter(t.state for t in study.get_trials(deepcopy=False))  # one read (on RDB one query) for the counts
+    finished = states[TrialState.COMPLETE] + states[TrialState.PRUNED] + states[TrialState.RUNNING]
+    limit_reached = sweep.n_trials is not None and finished >= sweep.n_trials
     # A cell study runs its queued cells only; a searched one also draws new points while its space has any.
-    can_start = _count(study, TrialState.WAITING) > 0 or (not is_cell_study(sweep) and not exhausted(study, dims))
+    can_start = states[TrialState.WAITING] > 0 or (not is_cell_study(sweep) and not exhausted(study, dims))
     if can_start and not limit_reached:
         return "run"
-    return "wait" if _watched_running(study, journal) else "stop"
+    return "wait" if states[TrialState.RUNNING] and _watched_running(study, journal) else "stop"
 
 
 def worker_loop(cfg, train_fn: TrainFn | None = None, *, worker_index: int = 0) -> int:
@@ -237,6 +244,7 @@ def worker_loop(cfg, train_fn: TrainFn | None = None, *, worker_index: int = 0) 
     journal = journal_path(sweep.storage, sweep.output_dir, sweep.study_name) is not None
     deadline = time.monotonic() + sweep.timeout if sweep.timeout else None
     ran, crashes, said_wait, interrupted = 0, 0, False, False
+    recovered_at = -math.inf
     # gc_after_trial frees what a trial left in reference cycles (CUDA memory above all); the ~200k objects of the
     # imports (torch) never become garbage, so they are moved out of the collector's sight: a collection after a
     # trial then scans that trial's objects alone (~150 ms -> a few ms per trial with torch loaded).
@@ -246,7 +254,9 @@ def worker_loop(cfg, train_fn: TrainFn | None = None, *, worker_index: int = 0) 
             if deadline is not None and time.monotonic() >= deadline:
                 log.info("timeout reached; no new trial")
                 break
-            recover(study, sweep)
+            if time.monotonic() - recovered_at >= _RECOVER_EVERY_S:
+                recover(study, sweep)
+                recovered_at = time.monotonic()
             step = _next_step(study, checked, journal)
             if step == "stop":
                 break

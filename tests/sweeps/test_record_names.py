@@ -65,8 +65,8 @@ def test_a_trial_writes_its_attrs_once_each_worker_first(compose_sweep, wandb_id
     trial = study.trials[0]
     assert storage.writes == [
         TrialAttr.WORKER, TrialAttr.ORIGIN,
-        TrialAttr.RUN_DIR, TrialAttr.WANDB_RUN_ID, TrialAttr.STATUS, TrialAttr.REASON,  # before training
-        TrialAttr.STATUS, TrialAttr.REASON, TrialAttr.EPOCHS_RUN,  # when it ends
+        TrialAttr.RUN_DIR, TrialAttr.WANDB_RUN_ID, TrialAttr.STATUS,  # before training
+        TrialAttr.STATUS, TrialAttr.EPOCHS_RUN,  # when it ends (no reason: train_fn gave none)
     ]  # fmt: skip
     assert trial.user_attrs[TrialAttr.STATUS] == "completed" and trial.user_attrs[TrialAttr.EPOCHS_RUN] == 2
     assert trial.user_attrs[TrialAttr.RUN_DIR].endswith("trial-0") and trial.user_attrs[TrialAttr.WANDB_RUN_ID]

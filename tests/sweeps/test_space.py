@@ -156,3 +156,28 @@ def test_trial_config_names_its_wandb_run_and_flattens_the_window(compose_sweep,
     # a flat "5x5" next to the nested list: W&B groups, filters and colours runs by it
     assert extra["window_size"] == "5x5" and extra["trial_number"] == 3
     assert extra["trial_params"] == {"model.rpb.window_size": "5x5"}
+
+
+def test_a_config_template_copies_as_the_config_does(compose_sweep, tmp_path):
+    """Each trial's config is unpickled from a ConfigTemplate (not deep-copied): the same values, the same schema
+    (a wrong type is refused as set), struct mode (an unknown key is refused), and copies independent of each
+    other and of the base."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigAttributeError, ValidationError
+
+    from sweeps.objective import TrialSpec, trial_config
+    from sweeps.space import ConfigTemplate
+
+    sweep, base, _dims = check_sweep(compose_sweep())
+    template = ConfigTemplate(base)
+    spec = TrialSpec(number=1, params={"optim.lr": 3e-3, "model.rpb.window_size": "5x5"}, run_dir=str(tmp_path / "t1"),
+                     wandb_id="abc")  # fmt: skip
+    copied, plain = trial_config(template, sweep, spec), trial_config(base, sweep, spec)
+    assert copied == plain and OmegaConf.get_type(copied) is OmegaConf.get_type(base)
+    assert copied.optim.lr == 3e-3 and list(copied.model.rpb.window_size) == [5, 5]
+    with pytest.raises(ValidationError):
+        copied.optim.lr = "fast"
+    with pytest.raises(ConfigAttributeError):
+        copied.optim.learning_rate = 1.0
+    copied.optim.lr = 1.0
+    assert template.copy().optim.lr == base.optim.lr == 2e-3  # neither the template nor the base changed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -67,6 +68,7 @@ def postgres_url():
         pytest.skip(f"{reason}; set {POSTGRES_URL_ENV} or start the server (`.ci/run` does both)")
     if given:
         conn.close()
+        _create_schema(url)
         yield url
         return
     database = f"rpb_test_{uuid.uuid4().hex[:10]}"
@@ -76,6 +78,21 @@ def postgres_url():
     finally:
         conn.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
         conn.close()
+
+
+def _create_schema(url: str) -> None:
+    """Optuna's tables in the shared database, created by one test process at a time (pytest-xdist runs two, and
+    two first connections racing to create them fail one with a duplicate-key error)."""
+    import fcntl
+    import hashlib
+    import tempfile
+
+    import optuna
+
+    lock = Path(tempfile.gettempdir()) / f"rpb-test-schema-{hashlib.sha1(url.encode()).hexdigest()[:12]}.lock"
+    with lock.open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        optuna.storages.RDBStorage(_normalise(url)).engine.dispose()
 
 
 @pytest.fixture

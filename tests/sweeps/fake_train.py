@@ -2,7 +2,8 @@
 
 Accuracy is a smooth function of the trial's lr and window size, rising with the epochs; lr above 0.05 diverges.
 It writes the run folder's summary.json, metrics.jsonl and a `checkpoints/last/train_state.json` each epoch, and
-resumes from `cfg.resume`. Env knobs: FAKE_TRAIN_SLEEP (seconds per epoch), FAKE_TRAIN_FAIL (raise in epoch 1).
+resumes from `cfg.resume`. Env knobs: FAKE_TRAIN_SLEEP (seconds per epoch), FAKE_TRAIN_FAIL (raise in epoch 1),
+FAKE_TRAIN_HOLD (a file: every trial after this process's first waits until it exists, up to 120 s).
 """
 
 from __future__ import annotations
@@ -31,7 +32,19 @@ def _save_state(run_dir: Path, epoch: int) -> None:
     os.replace(tmp, last / "train_state.json")
 
 
+_TRAINED = []  # the trials this process started
+
+
+def _hold() -> None:
+    gate = os.environ.get("FAKE_TRAIN_HOLD")
+    deadline = time.monotonic() + 120
+    while gate and _TRAINED and not Path(gate).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _TRAINED.append(1)
+
+
 def train(cfg, on_epoch_end=None) -> dict:
+    _hold()
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     start = 0

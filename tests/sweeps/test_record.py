@@ -279,22 +279,32 @@ def test_a_worker_joining_a_running_grid_takes_the_cells_left(tmp_path):
 
     grid = [o for o in SMALL_GRID if not o.startswith("+sweep.space.seed")]
     grid.append("+sweep.space.seed={type: categorical, choices: [0, 1, 2]}")
-    first = popen_cli(tmp_path, *grid, env={"FAKE_TRAIN_SLEEP": "0.4"})
+    gate = tmp_path / "second-started"  # the first command runs one cell, then waits until the second runs one
+    first = popen_cli(tmp_path, *grid, env={"FAKE_TRAIN_SLEEP": "0.2", "FAKE_TRAIN_HOLD": str(gate)})
     journal = tmp_path / "sweeps" / "grid.journal"
+
+    def pids(state=None):
+        if not journal.exists():
+            return set()
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+        try:
+            trials = optuna.load_study(study_name="grid", storage=storage).get_trials(states=state)
+        except KeyError:
+            return set()
+        return {t.user_attrs["worker"]["pid"] for t in trials if "worker" in t.user_attrs}
+
     deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:  # until the first command has finished a cell
-        assert first.poll() is None, first.stdout.read()
-        if journal.exists():
-            storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
-            try:
-                if optuna.load_study(study_name="grid", storage=storage).get_trials(states=(TrialState.COMPLETE,)):
-                    break
-            except KeyError:
-                pass
+    while not pids((TrialState.COMPLETE,)):  # until the first command has finished a cell
+        assert first.poll() is None and time.monotonic() < deadline, first.stdout.read()
         time.sleep(0.2)
-    second = run_cli(tmp_path, *grid, env={"FAKE_TRAIN_SLEEP": "0.4"})
-    out = first.communicate(timeout=120)[0]
-    assert first.returncode == 0 and second.returncode == 0, out + second.stderr
+    second = popen_cli(tmp_path, *grid, env={"FAKE_TRAIN_SLEEP": "0.2"})
+    deadline = time.monotonic() + 90
+    while len(pids()) < 2:  # until the second command has taken a cell
+        assert second.poll() is None and time.monotonic() < deadline, second.stdout.read()
+        time.sleep(0.2)
+    gate.touch()
+    out, out2 = first.communicate(timeout=120)[0], second.communicate(timeout=120)[0]
+    assert first.returncode == 0 and second.returncode == 0, out + out2
     from experiments.config import compose_config
     from sweeps.config import check_sweep as _check
     from tests.sweeps.helpers import sweep_overrides

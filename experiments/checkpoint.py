@@ -21,11 +21,10 @@ import torch
 from torch import nn
 
 from experiments.metrics import METRICS, better, metric_direction
-from experiments.run_dir import RunDir, atomic_write_text
+from experiments.run_dir import TRAIN_STATE, RunDir, atomic_write_text, last_checkpoint
 
 __all__ = ["TrainState", "last_checkpoint", "load_best", "load_last", "save_checkpoint", "save_last"]
 
-TRAIN_STATE = "train_state.json"
 
 
 @dataclass
@@ -103,12 +102,6 @@ def save_checkpoint(
 def load_best(path: str | Path) -> dict[str, Any]:
     """A checkpoint written by `save_checkpoint` (weights only: no code runs while loading)."""
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def last_checkpoint(run_dir: str | Path) -> Path | None:
-    """`<run_dir>/checkpoints/last` when it holds a complete state, else None."""
-    last = RunDir(run_dir).last_checkpoint
-    return last if (last / TRAIN_STATE).is_file() else None
 
 
 def save_last(accelerator: Any, run_dir: str | Path, state: TrainState, config_yaml: str = "") -> Path:

@@ -100,3 +100,30 @@ class TrainResult(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self.to_dict())
+
+
+def plural(n: int, noun: str) -> str:
+    """ "1 epoch", "2 epochs"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def epoch_line(m: dict[str, float], epochs: int, images: int | None = None, epoch: int | None = None) -> str:
+    """The console line of one epoch's metrics (`images`: trained images, for the throughput; None leaves it out).
+
+    Metrics missing from `m` are left out of the line (a sweep's `train_fn` may report only some of them); `epoch`
+    stands in for ``m["epoch"]``."""
+
+    def part(fmt: str, *keys: str) -> list[str]:
+        return [fmt.format(*(m[k] for k in keys))] if all(k in m for k in keys) else []
+
+    seconds = m.get("epoch_time")
+    return " | ".join(
+        [
+            f"epoch {m.get('epoch', epoch)}/{epochs}",
+            *part("train loss {:.4f} acc {:.4f}", "train_loss", "train_accuracy"),
+            *part("val loss {:.4f} acc {:.4f}", "val_loss", "val_accuracy"),
+            *part("lr {:.2e}", "learning_rate"),
+            *([f"{images / max(seconds, 1e-9):.0f} img/s"] if images is not None and seconds else []),
+            *([f"{seconds:.1f}s"] if seconds is not None else []),
+        ]
+    )

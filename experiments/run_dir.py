@@ -29,6 +29,16 @@ from experiments.result import FINAL_STATUSES
 __all__ = ["FINAL_STATUSES", "RunDir", "WandbRun", "atomic_write_text"]
 
 
+TRAIN_STATE = "train_state.json"  # written last into a checkpoint folder: its presence marks the state complete
+
+
+def last_checkpoint(run_dir: str | Path) -> Path | None:
+    """`<run_dir>/checkpoints/last` when it holds a complete state, else None (torch-free: sweeps ask it of every
+    trial before anything imports torch)."""
+    last = RunDir(run_dir).last_checkpoint
+    return last if (last / TRAIN_STATE).is_file() else None
+
+
 def atomic_write_text(path: str | Path, text: str, *, fsync: bool = True) -> None:
     """Write `text` to `path` through a temporary file in the same folder and an atomic rename.
 

@@ -23,8 +23,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from experiments.config import to_yaml
 from experiments.launch import stop_signal
-from experiments.result import TrainResult
-from experiments.run_dir import RunDir
+from experiments.result import TrainResult, epoch_line, plural
+from experiments.run_dir import RunDir, last_checkpoint
 from sweeps.format import format_number
 from sweeps.optuna_internals import trial_record
 from sweeps.record import (
@@ -119,11 +119,9 @@ def _resume_dir(trial: optuna.Trial) -> str | None:
     """The run dir of the trial this one retries, when it left a checkpoint to continue from.
 
     A fresh trial has no `run_dir` yet; a retry (`sweeps.recovery`) carries the user attrs of the trial it
-    replaces. A checkpoint counts only when it is complete (`experiments.checkpoint.last_checkpoint`): a trial
+    replaces. A checkpoint counts only when it is complete (`experiments.run_dir.last_checkpoint`): a trial
     killed before its first save starts from scratch.
     """
-    from experiments.checkpoint import last_checkpoint  # deferred: torch (see trial_line)
-
     old = trial.user_attrs.get(TrialAttr.RUN_DIR)
     return old if old and last_checkpoint(old) is not None else None
 
@@ -172,10 +170,6 @@ def trial_line(
     trial 4 pruned at epoch 2 (val_accuracy 0.41) | lr 0.00871, ...
     trial 5 failed: RuntimeError: CUDA out of memory | lr ...
     """
-    from experiments.train import (
-        plural,
-    )  # deferred: experiments.train imports torch, which a reader of trials needs not
-
     status = trial.user_attrs.get(TrialAttr.STATUS) or trial.state.name.lower()
     epochs = int(trial.user_attrs.get(TrialAttr.EPOCHS_RUN) or len(trial.intermediate_values))
     if trial.state == TrialState.COMPLETE:
@@ -359,8 +353,6 @@ class Objective:
             nonlocal first_epoch
             first_epoch = epoch if first_epoch is None else first_epoch
             if progress_due(epoch, epochs):
-                from experiments.train import epoch_line  # deferred: torch (see trial_line)
-
                 # an epoch's own time where train_fn reports it (the first epoch's wall time also holds the setup)
                 seconds = metrics.get("epoch_time")
                 elapsed, done = (float(seconds), 1) if seconds else (time.perf_counter() - started, epoch - first_epoch + 1)

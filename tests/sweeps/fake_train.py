@@ -3,7 +3,9 @@
 Accuracy is a smooth function of the trial's lr and window size, rising with the epochs; lr above 0.05 diverges.
 It writes the run folder's summary.json, metrics.jsonl and a `checkpoints/last/train_state.json` each epoch, and
 resumes from `cfg.resume`. Env knobs: FAKE_TRAIN_SLEEP (seconds per epoch), FAKE_TRAIN_FAIL (raise in epoch 1),
-FAKE_TRAIN_HOLD (a file: every trial after this process's first waits until it exists, up to 120 s).
+FAKE_TRAIN_HOLD (a file: every trial after this process's first waits until it exists, up to 120 s),
+FAKE_TRAIN_ENV_LOG (a folder: the process's first trial writes <pid>.json, whether torch was imported and its
+OMP_NUM_THREADS).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -40,6 +43,10 @@ def _hold() -> None:
     deadline = time.monotonic() + 120
     while gate and _TRAINED and not Path(gate).exists() and time.monotonic() < deadline:
         time.sleep(0.05)
+    log = os.environ.get("FAKE_TRAIN_ENV_LOG")
+    if log and not _TRAINED:
+        seen = {"torch": "torch" in sys.modules, "omp": os.environ.get("OMP_NUM_THREADS")}
+        (Path(log) / f"{os.getpid()}.json").write_text(json.dumps(seen))
     _TRAINED.append(1)
 
 

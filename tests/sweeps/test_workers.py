@@ -34,12 +34,19 @@ def _check_no_loss(study: optuna.Study, n_trials: int, workers: int) -> None:
     assert len({t.user_attrs["worker"]["pid"] for t in finished}) == workers, "a worker did no trial"
 
 
-def test_local_workers_on_journal(compose_sweep, monkeypatch):
+def test_local_workers_on_journal(compose_sweep, monkeypatch, tmp_path):
+    """Two spawned workers share the study; each starts with its share of the cores (OMP_NUM_THREADS) and without
+    torch, which its first trial imports when it needs it (a worker starts in well under a second)."""
     monkeypatch.setenv("FAKE_TRAIN_SLEEP", "0.1")
+    (tmp_path / "env").mkdir()
+    monkeypatch.setenv("FAKE_TRAIN_ENV_LOG", str(tmp_path / "env"))
     cfg = compose_sweep("sweep.workers=2", "sweep.n_trials=6", "trainer.epochs=5")
     run_study(cfg)
     study = optuna.load_study(study_name="rpb-sweep", storage=build_storage(cfg.sweep, heartbeat=False))
     _check_no_loss(study, 6, 2)
+    seen = [json.loads(p.read_text()) for p in (tmp_path / "env").glob("*.json")]
+    share = str(max(1, (os.cpu_count() or 1) // 2))
+    assert seen and all(s == {"torch": False, "omp": share} for s in seen), seen
 
 
 @pytest.mark.postgres

@@ -1,6 +1,7 @@
 """What tracking costs: W&B offline + TensorBoard + bias heatmaps every epoch vs `tracker=none`.
 
     .ci/in-venv python -m experiments.bench_tracking [--epochs 10] [--repeats 3] [--skip-end-to-end]
+    .ci/in-venv python -m experiments.bench_tracking --loop-efficiency [digits cifar10] [--steps 15]
 
 Two measurements, both with the default model on digits:
 1. per epoch, interleaved: a stretch of real training steps (scaled to one epoch) next to one epoch's worth of
@@ -9,6 +10,8 @@ Two measurements, both with the default model on digits:
    `experiments.tracking.bias_heatmap_images` (numpy). Low noise, and it says where the time goes.
 2. end to end: `train(cfg)` with tracker=none and with the default trackers (W&B offline + TensorBoard, numpy
    heatmaps of every block every epoch), interleaved (A B, B A, ...) in one process so drifting load hits both.
+With --loop-efficiency, instead: the images/s of `train()`'s training passes against the pure training step's, on
+digits and on the CIFAR-10 preset (real-format batch files written locally), `loop_efficiency`.
 """
 
 from __future__ import annotations
@@ -159,15 +162,86 @@ def end_to_end(epochs: int, repeats: int, out: Path) -> None:
         print(f"  {name:<30} {seconds:7.2f} s  ratio {seconds / base:.3f} ({100 * (seconds / base - 1):+.1f}%)")
 
 
+LOOP_PRESETS = ("digits", "cifar10")  # cifar10: real-format batch files with random pixels, written here
+
+
+def loop_efficiency(presets: tuple[str, ...], repeats: int, steps: int, out: Path, extra: tuple[str, ...] = ()) -> None:
+    """Print the training loop's images/s (`train()`'s `train_images_per_s`: its training passes, loader and
+    augmentation included, evaluation not) next to the pure step's (forward, loss, backward, optimizer step on
+    batches fetched beforehand) at the same model, batch size and threads; interleaved, medians of `repeats`."""
+    from experiments.datasets.files import write_cifar10
+
+    common = ["tracker=none", "trainer.epochs=1", f"trainer.limit_train_batches={steps}", "trainer.limit_val_batches=1",
+              "trainer.progress_bar=false"]  # fmt: skip
+    overrides = {"digits": [], "cifar10": ["data=cifar10", f"data.root={out / 'cifar'}"]}
+    if "cifar10" in presets:
+        write_cifar10(out / "cifar", per_batch=max(64, steps * 64 // 5 + 64))
+    for preset in presets:
+        _loop_efficiency_of(preset, [*common, *overrides[preset], *extra], repeats, steps, out)
+
+
+def _loop_efficiency_of(preset: str, overrides: list[str], repeats: int, steps: int, out: Path) -> None:
+    from itertools import islice
+
+    from experiments.config import build_model, compose_config
+    from experiments.data import build_dataloaders
+    from experiments.threads import apply_threads
+    from experiments.train import train
+
+    cfg = compose_config([*overrides, f"run_dir={out / preset / 'probe'}"])
+    threads = apply_threads(cfg.trainer.threads).threads
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    train_loader, _ = build_dataloaders(cfg.data, seed=cfg.seed)
+    batches = list(islice(train_loader, steps))
+
+    def pure() -> float:
+        model.train()
+        start = time.perf_counter()
+        for images, labels in batches:
+            loss = torch.nn.functional.cross_entropy(model(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return sum(len(labels) for _, labels in batches) / (time.perf_counter() - start)
+
+    def loop(tag: str) -> float:
+        run_cfg = compose_config([*overrides, f"run_dir={out / preset / tag}"])
+        result = train(run_cfg)
+        if result["status"] not in COMPLETE_STATUSES:
+            raise RuntimeError(f"{preset} run {tag} ended with status {result['status']!r}: {result['reason']}")
+        return float(result["train_images_per_s"])
+
+    pure(), loop("warmup")  # first calls: allocator, imports, the dataset's cache
+    rates: dict[str, list[float]] = {"pure step": [], "train() loop": []}
+    for rep in range(repeats):
+        for name in ("pure step", "train() loop") if rep % 2 == 0 else ("train() loop", "pure step"):
+            rates[name].append(pure() if name == "pure step" else loop(str(rep)))
+    step, looped = _median(rates["pure step"]), _median(rates["train() loop"])
+    data = cfg.data
+    print(f"[loop efficiency] {preset} {data.img_size}x{data.img_size}x{data.in_channels}, batch {data.batch_size},"
+          f" {steps} steps, {threads} threads, num_workers={data.num_workers}: pure step {step:7.0f} img/s, "
+          f"train() {looped:7.0f} img/s, efficiency {looped / step:.3f} (target >= 0.95)", flush=True)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=10, help="epochs per end-to-end run (10: the default config)")
     parser.add_argument("--repeats", type=int, default=3, help="repetitions per variant (interleaved)")
     parser.add_argument("--steps", type=int, default=15, help="training steps timed per repetition in (1)")
     parser.add_argument("--skip-end-to-end", action="store_true", help="only the per-epoch measurement")
+    parser.add_argument("--loop-efficiency", nargs="*", choices=LOOP_PRESETS, metavar="PRESET",
+                        help=f"instead: the training loop's images/s against the pure step's ({', '.join(LOOP_PRESETS)};"
+                             " none named: all)")  # fmt: skip
+    parser.add_argument("overrides", nargs="*", help="config overrides for every --loop-efficiency run")
     args = parser.parse_args(argv)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; default model, digits 28x28", flush=True)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; default model", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-tracking-") as tmp:
+        if args.loop_efficiency is not None:
+            presets = tuple(args.loop_efficiency) or LOOP_PRESETS
+            loop_efficiency(presets, args.repeats, args.steps, Path(tmp), tuple(args.overrides))
+            return
         per_epoch(args.repeats, args.steps, Path(tmp))
         if not args.skip_end_to_end:
             end_to_end(args.epochs, args.repeats, Path(tmp))

@@ -14,7 +14,8 @@ import pytest
 
 from experiments.config_errors import ConfigError, DataFileError
 from experiments.data import build_dataloaders, build_datasets
-from tests.experiments.test_data import CIFAR, IMAGEFOLDER, write_cifar10, write_image_folder
+from experiments.datasets.files import write_cifar10, write_image_folder
+from tests.experiments.test_data import CIFAR, IMAGEFOLDER
 
 REPO = Path(__file__).resolve().parents[2]
 RESTORE = (

@@ -1,15 +1,13 @@
 """Data: digits, synthetic, CIFAR-10 and ImageFolder read from small files in their real on-disk formats."""
 
-import io
 import pickle
-import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from experiments.data import SyntheticImageDataset, build_dataloaders, build_datasets, load_digits_tensors
+from experiments.datasets.files import write_cifar10, write_image_folder
 
 DIGITS = {"name": "digits", "img_size": 28, "in_channels": 1, "num_classes": 10, "val_fraction": 0.2}
 
@@ -123,50 +121,6 @@ def test_synthetic_through_config_splits_num_samples():
     assert torch.equal(train.templates, val.templates)
 
 
-class Py2Pickler(pickle._Pickler):
-    """Writes bytes as Python 2 `str` (BINSTRING), as the real CIFAR-10 files (pickled by Python 2) hold them.
-
-    Loaded with encoding="bytes" the keys come back as b"data"/b"labels" (the CIFAR website's recipe), with
-    encoding="latin1" as "data"/"labels" (torchvision's way).
-    """
-
-    dispatch = pickle._Pickler.dispatch.copy()
-
-    def save_py2_str(self, obj: bytes) -> None:
-        if len(obj) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
-        self.memoize(obj)
-
-    dispatch[bytes] = save_py2_str
-
-
-def py2_pickle(obj) -> bytes:
-    buffer = io.BytesIO()
-    Py2Pickler(buffer, protocol=2).dump(obj)
-    return buffer.getvalue()
-
-
-def write_cifar10(root: Path, per_batch: int = 4) -> None:
-    """The real `cifar-10-batches-py` layout: pickled dicts with b"data" uint8 (N, 3072) and b"labels"."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    for name in names:
-        batch = {
-            b"batch_label": name.encode(),
-            b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
-            b"labels": [int(x) for x in rng.integers(0, 10, per_batch)],
-            b"filenames": [f"{name}_{i}.png".encode() for i in range(per_batch)],
-        }
-        (folder / name).write_bytes(py2_pickle(batch))
-    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    meta = {b"label_names": [c.encode() for c in classes], b"num_cases_per_batch": per_batch, b"num_vis": 3072}
-    (folder / "batches.meta").write_bytes(py2_pickle(meta))
-
-
 CIFAR = {"name": "cifar10", "img_size": 32, "in_channels": 3, "num_classes": 10, "batch_size": 4}
 
 
@@ -202,17 +156,6 @@ def test_cifar10_missing_root_names_the_key(tmp_path):
     (tmp_path / "cifar-10-batches-py").mkdir()  # present but empty
     with pytest.raises(ValueError, match=r"data\.root.*incomplete"):
         build_datasets({**CIFAR, "root": str(tmp_path)})
-
-
-def write_image_folder(root: Path, classes=("cat", "dog", "fox"), per_class: int = 5, size: int = 12) -> None:
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for c in classes:
-        (root / c).mkdir(parents=True)
-        for i in range(per_class):
-            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / c / f"{i}.png")
 
 
 IMAGEFOLDER = {"name": "imagefolder", "img_size": 16, "in_channels": 3, "num_classes": 3, "val_fraction": 0.4}
@@ -288,3 +231,40 @@ def test_cifar10_download(tmp_path, monkeypatch):
     write_cifar10(tmp_path)
     train, _ = build_datasets({**CIFAR, "root": str(tmp_path), "download": True})
     assert len(train) == 20 and len(calls) == 1
+
+
+def test_cifar10_crop_flip_normalize_is_the_v2_pipeline_in_tensor_ops():
+    """The tensor-op transform CIFAR-10 uses at its native size equals torchvision's v2 pipeline on the PIL image:
+    exactly without augmentation; with it, every output is one of the 9 x 9 crops of the zero-padded image, flipped
+    or not, and over many draws both flips and several offsets occur."""
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    from experiments.datasets.vision import CIFAR10_MEAN, CIFAR10_STD, CropFlipNormalize
+
+    rng = np.random.default_rng(0)
+    hwc = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    chw = torch.from_numpy(hwc).permute(2, 0, 1)
+    plain = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(CIFAR10_MEAN, CIFAR10_STD)])
+    expected = plain(Image.fromarray(hwc))
+    torch.testing.assert_close(CropFlipNormalize(CIFAR10_MEAN, CIFAR10_STD, train=False)(chw), expected)
+
+    padded = torch.nn.functional.pad(expected, (4, 4, 4, 4), value=0.0)
+    zero = plain(Image.fromarray(np.zeros((1, 1, 3), dtype=np.uint8)))[:, 0, 0]  # a padded pixel, normalised
+    padded = torch.where(
+        torch.nn.functional.pad(torch.ones(1, 32, 32), (4, 4, 4, 4)).bool(), padded, zero.view(3, 1, 1)
+    )
+    candidates = {}
+    for top in range(9):
+        for left in range(9):
+            crop = padded[:, top : top + 32, left : left + 32]
+            candidates[(top, left, False)], candidates[(top, left, True)] = crop, crop.flip(-1)
+    train = CropFlipNormalize(CIFAR10_MEAN, CIFAR10_STD, train=True, padding=4)
+    seen = set()
+    for seed in range(60):
+        torch.manual_seed(seed)
+        out = train(chw)
+        match = [key for key, c in candidates.items() if torch.allclose(out, c, atol=1e-6)]
+        assert match, f"seed {seed}: not a padded crop of the image"
+        seen.update(match)
+    assert {flip for *_, flip in seen} == {False, True} and len({(top, left) for top, left, _ in seen}) > 10

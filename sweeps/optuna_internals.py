@@ -44,6 +44,12 @@ def all_trials(study: optuna.Study) -> list[FrozenTrial]:
     return storage_of(study).get_all_trials(study._study_id, deepcopy=False)
 
 
+def study_key(study: optuna.Study) -> tuple[str, int]:
+    """(name, storage id) of a study: a study deleted and created again under its name is another study to a cache
+    of its trials; only the storage's id tells them apart, and `Study` does not expose it."""
+    return study.study_name, study._study_id
+
+
 def stale_trial_ids(study: optuna.Study) -> list[int]:
     """RDB storages with a heartbeat: the RUNNING trials whose heartbeat went stale, while still RUNNING. The public
     `optuna.storages.fail_stale_trials` fails them at once, after which no attribute (status, reason) can be

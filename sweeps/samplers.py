@@ -31,6 +31,7 @@ Reproducibility, as far as Optuna allows it:
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
 import weakref
@@ -44,7 +45,7 @@ from optuna.samplers import BaseSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeps.optuna_internals import QueueOnlyStudy, all_trials, set_trial_system_attr, storage_of
+from sweeps.optuna_internals import QueueOnlyStudy, all_trials, set_trial_system_attr, storage_of, study_key
 from sweeps.record import DUPLICATE, RETRY, SystemAttr, TrialAttr, trial_origin
 from sweeps.space import Dimension
 
@@ -86,8 +87,16 @@ def draw_index(study: Study, trial: FrozenTrial) -> int:
     in the middle of trial k and continued would seed every later trial one number off and draw other points.
     """
     trials = all_trials(study)  # not study.get_trials: a sampler or pruner may be handed one bracket's view
-    retries = sum(t.number < trial.number and trial_origin(t.system_attrs) == RETRY for t in trials)
-    return trial.number - retries
+    seen = _RETRIES.setdefault(storage_of(study), {}).setdefault(study_key(study), [0, []])
+    for t in trials[seen[0] :]:  # trials come in number order, and a retry is one from its creation on
+        if trial_origin(t.system_attrs) == RETRY:
+            seen[1].append(t.number)
+    seen[0] = max(seen[0], len(trials))
+    return trial.number - bisect.bisect_left(seen[1], trial.number)
+
+
+# storage -> study -> [trials read, the numbers of the retries among them]: `draw_index` reads each trial once
+_RETRIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def trial_seed(seed: int | None, number: int, attempt: int = 0) -> int | None:
@@ -122,25 +131,67 @@ def held_params(
     """The parameter sets the study holds (key -> the lowest trial number holding it): every trial, any state,
     with all of `names` set or fixed, except trials failed as duplicates, trial `exclude`, and (given `before`)
     trials numbered `before` or higher."""
-    held: dict[tuple, int] = {}
-    known = _HELD_KEYS.setdefault(storage_of(study), {}).setdefault((study.study_name, tuple(names)), {})
-    for t in study.get_trials(deepcopy=False):
-        if t.number == exclude or (before is not None and t.number >= before):
+    held = _finished_held(study, names)
+    lowest = held.lowest
+    if exclude is not None and lowest.get(held.keys.get(exclude, None)) == exclude:
+        return _held_params_scan(study, names, exclude=exclude, before=before)  # its key's next holder is needed
+    out = dict(lowest) if before is None else {key: n for key, n in lowest.items() if n < before}
+    for t in study.get_trials(deepcopy=False, states=_UNFINISHED):
+        n = t.number
+        if n == exclude or (before is not None and n >= before):
             continue
-        key = known.get(t.number, _UNKNOWN)
-        if key is _UNKNOWN:
-            key = _held_key(t, names)
-            if t.state.is_finished():  # a finished trial's params and status never change: read it once
-                known[t.number] = key
-        if key is not None:
-            held.setdefault(key, t.number)
+        key = _held_key(t, names)
+        if key is not None and n < out.get(key, n + 1):
+            out[key] = n
+    return out
+
+
+_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+_UNFINISHED = (TrialState.RUNNING, TrialState.WAITING)
+
+
+class _Held:
+    """The keys of a study's finished trials (whose params and status never change), read once each."""
+
+    def __init__(self) -> None:
+        self.keys: dict[int, tuple | None] = {}  # trial number -> its params key (None: holds none)
+        self.lowest: dict[tuple, int] = {}  # params key -> the lowest finished trial number holding it
+
+
+# storage -> (study, names) -> _Held, so that the sets a study holds are read incrementally (`held_params` runs
+# twice a trial; without this its cost grows with the study: ~6 us a trial already in it, `sweeps.bench_overhead`).
+_HELD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _finished_held(study: Study, names: Sequence[str]) -> _Held:
+    held = _HELD.setdefault(storage_of(study), {}).setdefault((*study_key(study), tuple(names)), _Held())
+    finished = study.get_trials(deepcopy=False, states=_FINISHED)
+    if len(finished) != len(held.keys):
+        for t in reversed(finished):  # the newly finished trials are mostly the last numbers
+            n = t.number
+            if n in held.keys:
+                continue
+            key = held.keys[n] = _held_key(t, names)
+            if key is not None and n < held.lowest.get(key, n + 1):
+                held.lowest[key] = n
+            if len(held.keys) == len(finished):
+                break
     return held
 
 
-_UNKNOWN = object()
-# storage -> (study, names) -> {trial number: its params key, or None} of finished trials, so that the sets a study
-# holds are read incrementally (`held_params` runs twice a trial; without this its cost grows with the study).
-_HELD_KEYS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+def _held_params_scan(
+    study: Study, names: Sequence[str], *, exclude: int | None = None, before: int | None = None
+) -> dict[tuple, int]:
+    """`held_params` read from every trial (the rare case of an excluded finished trial that holds its key)."""
+    held: dict[tuple, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        n = t.number
+        if n == exclude or (before is not None and n >= before):
+            continue
+        key = _held_key(t, names)
+        if key is not None:
+            held.setdefault(key, n)
+    return held
 
 
 def _held_key(t: FrozenTrial, names: Sequence[str]) -> tuple | None:

@@ -103,3 +103,49 @@ def test_garbage_is_collected_after_a_trial_only_where_cuda_holds_memory(monkeyp
         monkeypatch.setitem(sys.modules, "torch", fake)
         collect_cuda_garbage(None, None)
     assert calls == ["collect"]
+
+
+def test_held_params_and_draw_index_read_incrementally_equal_a_full_read():
+    """The parameter sets a study holds and a trial's draw index are kept incrementally (each finished trial read
+    once); at every step of a study that grows, with trials finishing out of order, duplicates, retries and a
+    study deleted and created again under its name, they equal what a full read of every trial gives."""
+    import random
+
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from sweeps.record import SystemAttr, TrialAttr
+    from sweeps.samplers import _held_params_scan, draw_index, held_params
+
+    names = ["a", "b"]
+    dists = {"a": CategoricalDistribution([0, 1, 2]), "b": CategoricalDistribution([0, 1])}
+    rng = random.Random(0)
+    storage = optuna.storages.InMemoryStorage()
+    for round_ in range(2):  # the second round: the same name, another study
+        optuna.create_study(study_name="held", storage=storage)
+        study = optuna.load_study(study_name="held", storage=storage)
+        for step in range(40):
+            state = rng.choice([TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING,
+                                TrialState.WAITING])  # fmt: skip
+            user = {TrialAttr.STATUS: "duplicate"} if rng.random() < 0.1 else {}
+            system = {SystemAttr.RETRY_HISTORY: [0], SystemAttr.FAILED_TRIAL: 0} if rng.random() < 0.2 else {}
+            study.add_trial(create_trial(
+                state=state, params={"a": rng.randrange(3), "b": rng.randrange(2)}, distributions=dists,
+                value=0.0 if state == TrialState.COMPLETE else None, user_attrs=user, system_attrs=system,
+                intermediate_values={1: 0.0} if state == TrialState.PRUNED else None,
+            ))  # fmt: skip
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if running and rng.random() < 0.5:  # an earlier trial finishes now: out of number order
+                t = rng.choice(running)
+                storage.set_trial_state_values(t._trial_id, rng.choice([TrialState.FAIL, TrialState.COMPLETE]),
+                                               values=[0.0])  # fmt: skip
+            trials = study.get_trials(deepcopy=False)
+            for number in (rng.randrange(len(trials)), None):
+                for before in (rng.randrange(len(trials) + 1), None):
+                    assert held_params(study, names, exclude=number, before=before) == _held_params_scan(
+                        study, names, exclude=number, before=before
+                    ), (round_, step, number, before)
+            last = trials[-1]
+            retries = sum(t.number < last.number and SystemAttr.RETRY_HISTORY in t.system_attrs for t in trials)
+            assert draw_index(study, last) == last.number - retries, (round_, step)
+        optuna.delete_study(study_name="held", storage=storage)

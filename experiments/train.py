@@ -9,6 +9,7 @@ wandb/, wandb_run.json, tensorboard/).
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import signal
 import sys
@@ -86,6 +87,15 @@ class _Session:
     tracker: Any
     config_yaml: str  # resolved, secrets masked: saved with the run and with every checkpoint
     started: float = field(default_factory=time.perf_counter)
+    _config_dict: dict | None = None
+
+    def config_dict(self) -> dict:
+        """`config_yaml` as plain containers, built once per session: OmegaConf inside the epoch loop costs time,
+        and a Ctrl-C that lands inside OmegaConf's list building comes out of its cleanup as a ConfigKeyError (the
+        trial recorded as failed, the interrupt lost; seen in the Ctrl-C test of rpb-sweep)."""
+        if self._config_dict is None:
+            self._config_dict = OmegaConf.to_container(OmegaConf.create(self.config_yaml))
+        return self._config_dict
 
     def lap(self, state: TrainState) -> None:
         """Add the time since the last lap to the run's wall time (`wall_s` counts every session)."""
@@ -276,7 +286,7 @@ def _open_run(s: _Session, state: TrainState) -> None:
         run.truncate_metrics(state.epoch)  # a resumed run rewrites the records after its checkpoint
         if not s.cfg.resume:
             run.forget_wandb_run()  # a fresh run in a used folder opens a new W&B run
-    s.tracker.start(OmegaConf.to_container(OmegaConf.create(s.config_yaml)), run.path)
+    s.tracker.start(copy.deepcopy(s.config_dict()), run.path)  # a copy: a tracker may change what it is given
     if s.accelerator.is_main_process:
         run.write_summary(_result(s, state, RUNNING, ""))
 
@@ -330,8 +340,7 @@ def _keep_best(s: _Session, state: TrainState, metrics: dict[str, float]) -> Non
     state.best_epoch = metrics["epoch"]
     if s.accelerator.is_main_process and s.cfg.trainer.save_checkpoints:
         best_model = s.accelerator.unwrap_model(s.setup.model, keep_torch_compile=False)
-        config = OmegaConf.to_container(OmegaConf.create(s.config_yaml))
-        save_checkpoint(best_model, None, metrics["epoch"], metrics, s.run.best_checkpoint, config=config)
+        save_checkpoint(best_model, None, metrics["epoch"], metrics, s.run.best_checkpoint, config=s.config_dict())
 
 
 def _early_stop(state: TrainState, metrics, tc) -> tuple[str, str] | None:

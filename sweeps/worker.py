@@ -263,10 +263,15 @@ def worker_loop(cfg, train_fn: TrainFn | None = None, *, worker_index: int = 0) 
             if deadline is not None and time.monotonic() >= deadline:
                 log.info("timeout reached; no new trial")
                 break
-            if time.monotonic() - recovered_at >= _RECOVER_EVERY_S:
+            recovered = time.monotonic() - recovered_at >= _RECOVER_EVERY_S
+            if recovered:
                 recover(study, sweep)
                 recovered_at = time.monotonic()
             step = _next_step(study, checked, journal)
+            if step == "stop" and not recovered:  # a worker ends on a recovery of this moment, never an older one
+                recover(study, sweep)
+                recovered_at = time.monotonic()
+                step = _next_step(study, checked, journal)
             if step == "stop":
                 break
             if step == "wait":

@@ -131,12 +131,16 @@ def held_params(
     """The parameter sets the study holds (key -> the lowest trial number holding it): every trial, any state,
     with all of `names` set or fixed, except trials failed as duplicates, trial `exclude`, and (given `before`)
     trials numbered `before` or higher."""
-    held = _finished_held(study, names)
+    trials = study.get_trials(deepcopy=False)  # one read (on RDB one query), split here
+    finished = [t for t in trials if t.state in _FINISHED]
+    held = _finished_held(study, names, finished)
     lowest = held.lowest
     if exclude is not None and lowest.get(held.keys.get(exclude, None)) == exclude:
         return _held_params_scan(study, names, exclude=exclude, before=before)  # its key's next holder is needed
     out = dict(lowest) if before is None else {key: n for key, n in lowest.items() if n < before}
-    for t in study.get_trials(deepcopy=False, states=_UNFINISHED):
+    for t in trials:
+        if t.state in _FINISHED:
+            continue
         n = t.number
         if n == exclude or (before is not None and n >= before):
             continue
@@ -146,8 +150,7 @@ def held_params(
     return out
 
 
-_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-_UNFINISHED = (TrialState.RUNNING, TrialState.WAITING)
+_FINISHED = frozenset((TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
 
 
 class _Held:
@@ -163,9 +166,9 @@ class _Held:
 _HELD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _finished_held(study: Study, names: Sequence[str]) -> _Held:
+def _finished_held(study: Study, names: Sequence[str], finished: list[FrozenTrial]) -> _Held:
+    """The study's `_Held`, brought up to date with `finished` (its finished trials, in number order)."""
     held = _HELD.setdefault(storage_of(study), {}).setdefault((*study_key(study), tuple(names)), _Held())
-    finished = study.get_trials(deepcopy=False, states=_FINISHED)
     if len(finished) != len(held.keys):
         for t in reversed(finished):  # the newly finished trials are mostly the last numbers
             n = t.number

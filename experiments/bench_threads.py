@@ -28,15 +28,10 @@ def _spin(stop) -> None:  # a busy process: runs until the benchmark sets `stop`
 
 
 def _step_ms(model, optimizer, batches, threads: int) -> float:
+    from experiments.bench_tracking import pure_steps_s
+
     torch.set_num_threads(threads)
-    model.train()
-    start = time.perf_counter()
-    for images, labels in batches:
-        loss = torch.nn.functional.cross_entropy(model(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return (time.perf_counter() - start) / len(batches) * 1000
+    return pure_steps_s(model, optimizer, batches) / len(batches) * 1000
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -34,6 +34,19 @@ def _median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def pure_steps_s(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches) -> float:
+    """Seconds for the plain training step (forward, cross-entropy, backward, optimizer step) over `batches`, the
+    reference the benchmarks set the loop and the thread rules against."""
+    model.train()
+    start = time.perf_counter()
+    for images, labels in batches:
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return time.perf_counter() - start
+
+
 def per_epoch(repeats: int, steps: int, out: Path) -> None:
     """Print the per-epoch cost of the tracker calls next to an epoch of training, measured side by side."""
     from experiments.config import build_model, compose_config
@@ -51,14 +64,7 @@ def per_epoch(repeats: int, steps: int, out: Path) -> None:
     batches = [batch for batch, _ in zip(train_loader, range(steps))]
 
     def train_steps() -> float:
-        model.train()
-        start = time.perf_counter()
-        for images, labels in batches:
-            loss = torch.nn.functional.cross_entropy(model(images), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        return (time.perf_counter() - start) / len(batches) * steps_per_epoch
+        return pure_steps_s(model, optimizer, batches) / len(batches) * steps_per_epoch
 
     keys = (
         "epoch (train only)",
@@ -197,14 +203,7 @@ def _loop_efficiency_of(preset: str, overrides: list[str], repeats: int, steps: 
     batches = list(islice(train_loader, steps))
 
     def pure() -> float:
-        model.train()
-        start = time.perf_counter()
-        for images, labels in batches:
-            loss = torch.nn.functional.cross_entropy(model(images), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        return sum(len(labels) for _, labels in batches) / (time.perf_counter() - start)
+        return sum(len(labels) for _, labels in batches) / pure_steps_s(model, optimizer, batches)
 
     def loop(tag: str) -> float:
         run_cfg = compose_config([*overrides, f"run_dir={out / preset / tag}"])

@@ -21,6 +21,7 @@ from experiments.config import composed_defaults, fill_defaults
 from experiments.config_errors import closest, known_keys_sentence
 from experiments.metrics import DIRECTIONS, METRICS, metric_direction
 from sweeps.devices import parse_devices
+from sweeps.optuna_internals import WorkerStudy
 from sweeps.pruners import RetryAwareHyperbandPruner, RetryAwareSuccessiveHalvingPruner
 from sweeps.samplers import CellStudy, TrialSeededSampler
 from sweeps.space import Dimension, SweepConfigError, grid_search_space, parse_space
@@ -255,9 +256,10 @@ def is_cell_study(sweep: DictConfig) -> bool:
     return sweep.sampler.name == "grid"
 
 
-def study_class(sweep: DictConfig) -> type[optuna.Study]:
-    """`CellStudy` for cell studies (workers only pop enqueued cells), `optuna.Study` otherwise."""
-    return CellStudy if is_cell_study(sweep) else optuna.Study
+def study_class(sweep: DictConfig) -> type[WorkerStudy]:
+    """`CellStudy` for cell studies (workers only pop enqueued cells), `WorkerStudy` otherwise (both record the
+    worker on a trial as they take it)."""
+    return CellStudy if is_cell_study(sweep) else WorkerStudy
 
 
 def grid_cells(sweep: DictConfig, dims: list[Dimension]) -> list[dict[str, Any]]:

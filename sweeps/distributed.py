@@ -14,7 +14,7 @@ from dataclasses import asdict
 
 from omegaconf import DictConfig
 
-from sweeps.objective import TrainFn, TrialSpec, run_trial
+from sweeps.objective import TrainFn, TrialConfigs, TrialSpec, run_trial
 
 
 def world_size() -> int:
@@ -47,10 +47,10 @@ def broadcast_spec(spec: TrialSpec | None) -> TrialSpec | None:
 
 def follow(base: DictConfig, sweep: DictConfig, train_fn: TrainFn) -> int:
     """The loop of a non-main rank: train every trial rank 0 announces; returns how many it trained."""
-    trained = 0
+    trained, configs = 0, TrialConfigs(base, sweep)
     while (spec := broadcast_spec(None)) is not None:
         try:
-            run_trial(base, sweep, spec, train_fn, on_epoch_end=None)
+            run_trial(configs, spec, train_fn, on_epoch_end=None)
         except KeyboardInterrupt:
             raise
         except Exception as e:  # rank 0 records the failure; keep listening for the next trial

@@ -7,6 +7,7 @@ process's callback answer, so all ranks stop together and non-main ranks never t
 
 from __future__ import annotations
 
+import contextlib
 import math
 import secrets
 import shutil
@@ -26,7 +27,7 @@ from experiments.launch import stop_signal
 from experiments.result import TrainResult, epoch_line, plural
 from experiments.run_dir import RunDir, last_checkpoint
 from sweeps.format import format_number
-from sweeps.optuna_internals import trial_record
+from sweeps.optuna_internals import set_user_attrs, trial_record
 from sweeps.record import (
     COMPLETE_STATUSES,
     DUPLICATE,
@@ -34,6 +35,7 @@ from sweeps.record import (
     INTERRUPTED,
     PRUNED,
     PRUNED_STATUSES,
+    RETRY,
     RUNNING,
     SAMPLED,
     TrialAttr,
@@ -41,7 +43,7 @@ from sweeps.record import (
     trial_origin,
 )
 from sweeps.recovery import worker_identity
-from sweeps.samplers import held_params, params_key
+from sweeps.samplers import DRAW_ATTR, draw_index, held_by
 from sweeps.space import ConfigTemplate, Dimension, SweepConfigError, apply_params, fixed_values, window_label
 from sweeps.storage import mask_secrets
 
@@ -49,6 +51,7 @@ from sweeps.storage import mask_secrets
 # the same keys (both read through the Mapping interface here).
 TrainFn = Callable[..., TrainResult | Mapping[str, Any]]
 _ID_ALPHABET = string.ascii_lowercase + string.digits
+_RESULTS = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 @dataclass
@@ -68,51 +71,68 @@ def new_run_id() -> str:
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
 
 
-def trial_config(base: DictConfig | ConfigTemplate, sweep: DictConfig, spec: TrialSpec) -> DictConfig:
-    """The full training config of one trial: base + fixed + params, its run dir and its W&B run (`base`: the
-    config, or its `ConfigTemplate` where many trials are built from it)."""
-    cfg = apply_params(base, spec.params, fixed_values(sweep))
-    cfg.run_dir = spec.run_dir
-    cfg.resume = spec.resume
-    cfg.name = f"{sweep.study_name}-trial-{spec.number}"
-    wb = cfg.tracker.get("wandb")  # None with tracker=none (or a preset without W&B)
-    tags = [f"study-{sweep.study_name}"]
-    if wb is not None:
-        wb.group, wb.job_type, wb.name, wb.id = sweep.study_name, "trial", f"trial-{spec.number}", spec.wandb_id
-        tags = [*wb.tags, *tags]
-    window = OmegaConf.select(cfg, "model.rpb.window_size")
-    flat = {}
-    if window is not None:
-        # "7x7": W&B groups and filters runs by it; "none" without a bias table (its config's window means nothing)
-        enabled = OmegaConf.select(cfg, "model.rpb.enabled", default=True)
-        flat["window_size"] = window_label(list(window)) if enabled else "none"
-        tags.append(f"window-{flat['window_size']}")
-    if wb is not None:
-        wb.tags = tags
-    cfg.tracker.extra_config = {
-        **OmegaConf.to_container(cfg.tracker.extra_config),
-        **flat,
-        "trial_number": spec.number,
-        "study_name": sweep.study_name,
-        "sweep_kind": sweep.kind,
-        "trial_params": dict(spec.params),
-        **spec.extra,
-    }
-    # Not validated again here (~40 ms a trial, `sweeps.bench_overhead`): the base config was validated once, each
-    # value set above is type-checked by the typed config as it is set, the space's values were checked against the
-    # model's rules before the study started (`sweeps.validate`), and `experiments.train.train` validates its config.
-    return cfg
+class TrialConfigs:
+    """Each trial's full training config: base + fixed + params, its run dir and its W&B run.
+
+    What the study's trials share (the fixed values, the W&B group, job type and study tag, the study's keys of
+    `tracker.extra_config`) is set once, on a `ConfigTemplate`; a trial's config is a copy of it with the trial's
+    own values set (~1 ms a trial against ~2.5 ms for the whole config each time, `sweeps.bench_overhead`).
+
+    Not validated again per trial: the base config was validated once, each value set here is type-checked by the
+    typed config as it is set, the space's values were checked against the model's rules before the study started
+    (`sweeps.validate`), and `experiments.train.train` validates its config.
+    """
+
+    def __init__(self, base: DictConfig, sweep: DictConfig) -> None:
+        self.sweep = sweep
+        shared = apply_params(base, {}, fixed_values(sweep))
+        wb = shared.tracker.get("wandb")  # None with tracker=none (or a preset without W&B)
+        if wb is not None:
+            wb.group, wb.job_type = sweep.study_name, "trial"
+            wb.tags = [*wb.tags, f"study-{sweep.study_name}"]
+        self._extra = {  # tracker.extra_config: the base's, then the study's keys, then each trial's
+            **OmegaConf.to_container(shared.tracker.extra_config),
+            "study_name": sweep.study_name,
+            "sweep_kind": sweep.kind,
+        }
+        self._template = ConfigTemplate(shared)
+
+    def __call__(self, spec: TrialSpec) -> DictConfig:
+        cfg = apply_params(self._template, spec.params)
+        cfg.run_dir, cfg.resume, cfg.name = spec.run_dir, spec.resume, f"{self.sweep.study_name}-trial-{spec.number}"
+        wb = cfg.tracker.get("wandb")
+        if wb is not None:
+            wb.name, wb.id = f"trial-{spec.number}", spec.wandb_id
+        extra = dict(self._extra)
+        window = OmegaConf.select(cfg, "model.rpb.window_size")
+        if window is not None:
+            # "7x7": W&B groups and filters runs by it; "none" without a bias table (its config's window means nothing)
+            enabled = OmegaConf.select(cfg, "model.rpb.enabled", default=True)
+            extra["window_size"] = window_label(list(window)) if enabled else "none"
+            if wb is not None:
+                wb.tags.append(f"window-{extra['window_size']}")
+        cfg.tracker.extra_config = {
+            **extra,
+            "trial_number": spec.number,
+            "trial_params": dict(spec.params),
+            **spec.extra,
+        }
+        return cfg
+
+
+def trial_config(base: DictConfig, sweep: DictConfig, spec: TrialSpec) -> DictConfig:
+    """The full training config of one trial (`TrialConfigs`, where many trials are built from one base)."""
+    return TrialConfigs(base, sweep)(spec)
 
 
 def run_trial(
-    base: DictConfig | ConfigTemplate,
-    sweep: DictConfig,
+    configs: TrialConfigs,
     spec: TrialSpec,
     train_fn: TrainFn,
     on_epoch_end: Callable[[int, dict[str, float]], str | None] | None = None,
 ) -> TrainResult | Mapping[str, Any]:
     """Train one trial on this process (every rank calls it; only the main one passes `on_epoch_end`)."""
-    return train_fn(trial_config(base, sweep, spec), on_epoch_end=on_epoch_end)
+    return train_fn(configs(spec), on_epoch_end=on_epoch_end)
 
 
 def _resume_dir(trial: optuna.Trial) -> str | None:
@@ -215,10 +235,10 @@ class Progress:
     durations: list[float] = field(default_factory=list)
 
     @staticmethod
-    def place(study: optuna.Study, number: int) -> int:
-        """The trial's place: results the study holds, plus running trials numbered before it, plus one."""
-        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
-        return 1 + sum(t.state != TrialState.RUNNING or t.number < number for t in trials)
+    def place(trials: list[FrozenTrial], number: int) -> int:
+        """The trial's place among the study's `trials`: results, plus running trials numbered before it, plus
+        one."""
+        return 1 + sum(t.state in _RESULTS or (t.state == TrialState.RUNNING and t.number < number) for t in trials)
 
     def tag(self, number: int, place: int) -> str:
         return f"trial {number}, {place} of {self.n_trials}" if self.n_trials else f"trial {number}, {place}"
@@ -296,7 +316,7 @@ class Objective:
         broadcast: Callable[[TrialSpec], None] | None = None,
     ) -> None:
         self.base, self.sweep, self.dims, self.train_fn, self.broadcast = base, sweep, dims, train_fn, broadcast
-        self._template = ConfigTemplate(base)  # each trial's config copied from it (`trial_config`)
+        self.configs = TrialConfigs(base, sweep)  # each trial's training config
         self.maximize = sweep.direction == "maximize"
         self.last_status: str | None = None
         # How a trial line names the trial's params: the train_fn's own `describe_params` (the ablation names its
@@ -312,38 +332,43 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.last_status = None
-        # First: a RUNNING trial without a worker is one recovery can never tell dead (journal storages).
-        trial.set_user_attr(TrialAttr.WORKER, worker_identity())
-        record = trial_record(trial)  # a retry's record holds its killed attempts' epochs
+        record = trial_record(trial)  # as taken: a retry's record holds its killed attempts' epochs
+        if TrialAttr.WORKER not in record.user_attrs:  # a WorkerStudy records it as it takes the trial; else first
+            trial.set_user_attr(TrialAttr.WORKER, worker_identity())
         origin = trial_origin(record.system_attrs)
-        trial.set_user_attr(TrialAttr.ORIGIN, origin)
         old_run_dir = _resume_dir(trial)  # read before run_dir is overwritten
         spec = self.spec(trial)
-        if origin == SAMPLED:
-            self._refuse_duplicate(trial, spec.params)
-        else:
-            self._refuse_second_claim(trial)
+        # One read of the study, after this trial's params are written: for the refusals and the trial's place.
+        trials = trial.study.get_trials(deepcopy=False)
+        attrs: dict[str, Any] = {TrialAttr.ORIGIN: origin}
+        draw = {}  # its place in the study's draws, Hyperband's bracket (a retry carries its original's)
+        if DRAW_ATTR not in record.system_attrs and origin != RETRY:
+            draw[DRAW_ATTR] = draw_index(trial.study, record, trials)
+        refused = (
+            self._duplicate(trial, spec.params, trials) if origin == SAMPLED else self._second_claim(trial, trials)
+        )
+        if refused:
+            self._record(trial, DUPLICATE, refused, attrs, draw)
+            raise DuplicateTrial(refused)
         if old_run_dir:
             previous = RunDir(old_run_dir).wandb_run()
             if previous is not None:  # the retry continues its predecessor's W&B run
                 spec.wandb_id = previous.id
-            spec.resume = seed_resume(old_run_dir, trial_config(self._template, self.sweep, spec))
-            trial.set_user_attr(TrialAttr.RESUMED_FROM, old_run_dir)
-        # Before training: where its files go (a run killed mid-way is found and resumed from them) and "running".
-        # (No reason yet: a retry does not inherit its original's, `sweeps.recovery`.)
-        for key, value in (
-            (TrialAttr.RUN_DIR, spec.run_dir),
-            (TrialAttr.WANDB_RUN_ID, spec.wandb_id),
-            (TrialAttr.STATUS, RUNNING),
-        ):
-            trial.set_user_attr(key, value)
+            spec.resume = seed_resume(old_run_dir, self.configs(spec))
+            attrs[TrialAttr.RESUMED_FROM] = old_run_dir
+        # Before training, in one write: where its files go (a run killed mid-way is found and resumed from them)
+        # and "running". (No reason yet: a retry does not inherit its original's, `sweeps.recovery`.)
+        attrs.update(
+            {TrialAttr.RUN_DIR: spec.run_dir, TrialAttr.WANDB_RUN_ID: spec.wandb_id, TrialAttr.STATUS: RUNNING}
+        )
+        set_user_attrs(trial, attrs, draw)
         if self.broadcast is not None:
             self.broadcast(spec)
         # The trial's record: epoch -> reported value, the epochs of its killed attempts included (a retry is
         # enqueued with them); its value is computed from this record alone (`value`).
         history: dict[int, float] = dict(record.intermediate_values)
         epochs = int(spec.params.get("trainer.epochs", self.base.trainer.epochs))
-        place = self._places[trial.number] = self.progress.place(trial.study, trial.number)
+        place = self._places[trial.number] = self.progress.place(trials, trial.number)
         tag = self.progress.tag(trial.number, place)
         resumed = f" (resumed from {spec.resume})" if spec.resume else ""
         print(f"[{tag}] started{resumed}: {self.describe_params(spec.params) or 'no params'}", flush=True)
@@ -355,7 +380,9 @@ class Objective:
             if progress_due(epoch, epochs):
                 # an epoch's own time where train_fn reports it (the first epoch's wall time also holds the setup)
                 seconds = metrics.get("epoch_time")
-                elapsed, done = (float(seconds), 1) if seconds else (time.perf_counter() - started, epoch - first_epoch + 1)
+                elapsed, done = (
+                    (float(seconds), 1) if seconds else (time.perf_counter() - started, epoch - first_epoch + 1)
+                )
                 left = self.progress.time_left(place, elapsed, done, epochs - epoch)
                 line = epoch_line(metrics, epochs, epoch=epoch) + (f" | {left}" if left else "")
                 print(f"[{tag}] {line}", flush=True)
@@ -374,7 +401,7 @@ class Objective:
             return PRUNED if trial.should_prune() else None
 
         try:
-            returned = run_trial(self._template, self.sweep, spec, self.train_fn, on_epoch_end)
+            returned = run_trial(self.configs, spec, self.train_fn, on_epoch_end)
         except KeyboardInterrupt:
             self._record(trial, INTERRUPTED, f"KeyboardInterrupt: stopped with {stop_signal()}")
             raise
@@ -387,16 +414,16 @@ class Objective:
         self.progress.durations.append(time.perf_counter() - started)
         result = TrainResult.from_dict(returned)  # a user's train_fn may return a plain dict
         status, reason = str(result.status), str(result.reason or "")
-        self._record(trial, status, reason)
-        # The run folder and W&B run train() ended with, written again only where they differ from those recorded
-        # before training (a storage write each; on PostgreSQL a commit).
+        # With the status, in one write: the epochs run, and the run folder and W&B run train() ended with where
+        # they differ from those recorded before training.
+        ended = {TrialAttr.EPOCHS_RUN: int(result.epochs_run or max(history, default=0))}
         for key, recorded, returned in (
             (TrialAttr.RUN_DIR, spec.run_dir, result.run_dir),
             (TrialAttr.WANDB_RUN_ID, spec.wandb_id, result.wandb_run_id),
         ):
             if returned and str(returned) != recorded:
-                trial.set_user_attr(key, str(returned))
-        trial.set_user_attr(TrialAttr.EPOCHS_RUN, int(result.epochs_run or max(history, default=0)))
+                ended[key] = str(returned)
+        self._record(trial, status, reason, ended)
         if status in PRUNED_STATUSES:
             raise optuna.TrialPruned(f"{status}: {reason}" if reason else status)
         if status not in COMPLETE_STATUSES:
@@ -411,22 +438,19 @@ class Objective:
             line = line.replace(f"trial {trial.number} ", f"{self.progress.tag(trial.number, place)} ", 1)
         print(line, flush=True)
 
-    def _refuse_duplicate(self, trial: optuna.Trial, params: dict[str, Any]) -> None:
-        """Fail a sampled trial, before it trains, whose parameters an earlier trial already holds.
+    def _duplicate(self, trial: optuna.Trial, params: dict[str, Any], trials: list[FrozenTrial]) -> str | None:
+        """Why a sampled trial is refused before it trains (None: it is not): an earlier trial holds its
+        parameters.
 
         The sampler draws only new sets (`TrialSeededSampler`); two workers drawing from a small finite space at
         the same instant can still pick the same one, and then the later trial gives way.
         """
-        names = [d.path for d in self.dims]
-        earlier = held_params(trial.study, names, before=trial.number)
-        number = earlier.get(params_key(params, names))
-        if number is not None:
-            reason = f"trial {number} holds the same parameters; not trained again"
-            self._record(trial, DUPLICATE, reason)
-            raise DuplicateTrial(reason)
+        number = held_by(trial.study, [d.path for d in self.dims], params, before=trial.number, trials=trials)
+        return None if number is None else f"trial {number} holds the same parameters; not trained again"
 
-    def _refuse_second_claim(self, trial: optuna.Trial) -> None:
-        """Fail, before it trains, a queued trial whose grid cell or retried trial an earlier live trial claims.
+    def _second_claim(self, trial: optuna.Trial, trials: list[FrozenTrial]) -> str | None:
+        """Why a queued trial is refused before it trains (None: it is not): an earlier live trial claims its grid
+        cell or the trial it retries.
 
         Cells are enqueued once and a retry once per failed trial, so this guards against the rare repair races
         (a creator that died half-way, two starts repairing the same stale trial): the lowest-numbered trial that
@@ -434,15 +458,14 @@ class Objective:
         """
         me = trial_record(trial)
         claims = [(TrialAttr.CELL, me.user_attrs.get(TrialAttr.CELL)), (TrialAttr.RETRY_OF, _retried(me))]
-        for t in trial.study.get_trials(deepcopy=False):
+        for t in trials:
             if t.number >= trial.number or t.state == optuna.trial.TrialState.FAIL:
                 continue
             theirs = {TrialAttr.CELL: t.user_attrs.get(TrialAttr.CELL), TrialAttr.RETRY_OF: _retried(t)}
             for key, value in claims:
                 if value is not None and theirs[key] == value:
-                    reason = f"trial {t.number} already holds {key} {value}; not trained again"
-                    self._record(trial, DUPLICATE, reason)
-                    raise DuplicateTrial(reason)
+                    return f"trial {t.number} already holds {key} {value}; not trained again"
+        return None
 
     def value(self, history: dict[int, float], result: Mapping[str, Any]) -> float:
         """The trial's objective value from its own record: the best (in the study's direction) or the last of the
@@ -463,11 +486,16 @@ class Objective:
             raise RuntimeError(f"train() returned no finite {self.sweep.metric}")
         return float(value)
 
-    def _record(self, trial: optuna.Trial, status: str, reason: str) -> None:
+    def _record(
+        self,
+        trial: optuna.Trial,
+        status: str,
+        reason: str,
+        attrs: Mapping[str, Any] = {},
+        system_attrs: Mapping[str, Any] = {},
+    ) -> None:
+        """Write the trial's status, its reason (readers take a missing one as "") and `attrs`, in one write."""
         self.last_status = status
-        try:
-            trial.set_user_attr(TrialAttr.STATUS, status)
-            if reason:  # readers take a missing reason as "" (a storage write each; on PostgreSQL a commit)
-                trial.set_user_attr(TrialAttr.REASON, mask_secrets(reason))
-        except Exception:  # the storage may be gone (Ctrl-C during a write); the trial's own state still tells
-            pass
+        ended = {**attrs, TrialAttr.STATUS: status, **({TrialAttr.REASON: mask_secrets(reason)} if reason else {})}
+        with contextlib.suppress(Exception):  # the storage may be gone (Ctrl-C during a write); its state still tells
+            set_user_attrs(trial, ended, system_attrs)

@@ -6,11 +6,16 @@ Each says why the public API does not do. Written against Optuna 4.x.
 
 from __future__ import annotations
 
+import datetime
+from collections.abc import Mapping
 from typing import Any
 
 import optuna
-from optuna.storages import BaseStorage
-from optuna.trial import FrozenTrial
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages._cached_storage import _CachedStorage
+from optuna.storages.journal._storage import JournalOperation
+from optuna.trial import FrozenTrial, TrialState
 
 NO_BRACKET = -1  # the bracket of a trial that belongs to none: no bracket's rungs count its values
 
@@ -27,15 +32,79 @@ def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
 
 
 def trial_record(trial: optuna.Trial) -> FrozenTrial:
-    """The stored record of a running `Trial`: its system attrs and intermediate values as enqueued (a retry is
-    enqueued with its killed attempts' epochs), which `optuna.Trial` does not expose."""
-    return storage_of(trial.study).get_trial(trial_id(trial))
+    """The record of a running `Trial` as it was taken: its system attrs and intermediate values as enqueued (a
+    retry is enqueued with its killed attempts' epochs), which `optuna.Trial` does not expose. It is the copy the
+    `Trial` read when it was made (`Trial._cached_frozen_trial`, kept up to date with the trial's own
+    `set_user_attr` and params), so reading it costs no storage read (on RDB a transaction)."""
+    return trial._cached_frozen_trial
 
 
-def set_trial_system_attr(study: optuna.Study, trial: FrozenTrial, key: str, value: Any) -> None:
-    """Write a system attr of a trial a sampler is handed as a `FrozenTrial` (`before_trial`): only the storage
-    writes one (`Trial.set_system_attr` was removed in Optuna 3)."""
-    storage_of(study).set_trial_system_attr(trial_id(trial), key, value)
+def set_trial_attrs(
+    storage: BaseStorage, stored_id: int, user_attrs: Mapping[str, Any] = {}, system_attrs: Mapping[str, Any] = {}
+) -> None:
+    """Write several attrs of one trial in one storage write: one append to a journal (one lock and one fsync
+    instead of one each) or one RDB transaction (one commit); other storages write them one by one.
+
+    Optuna's setters take one attr per call. The journal takes one attr per log entry (it asserts so), but its
+    backend appends a list of entries at once (`append_logs`); RDB's setters are a transaction around
+    `_set_trial_attr_without_commit`.
+
+    Raises:
+        UpdateFinishedTrialError: the trial is finished (as Optuna's setters); on RDB nothing is written then, on
+            a journal entries for a finished trial are ignored by every reader.
+    """
+    items = [("user_attr", k, v) for k, v in user_attrs.items()] + [
+        ("system_attr", k, v) for k, v in system_attrs.items()
+    ]
+    if not items:
+        return
+    if isinstance(storage, JournalStorage):
+        op = {"user_attr": JournalOperation.SET_TRIAL_USER_ATTR, "system_attr": JournalOperation.SET_TRIAL_SYSTEM_ATTR}
+        with storage._thread_lock:
+            worker = storage._replay_result.worker_id
+            storage._backend.append_logs(
+                [
+                    {"op_code": op[kind], "worker_id": worker, "trial_id": stored_id, kind: {k: v}}
+                    for kind, k, v in items
+                ]
+            )
+            _sync_journal(storage)
+        return
+    backend = storage._backend if isinstance(storage, _CachedStorage) else storage
+    if isinstance(backend, RDBStorage):
+        from optuna.storages._rdb import models  # SQLAlchemy: imported only where a database is used
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        model = {"user_attr": models.TrialUserAttributeModel, "system_attr": models.TrialSystemAttributeModel}
+        with _create_scoped_session(backend.scoped_session, True) as session:
+            for kind, k, v in items:
+                backend._set_trial_attr_without_commit(session, model[kind], stored_id, k, v)
+        return
+    for kind, k, v in items:
+        setter = storage.set_trial_user_attr if kind == "user_attr" else storage.set_trial_system_attr
+        setter(stored_id, k, v)
+
+
+def _sync_journal(storage: JournalStorage) -> None:
+    """Read this process's entries just appended. Each entry of a finished trial raises as it is read (after being
+    counted), so the rest are read on, and the first error is raised once, not at the next unrelated read."""
+    error = None
+    while True:
+        try:
+            storage._sync_with_backend()
+            break
+        except UpdateFinishedTrialError as e:
+            error = error or e
+    if error is not None:
+        raise error
+
+
+def set_user_attrs(trial: optuna.Trial, user_attrs: Mapping[str, Any], system_attrs: Mapping[str, Any] = {}) -> None:
+    """`Trial.set_user_attr` for several attrs at once, in one storage write (`set_trial_attrs`); the trial's
+    `user_attrs` (and its record, `trial_record`) show them at once, as after `set_user_attr`."""
+    set_trial_attrs(storage_of(trial.study), trial_id(trial), user_attrs, system_attrs)
+    trial._cached_frozen_trial.user_attrs.update(user_attrs)
+    trial._cached_frozen_trial.system_attrs.update(system_attrs)
 
 
 def all_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -60,16 +129,34 @@ def stale_trial_ids(study: optuna.Study) -> list[int]:
     return storage._get_stale_trial_ids(study._study_id)
 
 
-class QueueOnlyStudy(optuna.Study):
-    """An `optuna.Study` whose `ask()` calls `nothing_waiting()` when no WAITING trial is left, before it would
-    create a new trial. `Study.ask` offers no public hook between popping the queue (`_pop_waiting_trial_id`) and
-    creating a trial, and checking the queue before `ask` races with other workers popping it."""
+class WorkerStudy(optuna.Study):
+    """An `optuna.Study` whose `ask()` writes `worker_attrs` (the worker taking the trial) as it takes a trial, and
+    calls `nothing_waiting()` when no WAITING trial is left, before it would create a new one.
+
+    A new trial is created with the attrs (`create_new_trial`'s template: one write, so no trial is ever RUNNING
+    without its worker); a WAITING trial gets them right after it is popped. `Study.ask` offers no public hook
+    between popping the queue (`_pop_waiting_trial_id`) and creating a trial, and checking the queue before `ask`
+    races with other workers popping it.
+    """
+
+    def __init__(self, *args: Any, worker_attrs: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.worker_attrs = dict(worker_attrs or {})
 
     def _pop_waiting_trial_id(self) -> int | None:
         popped = super()._pop_waiting_trial_id()
-        if popped is None:
-            self.nothing_waiting()
-        return popped
+        if popped is not None:
+            set_trial_attrs(self._storage, popped, self.worker_attrs)
+            return popped
+        self.nothing_waiting()
+        if not self.worker_attrs:
+            return None  # ask() creates the trial
+        template = FrozenTrial(
+            number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.datetime.now(),
+            datetime_complete=None, params={}, distributions={}, user_attrs=dict(self.worker_attrs),
+            system_attrs={}, intermediate_values={}, trial_id=-1,
+        )  # fmt: skip
+        return self._storage.create_new_trial(self._study_id, template_trial=template)
 
     def nothing_waiting(self) -> None:
         """Called when the queue is empty; raise to keep `ask()` from creating a trial."""

@@ -20,8 +20,9 @@ import psutil
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeps.optuna_internals import stale_trial_ids, storage_of, trial_id
+from sweeps.optuna_internals import set_trial_attrs, stale_trial_ids, storage_of, trial_id
 from sweeps.record import INTERRUPTED, KILLED_STATUSES, STALE, SystemAttr, TrialAttr, retried_numbers, retry_history
+from sweeps.samplers import draw_index
 
 log = logging.getLogger(__name__)
 # What a retry does not carry over from the trial it replaces: the attempt's own outcome, process and W&B run.
@@ -79,8 +80,11 @@ def retry_attrs(trial: FrozenTrial, reason: str) -> tuple[dict, dict]:
 
 
 def _enqueue_retry(study: optuna.Study, trial: FrozenTrial, reason: str) -> None:
-    """A WAITING copy of `trial`: same params (and grid cell), its run dir to resume from, its reported values."""
+    """A WAITING copy of `trial`: same params (and grid cell), its run dir to resume from, its reported values,
+    its draw index (counted here for a first attempt killed before it recorded one)."""
     user_attrs, system_attrs = retry_attrs(trial, reason)
+    if SystemAttr.DRAW_INDEX not in system_attrs and not retry_history(trial):
+        system_attrs[SystemAttr.DRAW_INDEX] = draw_index(study, trial)
     study.add_trial(
         optuna.create_trial(
             state=TrialState.WAITING,
@@ -137,8 +141,7 @@ def fail_and_retry(study: optuna.Study, trial: FrozenTrial, reason: str, max_ret
     """
     storage, stored_id = storage_of(study), trial_id(trial)
     try:
-        storage.set_trial_user_attr(stored_id, TrialAttr.STATUS, STALE)
-        storage.set_trial_user_attr(stored_id, TrialAttr.REASON, reason)
+        set_trial_attrs(storage, stored_id, {TrialAttr.STATUS: STALE, TrialAttr.REASON: reason})
         if not storage.set_trial_state_values(stored_id, TrialState.FAIL):
             return False
     except UpdateFinishedTrialError:  # another worker reaped it first
@@ -181,8 +184,7 @@ def mark_stale_heartbeat_trials(study: optuna.Study) -> None:
         worker = storage.get_trial(stale_id).user_attrs.get(TrialAttr.WORKER) or {}
         reason = f"worker {worker.get('host', '?')}:{worker.get('pid', '?')} sent no heartbeat for the grace period"
         try:
-            storage.set_trial_user_attr(stale_id, TrialAttr.STATUS, STALE)
-            storage.set_trial_user_attr(stale_id, TrialAttr.REASON, reason)
+            set_trial_attrs(storage, stale_id, {TrialAttr.STATUS: STALE, TrialAttr.REASON: reason})
         except UpdateFinishedTrialError:  # failed meanwhile by another worker
             continue
 

@@ -45,7 +45,7 @@ from optuna.samplers import BaseSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeps.optuna_internals import QueueOnlyStudy, all_trials, set_trial_system_attr, storage_of, study_key
+from sweeps.optuna_internals import WorkerStudy, all_trials, storage_of, study_key
 from sweeps.record import DUPLICATE, RETRY, SystemAttr, TrialAttr, trial_origin
 from sweeps.space import Dimension
 
@@ -59,7 +59,7 @@ class NothingQueued(Exception):
     """A cell study has no WAITING trial left for this worker (raised instead of creating a stray trial)."""
 
 
-class CellStudy(QueueOnlyStudy):
+class CellStudy(WorkerStudy):
     """A study whose workers only run enqueued trials: `ask()` pops a WAITING trial or raises `NothingQueued`.
 
     `Study.optimize` asks for a trial, and `Study.ask` creates a new one when the queue is empty; with several
@@ -76,17 +76,21 @@ def params_key(params: dict[str, Any], names: Iterable[str]) -> tuple:
     return tuple((name, repr(params.get(name))) for name in names)
 
 
-DRAW_ATTR = SystemAttr.DRAW_INDEX  # recorded when the trial starts (a retry carries its original's)
+DRAW_ATTR = (
+    SystemAttr.DRAW_INDEX
+)  # recorded before the trial trains (`sweeps.objective`; a retry carries its original's)
 
 
-def draw_index(study: Study, trial: FrozenTrial) -> int:
+def draw_index(study: Study, trial: FrozenTrial, trials: Sequence[FrozenTrial] | None = None) -> int:
     """The place of `trial` in the study's sequence of draws: its number less the retries numbered before it.
 
     Enqueued trials (the defaults, grid cells) keep their place: they are part of the plan whatever happens. A
     retry exists only because a trial was killed or stopped, so it takes no place; without this, a study stopped
     in the middle of trial k and continued would seed every later trial one number off and draw other points.
+    `trials`: every trial of the study, where the caller has just read them (else read here).
     """
-    trials = all_trials(study)  # not study.get_trials: a sampler or pruner may be handed one bracket's view
+    if trials is None:
+        trials = all_trials(study)  # not study.get_trials: a sampler or pruner may be handed one bracket's view
     seen = _RETRIES.setdefault(storage_of(study), {}).setdefault(study_key(study), [0, []])
     for t in trials[seen[0] :]:  # trials come in number order, and a retry is one from its creation on
         if trial_origin(t.system_attrs) == RETRY:
@@ -126,12 +130,19 @@ def space_points(dims: Sequence[Dimension]) -> Iterable[dict[str, Any]]:
 
 
 def held_params(
-    study: Study, names: Sequence[str], *, exclude: int | None = None, before: int | None = None
+    study: Study,
+    names: Sequence[str],
+    *,
+    exclude: int | None = None,
+    before: int | None = None,
+    trials: Sequence[FrozenTrial] | None = None,
 ) -> dict[tuple, int]:
     """The parameter sets the study holds (key -> the lowest trial number holding it): every trial, any state,
     with all of `names` set or fixed, except trials failed as duplicates, trial `exclude`, and (given `before`)
-    trials numbered `before` or higher."""
-    trials = study.get_trials(deepcopy=False)  # one read (on RDB one query), split here
+    trials numbered `before` or higher. `trials`: every trial of the study, where the caller has just read them
+    (else read here: one read, on RDB one query)."""
+    if trials is None:
+        trials = all_trials(study)  # not study.get_trials: a sampler may be handed one bracket's view (Hyperband)
     finished = [t for t in trials if t.state in _FINISHED]
     held = _finished_held(study, names, finished)
     lowest = held.lowest
@@ -151,6 +162,24 @@ def held_params(
 
 
 _FINISHED = frozenset((TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+
+
+def held_by(
+    study: Study, names: Sequence[str], params: dict[str, Any], *, before: int, trials: Sequence[FrozenTrial]
+) -> int | None:
+    """The lowest trial numbered below `before` that holds `params` over `names` (None: none does), as
+    `held_params(..., before=before)` would tell, without building the whole map: the finished holders are
+    looked up in the study's incremental sets, the unfinished trials scanned. `trials`: every trial of the study."""
+    key = params_key(params, names)
+    lowest = _finished_held(study, names, [t for t in trials if t.state in _FINISHED]).lowest.get(key)
+    holder = lowest if lowest is not None and lowest < before else None
+    for t in trials:
+        n = t.number
+        if t.state in _FINISHED or n >= before or (holder is not None and n >= holder):
+            continue
+        if _held_key(t, names) == key:
+            holder = n
+    return holder
 
 
 class _Held:
@@ -187,7 +216,7 @@ def _held_params_scan(
 ) -> dict[tuple, int]:
     """`held_params` read from every trial (the rare case of an excluded finished trial that holds its key)."""
     held: dict[tuple, int] = {}
-    for t in study.get_trials(deepcopy=False):
+    for t in all_trials(study):
         n = t.number
         if n == exclude or (before is not None and n >= before):
             continue
@@ -236,22 +265,15 @@ class TrialSeededSampler(BaseSampler):
         # sampler made for one trial recomputes from every trial of the study (~24 ms at 2,000 trials). The space
         # does not depend on the seed, so each trial's own seeded sampler draws in it.
         self._space_sampler: BaseSampler | None = None
-        self._draws: dict[int, int] = {}  # trial number -> its draw index, from before_trial
 
     def reseed_rng(self) -> None:  # the seeds come from the draw indices
         pass
 
-    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
-        """Record the trial's `draw_index` (`DRAW_ATTR`): Hyperband places a trial in a bracket by it
-        (`sweeps.pruners`), so a study that retried a killed trial brackets its later trials as the same study run
-        without the kill does. A retry carries its original's (its system attrs are copied)."""
-        if DRAW_ATTR not in trial.system_attrs and trial_origin(trial.system_attrs) != RETRY:
-            self._draws[trial.number] = draw_index(study, trial)  # read by this trial's sampling, not counted again
-            set_trial_system_attr(study, trial, DRAW_ATTR, self._draws[trial.number])
-
-    def _draw_index(self, study: Study, trial: FrozenTrial) -> int:
-        known = self._draws.get(trial.number)
-        return draw_index(study, trial) if known is None else known
+    @staticmethod
+    def _draw_index(study: Study, trial: FrozenTrial, trials: Sequence[FrozenTrial] | None = None) -> int:
+        """The trial's `draw_index`: its recorded one (a retry carries its original's), else counted."""
+        recorded = trial.system_attrs.get(DRAW_ATTR)
+        return int(recorded) if recorded is not None else draw_index(study, trial, trials)
 
     @staticmethod
     def _preset(trial: FrozenTrial) -> bool:
@@ -263,8 +285,9 @@ class TrialSeededSampler(BaseSampler):
     def sample_relative(self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]):
         if not search_space:
             return {}
-        held = set(held_params(study, self._names, exclude=trial.number))  # later trials too: other workers'
-        index = self._draw_index(study, trial)
+        trials = all_trials(study)  # one read for both: every trial, not a bracket's view
+        held = set(held_params(study, self._names, exclude=trial.number, trials=trials))  # later ones: other workers'
+        index = self._draw_index(study, trial, trials)
         if self._space_sampler is None:
             self._space_sampler = self._factory(self._seed)
         relative = self._space_sampler.infer_relative_search_space(study, trial)
@@ -311,7 +334,6 @@ class TrialSeededSampler(BaseSampler):
         return optuna.samplers.RandomSampler(seed=seed).sample_independent(study, trial, param_name, param_distribution)
 
     def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None):
-        self._draws.pop(trial.number, None)
         inner = self._inner.pop(trial.number, None)
         if inner is not None:
             inner.after_trial(study, trial, state, values)

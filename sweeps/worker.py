@@ -65,13 +65,15 @@ class StudyAlreadyDone(Exception):
 
 
 def open_study(checked: CheckedSweep, storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
-    """The existing study of `checked`, with this sweep's sampler and pruner (a `CellStudy` for grids)."""
+    """The existing study of `checked`, with this sweep's sampler and pruner (a `CellStudy` for grids), recording
+    this process as the worker of every trial it takes."""
     sweep, base, dims = checked
     return study_class(sweep)(
         study_name=sweep.study_name,
         storage=storage or build_storage(sweep),
         sampler=build_sampler(sweep, dims),
         pruner=build_pruner(sweep, base.trainer.epochs),
+        worker_attrs={TrialAttr.WORKER: worker_identity()},
     )
 
 

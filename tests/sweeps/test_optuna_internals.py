@@ -10,11 +10,9 @@ import pytest
 from optuna.trial import TrialState
 
 from sweeps.optuna_internals import (
-    QueueOnlyStudy,
+    WorkerStudy,
     all_trials,
-    set_trial_system_attr,
     stale_trial_ids,
-    storage_of,
     trial_id,
     trial_record,
 )
@@ -22,22 +20,26 @@ from sweeps.optuna_internals import (
 
 def test_a_running_trial_reads_the_record_it_was_enqueued_with():
     study = optuna.create_study()
-    study.enqueue_trial({"x": 1.0}, user_attrs={"cell": 3})
+    study.add_trial(  # as sweeps.recovery enqueues a retry: with the killed attempt's epochs
+        optuna.create_trial(
+            state=TrialState.WAITING, params={"x": 1.0},
+            distributions={"x": optuna.distributions.FloatDistribution(0, 2)},
+            user_attrs={"cell": 3}, system_attrs={"retry_history": [0]}, intermediate_values={2: 0.5},
+        )
+    )  # fmt: skip
     trial = study.ask()
-    storage_of(study).set_trial_intermediate_value(trial_id(trial), 2, 0.5)  # a killed attempt's epoch, carried over
     record = trial_record(trial)
-    assert record.number == trial.number and record.user_attrs["cell"] == 3
-    assert record.intermediate_values == {2: 0.5} and "fixed_params" in record.system_attrs
+    assert record.number == trial.number and record.user_attrs["cell"] == 3 and trial.params == {"x": 1.0}
+    assert record.intermediate_values == {2: 0.5} and record.system_attrs["retry_history"] == [0]
+    trial.set_user_attr("status", "running")  # the trial's own writes show in it, as in the storage
+    assert record.user_attrs["status"] == "running" == study.trials[0].user_attrs["status"]
 
 
-def test_system_attrs_and_all_trials_through_the_storage():
+def test_all_trials_through_the_storage():
     study = optuna.create_study()
     for _ in range(2):
         study.tell(study.ask(), 1.0)
     study.ask()
-    frozen = study.trials[2]  # as a sampler's before_trial is handed it: running
-    set_trial_system_attr(study, frozen, "draw_index", 7)
-    assert study.trials[2].system_attrs["draw_index"] == 7
     assert [t.number for t in all_trials(study)] == [0, 1, 2]
 
 
@@ -45,7 +47,7 @@ def test_an_empty_queue_reaches_the_hook_before_a_trial_is_created():
     class Stop(Exception):
         pass
 
-    class OnlyQueued(QueueOnlyStudy):
+    class OnlyQueued(WorkerStudy):
         def nothing_waiting(self) -> None:
             raise Stop
 
@@ -68,3 +70,108 @@ def test_stale_heartbeats_are_seen_while_the_trial_still_runs(tmp_path):
     assert stale_trial_ids(study) == [trial_id(trial)]
     assert study.trials[0].state == TrialState.RUNNING  # still writable: status and reason go on first
     assert stale_trial_ids(optuna.create_study()) == []  # no heartbeat, nothing stale
+
+
+def _storages(tmp_path, postgres=None):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    yield "journal", JournalStorage(JournalFileBackend(str(tmp_path / "s.journal")))
+    yield "sqlite", optuna.storages.get_storage(f"sqlite:///{tmp_path / 's.db'}")  # cached, as Optuna wraps RDB
+    yield "memory", optuna.storages.InMemoryStorage()
+    if postgres is not None:
+        yield "postgres", optuna.storages.get_storage(postgres)
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite", "memory"])
+def test_several_attrs_are_one_write_and_read_back_as_written(tmp_path, kind, monkeypatch):
+    """`set_trial_attrs`: one journal append (one lock, one fsync) or one RDB transaction for all the attrs; every
+    reader (this process, a fresh one) sees each attr as Optuna's own setters write it."""
+    from optuna.storages.journal import JournalFileBackend
+
+    from sweeps.optuna_internals import set_trial_attrs
+
+    storage = dict(_storages(tmp_path))[kind]
+    appends = []
+    original = JournalFileBackend.append_logs
+    monkeypatch.setattr(
+        JournalFileBackend, "append_logs", lambda self, logs: appends.append(len(logs)) or original(self, logs)
+    )
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    set_trial_attrs(storage, trial_id(trial), {"status": "running", "run_dir": "/r", "worker": {"pid": 1}},
+                    {"draw_index": 4})  # fmt: skip
+    frozen = study.trials[0]
+    assert frozen.user_attrs == {"status": "running", "run_dir": "/r", "worker": {"pid": 1}}
+    assert frozen.system_attrs == {"draw_index": 4}
+    if kind == "journal":
+        assert appends[-1] == 4  # the four entries in one append
+        fresh = optuna.load_study(study_name=study.study_name, storage=optuna.storages.JournalStorage(
+            JournalFileBackend(str(tmp_path / "s.journal"))))  # fmt: skip
+        assert fresh.trials[0].user_attrs == frozen.user_attrs and fresh.trials[0].system_attrs == {"draw_index": 4}
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite", "memory"])
+def test_attrs_of_a_finished_trial_are_refused_once_and_nothing_is_left_to_raise_later(tmp_path, kind):
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    from sweeps.optuna_internals import set_trial_attrs
+
+    storage = dict(_storages(tmp_path))[kind]
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    study.tell(trial, 1.0)
+    with pytest.raises(UpdateFinishedTrialError):
+        set_trial_attrs(storage, trial_id(trial), {"status": "stale", "reason": "gone"}, {"draw_index": 1})
+    assert study.trials[0].user_attrs == {} and study.trials[0].system_attrs == {}
+    study.tell(study.ask(), 2.0)  # the next writes and reads of this process raise nothing left over
+    assert [t.value for t in study.trials] == [1.0, 2.0]
+
+
+def test_several_attrs_are_one_postgres_transaction(postgres_study):
+    """On PostgreSQL every write is a commit (`pg_stat_database.xact_commit`): the attrs together are one."""
+    import psycopg
+
+    from sweeps.optuna_internals import set_trial_attrs
+
+    url, name = postgres_study
+    storage = optuna.storages.get_storage(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    study = optuna.create_study(study_name=name, storage=storage)
+    trial = study.ask()
+    plain = url.replace("postgresql+psycopg://", "postgresql://")
+
+    def commits():
+        with psycopg.connect(plain, autocommit=True) as conn:
+            conn.execute("SELECT pg_stat_clear_snapshot()")
+            return conn.execute(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+            ).fetchone()[0]
+
+    before = commits()
+    set_trial_attrs(storage, trial_id(trial), {f"k{i}": i for i in range(6)}, {"draw_index": 2})
+    # the write's own commit, plus the two reads of `commits` (stats are flushed as sessions commit: an upper bound)
+    assert commits() - before <= 3
+    assert study.trials[0].user_attrs == {f"k{i}": i for i in range(6)} and study.trials[0].system_attrs == {
+        "draw_index": 2
+    }
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite", "memory"])
+def test_a_worker_study_records_its_worker_in_the_write_that_creates_the_trial(tmp_path, kind, monkeypatch):
+    """No moment where a trial is RUNNING without its worker (the one recovery could never tell dead): a new trial
+    is created with it; a popped WAITING trial gets it at once."""
+    storage = dict(_storages(tmp_path))[kind]
+    optuna.create_study(study_name="w", storage=storage)
+    study = WorkerStudy(study_name="w", storage=storage, worker_attrs={"worker": {"pid": 7}})
+    seen = []
+    created = type(storage).create_new_trial
+    monkeypatch.setattr(type(storage), "create_new_trial",
+                        lambda self, study_id, template_trial=None: seen.append(template_trial) or created(self, study_id, template_trial))  # fmt: skip
+    new = study.ask()
+    assert seen[0].user_attrs == {"worker": {"pid": 7}} and seen[0].state == TrialState.RUNNING
+    assert new.user_attrs == {"worker": {"pid": 7}} and study.trials[0].state == TrialState.RUNNING
+    assert study.trials[0].datetime_start is not None
+    study.enqueue_trial({"x": 1.0})
+    popped = study.ask()
+    assert popped.number == 1 and study.trials[1].user_attrs == {"worker": {"pid": 7}}
+    assert study.trials[1].state == TrialState.RUNNING and popped.suggest_float("x", 0, 2) == 1.0

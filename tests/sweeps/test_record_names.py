@@ -64,9 +64,9 @@ def test_a_trial_writes_its_attrs_once_each_worker_first(compose_sweep, wandb_id
     study.optimize(Objective(base, sweep, dims, train), n_trials=1)
     trial = study.trials[0]
     assert storage.writes == [
-        TrialAttr.WORKER, TrialAttr.ORIGIN,
-        TrialAttr.RUN_DIR, TrialAttr.WANDB_RUN_ID, TrialAttr.STATUS,  # before training
-        TrialAttr.STATUS, TrialAttr.EPOCHS_RUN,  # when it ends (no reason: train_fn gave none)
+        TrialAttr.WORKER,  # first (a WorkerStudy writes it as it takes the trial: not here, a plain optuna.Study)
+        TrialAttr.ORIGIN, TrialAttr.RUN_DIR, TrialAttr.WANDB_RUN_ID, TrialAttr.STATUS,  # before training (one write)
+        TrialAttr.EPOCHS_RUN, TrialAttr.STATUS,  # when it ends, no reason: train_fn gave none (one write)
     ]  # fmt: skip
     assert trial.user_attrs[TrialAttr.STATUS] == "completed" and trial.user_attrs[TrialAttr.EPOCHS_RUN] == 2
     assert trial.user_attrs[TrialAttr.RUN_DIR].endswith("trial-0") and trial.user_attrs[TrialAttr.WANDB_RUN_ID]
@@ -115,7 +115,7 @@ def test_held_params_and_draw_index_read_incrementally_equal_a_full_read():
     from optuna.trial import TrialState, create_trial
 
     from sweeps.record import SystemAttr, TrialAttr
-    from sweeps.samplers import _held_params_scan, draw_index, held_params
+    from sweeps.samplers import _held_params_scan, draw_index, held_by, held_params, params_key
 
     names = ["a", "b"]
     dists = {"a": CategoricalDistribution([0, 1, 2]), "b": CategoricalDistribution([0, 1])}
@@ -142,9 +142,12 @@ def test_held_params_and_draw_index_read_incrementally_equal_a_full_read():
             trials = study.get_trials(deepcopy=False)
             for number in (rng.randrange(len(trials)), None):
                 for before in (rng.randrange(len(trials) + 1), None):
-                    assert held_params(study, names, exclude=number, before=before) == _held_params_scan(
-                        study, names, exclude=number, before=before
-                    ), (round_, step, number, before)
+                    scan = _held_params_scan(study, names, exclude=number, before=before)
+                    assert held_params(study, names, exclude=number, before=before) == scan, (round_, step, number)
+                    if number is None and before is not None:  # the refusal's question: who below `before` holds it
+                        for params in ({"a": a, "b": b} for a in range(3) for b in range(2)):
+                            expected = scan.get(params_key(params, names))
+                            assert held_by(study, names, params, before=before, trials=trials) == expected
             last = trials[-1]
             retries = sum(t.number < last.number and SystemAttr.RETRY_HISTORY in t.system_attrs for t in trials)
             assert draw_index(study, last) == last.number - retries, (round_, step)

@@ -6,6 +6,7 @@ import optuna
 import pytest
 
 from sweeps.config import build_pruner, build_sampler, check_sweep, grid_cells, sampler_factory, study_class
+from sweeps.optuna_internals import WorkerStudy
 from sweeps.samplers import CellStudy, TrialSeededSampler
 from sweeps.space import SweepConfigError, apply_params, config_params, grid_search_space, parse_window
 from sweeps.validate import check_trial_values
@@ -132,7 +133,7 @@ def test_samplers_pruners_and_grid(compose_sweep):
     ]:
         sweep, _, dims = check_sweep(compose_sweep(f"sweep.sampler.name={name}"))
         sampler = build_sampler(sweep, dims)
-        assert isinstance(sampler, TrialSeededSampler) and study_class(sweep) is optuna.Study
+        assert isinstance(sampler, TrialSeededSampler) and study_class(sweep) is WorkerStudy
         assert type(sampler_factory(sweep)(0)).__name__ == cls
     for name, cls in [
         ("median", "MedianPruner"),
@@ -158,26 +159,47 @@ def test_trial_config_names_its_wandb_run_and_flattens_the_window(compose_sweep,
     assert extra["trial_params"] == {"model.rpb.window_size": "5x5"}
 
 
-def test_a_config_template_copies_as_the_config_does(compose_sweep, tmp_path):
-    """Each trial's config is unpickled from a ConfigTemplate (not deep-copied): the same values, the same schema
-    (a wrong type is refused as set), struct mode (an unknown key is refused), and copies independent of each
-    other and of the base."""
+def _plain_trial_config(base, sweep, spec):
+    """The reference: a trial's config built on a deep copy of the whole base, every key set per trial."""
+    from omegaconf import OmegaConf
+
+    from sweeps.space import apply_params, fixed_values, window_label
+
+    cfg = apply_params(base, spec.params, fixed_values(sweep))
+    cfg.run_dir, cfg.resume, cfg.name = spec.run_dir, spec.resume, f"{sweep.study_name}-trial-{spec.number}"
+    wb = cfg.tracker.wandb
+    wb.group, wb.job_type, wb.name, wb.id = sweep.study_name, "trial", f"trial-{spec.number}", spec.wandb_id
+    window = window_label(list(cfg.model.rpb.window_size))
+    wb.tags = [*wb.tags, f"study-{sweep.study_name}", f"window-{window}"]
+    cfg.tracker.extra_config = {
+        **OmegaConf.to_container(cfg.tracker.extra_config), "study_name": sweep.study_name, "sweep_kind": sweep.kind,
+        "window_size": window, "trial_number": spec.number, "trial_params": dict(spec.params), **spec.extra,
+    }  # fmt: skip
+    return cfg
+
+
+def test_trial_configs_equal_a_config_built_whole_and_keep_its_types(compose_sweep, tmp_path):
+    """Each trial's config is unpickled from a ConfigTemplate of what the study's trials share (not deep-copied
+    and set whole): the same values as the plain construction, the same schema (a wrong type is refused as set),
+    struct mode (an unknown key is refused), and copies independent of each other and of the base."""
     from omegaconf import OmegaConf
     from omegaconf.errors import ConfigAttributeError, ValidationError
 
-    from sweeps.objective import TrialSpec, trial_config
-    from sweeps.space import ConfigTemplate
+    from sweeps.objective import TrialConfigs, TrialSpec
 
-    sweep, base, _dims = check_sweep(compose_sweep())
-    template = ConfigTemplate(base)
-    spec = TrialSpec(number=1, params={"optim.lr": 3e-3, "model.rpb.window_size": "5x5"}, run_dir=str(tmp_path / "t1"),
-                     wandb_id="abc")  # fmt: skip
-    copied, plain = trial_config(template, sweep, spec), trial_config(base, sweep, spec)
-    assert copied == plain and OmegaConf.get_type(copied) is OmegaConf.get_type(base)
-    assert copied.optim.lr == 3e-3 and list(copied.model.rpb.window_size) == [5, 5]
+    sweep, base, _dims = check_sweep(compose_sweep("+sweep.fixed.optim.weight_decay=0.01"))
+    configs = TrialConfigs(base, sweep)
+    for number, window in ((1, "5x5"), (2, "3x3")):
+        spec = TrialSpec(number=number, params={"optim.lr": 3e-3 * number, "model.rpb.window_size": window},
+                         run_dir=str(tmp_path / f"t{number}"), wandb_id=f"id{number}", extra={"seed": number})  # fmt: skip
+        copied, plain = configs(spec), _plain_trial_config(base, sweep, spec)
+        assert copied == plain and OmegaConf.get_type(copied) is OmegaConf.get_type(base)
+        assert OmegaConf.to_yaml(copied) == OmegaConf.to_yaml(plain)  # the keys in the same order too
+    assert copied.optim.lr == 6e-3 and list(copied.model.rpb.window_size) == [3, 3]
+    assert copied.optim.weight_decay == 0.01 and list(copied.tracker.wandb.tags).count("window-3x3") == 1
     with pytest.raises(ValidationError):
         copied.optim.lr = "fast"
     with pytest.raises(ConfigAttributeError):
         copied.optim.learning_rate = 1.0
     copied.optim.lr = 1.0
-    assert template.copy().optim.lr == base.optim.lr == 2e-3  # neither the template nor the base changed
+    assert configs(spec).optim.lr == 6e-3 and base.optim.lr == 2e-3  # neither the template nor the base changed

@@ -220,7 +220,7 @@ def _loop_efficiency_of(preset: str, overrides: list[str], repeats: int, steps: 
     step, looped = _median(rates["pure step"]), _median(rates["train() loop"])
     data = cfg.data
     print(f"[loop efficiency] {preset} {data.img_size}x{data.img_size}x{data.in_channels}, batch {data.batch_size},"
-          f" {steps} steps, {threads} threads, num_workers={data.num_workers}: pure step {step:7.0f} img/s, "
+          f" {steps} steps, {threads} threads, num_workers={train_loader.num_workers}: pure step {step:7.0f} img/s, "
           f"train() {looped:7.0f} img/s, efficiency {looped / step:.3f} (target >= 0.95)", flush=True)  # fmt: skip
 
 

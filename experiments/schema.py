@@ -28,9 +28,9 @@ class DataConfig:
     eval_batch_size: int | None = MISSING
     val_fraction: float = MISSING
     num_samples: int = MISSING  # synthetic only
-    num_workers: int = MISSING
-    pin_memory: bool = MISSING
-    persistent_workers: bool = MISSING
+    num_workers: int | None = MISSING  # null: by the device (experiments.data.loader_options)
+    pin_memory: bool | None = MISSING
+    persistent_workers: bool | None = MISSING
     download: bool = MISSING
     augment: bool = MISSING
     randaugment: bool = MISSING

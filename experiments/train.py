@@ -214,7 +214,7 @@ def _build(cfg: DictConfig, accelerator: Any) -> _Setup:
     num_params = sum(p.numel() for p in model.parameters() if p.requires_grad)  # trainable, as timm counts them
     optimizer = build_optimizer(model, cfg.optim)
     try:
-        train_loader, val_loader = build_dataloaders(cfg.data, seed=cfg.seed)
+        train_loader, val_loader = build_dataloaders(cfg.data, seed=cfg.seed, cuda=accelerator.device.type == "cuda")
     except ValueError as exc:  # data.py names the data.* key at fault
         raise ConfigError(str(exc)) from None
     if tc.compile:

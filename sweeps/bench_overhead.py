@@ -29,6 +29,7 @@ from pathlib import Path
 
 EPOCHS = 5
 _FIRST_CALL_ENV = "RPB_BENCH_FIRST_CALLS"  # a folder where each worker notes the time of its first trial
+_FIRST_TRIAL_HOLD_S = 3.0  # a worker's first trial lasts this long when worker start is timed
 
 
 def _value(params: dict, epoch: int) -> float:
@@ -48,6 +49,7 @@ def fake_train(cfg, on_epoch_end=None) -> dict:
     folder = os.environ.get(_FIRST_CALL_ENV)
     if folder and not (Path(folder) / str(os.getpid())).exists():
         (Path(folder) / str(os.getpid())).write_text(repr(time.time()))
+        time.sleep(_FIRST_TRIAL_HOLD_S)  # so that the workers starting later still find a trial to take
     params = {"optim.lr": cfg.optim.lr}
     status, epoch = "completed", 0
     for epoch in range(1, EPOCHS + 1):
@@ -205,7 +207,10 @@ def worker_start(workers: int) -> list[float]:
         env = {**os.environ, _FIRST_CALL_ENV: str(calls), "WANDB_MODE": "disabled"}
         start = time.time()
         subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, check=True)
-        return sorted(float(p.read_text()) - start for p in calls.iterdir())
+        starts = sorted(float(p.read_text()) - start for p in calls.iterdir())
+        if len(starts) < workers:
+            raise RuntimeError(f"only {len(starts)} of {workers} workers ran a trial: the others started too late")
+        return starts
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,7 +27,7 @@ from experiments.launch import stop_signal
 from experiments.result import TrainResult, epoch_line, plural
 from experiments.run_dir import RunDir, last_checkpoint
 from sweeps.format import format_number
-from sweeps.optuna_internals import set_user_attrs, trial_record
+from sweeps.optuna_internals import set_user_attrs, trial_record, trials_read_in_trial
 from sweeps.record import (
     COMPLETE_STATUSES,
     DUPLICATE,
@@ -43,7 +43,7 @@ from sweeps.record import (
     trial_origin,
 )
 from sweeps.recovery import worker_identity
-from sweeps.samplers import DRAW_ATTR, draw_index, held_by
+from sweeps.samplers import DRAW_ATTR, draw_index, held_by, unsettled
 from sweeps.space import ConfigTemplate, Dimension, SweepConfigError, apply_params, fixed_values, window_label
 from sweeps.storage import mask_secrets
 
@@ -338,8 +338,12 @@ class Objective:
         origin = trial_origin(record.system_attrs)
         old_run_dir = _resume_dir(trial)  # read before run_dir is overwritten
         spec = self.spec(trial)
-        # One read of the study, after this trial's params are written: for the refusals and the trial's place.
-        trials = trial.study.get_trials(deepcopy=False)
+        # The study as the sampler read it in this trial (no read of its own), for the refusals and the trial's
+        # place; read again where a repeat could have appeared since: a queued trial's claim, or an earlier trial
+        # that was still drawing its parameters.
+        trials = trials_read_in_trial(trial.study)
+        if origin != SAMPLED or unsettled(trials, [d.path for d in self.dims], trial.number):
+            trials = trial.study.get_trials(deepcopy=False)
         attrs: dict[str, Any] = {TrialAttr.ORIGIN: origin}
         draw = {}  # its place in the study's draws, Hyperband's bracket (a retry carries its original's)
         if DRAW_ATTR not in record.system_attrs and origin != RETRY:

@@ -113,6 +113,16 @@ def all_trials(study: optuna.Study) -> list[FrozenTrial]:
     return storage_of(study).get_all_trials(study._study_id, deepcopy=False)
 
 
+def trials_read_in_trial(study: optuna.Study) -> list[FrozenTrial]:
+    """Every trial of the study, from the one read Optuna's samplers share within a trial: the list
+    `Study._get_trials(use_cache=True)` reads at its first use after `ask()` (which empties it), so it holds the
+    trial being run and every trial numbered before it. TPE reads it too, so a sampler or an objective reading it
+    costs no storage read of its own (on RDB a transaction each). Not for reads that must see what other workers
+    did since (a trial finished, a trial created): those read the storage. Also on Hyperband's bracket view, whose
+    `_get_trials` is the whole study's (only its `get_trials` is one bracket's)."""
+    return study._get_trials(deepcopy=False, use_cache=True)
+
+
 def study_key(study: optuna.Study) -> tuple[str, int]:
     """(name, storage id) of a study: a study deleted and created again under its name is another study to a cache
     of its trials; only the storage's id tells them apart, and `Study` does not expose it."""

@@ -9,12 +9,13 @@ reader of the storage (optuna-dashboard, `study.trials_dataframe()`) finds the n
     TrialAttr, StudyAttr, SystemAttr the keys of trial user attrs, study user attrs and trial system attrs
     Origin                           where a trial's parameters come from (`trial_origin`)
 
-A trial's user attrs in the order its life writes them: `cell` / `enqueued` (when enqueued), `worker` (first: a
-RUNNING trial without a worker is one recovery can never tell dead), `origin`, `resumed_from` (a retry that
-continues a checkpoint), `run_dir`, `wandb_run_id`, `status` "running" and `reason` "" (before training), then
-`status`, `reason` and `epochs_run` when it ends (`run_dir` / `wandb_run_id` again only where training changed
-them). A retry carries its original's attrs but status, reason, worker and W&B run, plus `retry_of` and
-`retry_reason`.
+A trial's user attrs in the order its life writes them: `cell` / `enqueued` (when enqueued); `worker` in the write
+that creates it or, for a queued trial, right after it is taken (`sweeps.optuna_internals.WorkerStudy`: a RUNNING
+trial without a worker is one recovery can never tell dead); then, in one write before training, `origin`,
+`resumed_from` (a retry that continues a checkpoint), `run_dir`, `wandb_run_id` and `status` "running" (with the
+system attr `draw_index`); then, in one write when it ends, `status`, `reason` (where there is one) and
+`epochs_run` (`run_dir` / `wandb_run_id` again only where training changed them). A retry carries its original's
+attrs but status, reason, worker and W&B run, plus `retry_of` and `retry_reason`.
 
 Only optuna's types, the standard library and `experiments.result` (standard library only) are imported here.
 """

@@ -45,7 +45,7 @@ from optuna.samplers import BaseSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeps.optuna_internals import WorkerStudy, all_trials, storage_of, study_key
+from sweeps.optuna_internals import WorkerStudy, all_trials, storage_of, study_key, trials_read_in_trial
 from sweeps.record import DUPLICATE, RETRY, SystemAttr, TrialAttr, trial_origin
 from sweeps.space import Dimension
 
@@ -226,6 +226,17 @@ def _held_params_scan(
     return held
 
 
+def unsettled(trials: Sequence[FrozenTrial], names: Sequence[str], before: int) -> bool:
+    """Whether some unfinished trial numbered below `before` had not all of `names` set when `trials` was read
+    (a trial of another worker still drawing its parameters): only such a trial can still come to hold the set
+    the trial `before` drew, so the refusal of repeats reads the study again only then."""
+    return any(
+        t.number < before and not t.state.is_finished() and _held_key(t, names) is None
+        and t.user_attrs.get(TrialAttr.STATUS) != DUPLICATE
+        for t in trials
+    )  # fmt: skip
+
+
 def _held_key(t: FrozenTrial, names: Sequence[str]) -> tuple | None:
     """The params key a trial holds (None: a refused duplicate, or a trial without all of `names`)."""
     if t.user_attrs.get(TrialAttr.STATUS) == DUPLICATE:
@@ -285,7 +296,7 @@ class TrialSeededSampler(BaseSampler):
     def sample_relative(self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]):
         if not search_space:
             return {}
-        trials = all_trials(study)  # one read for both: every trial, not a bracket's view
+        trials = trials_read_in_trial(study)  # the trial's one read, which TPE reads too: every trial, any bracket
         held = set(held_params(study, self._names, exclude=trial.number, trials=trials))  # later ones: other workers'
         index = self._draw_index(study, trial, trials)
         if self._space_sampler is None:

@@ -153,6 +153,59 @@ def test_a_racing_duplicate_fails_before_it_trains(compose_sweep):
     assert trained == []
 
 
+def test_a_duplicate_drawn_by_a_trial_still_drawing_when_the_sampler_read_fails_before_it_trains(compose_sweep):
+    """The refusal uses the study as the sampler read it in the trial (no read of its own), and reads again when an
+    earlier trial was still drawing its parameters then: here trial 0 (another worker) writes the set trial 1
+    drew after trial 1's sampler read the study."""
+    from sweeps.optuna_internals import storage_of, trial_id
+    from sweeps.samplers import unsettled
+
+    sweep, base, dims = check_sweep(compose_sweep())
+    params = {"optim.lr": 1e-3, "optim.weight_decay": 0.05, "model.drop_rate": 0.1,
+              "model.rpb.window_size": "7x7", "model.rpb.init_std": 0.02}  # fmt: skip
+    dists = {d.path: d.distribution() for d in dims}
+    names = [d.path for d in dims]
+
+    class Racing(optuna.samplers.RandomSampler):
+        def sample_independent(self, study, trial, name, dist):
+            seen = study._get_trials(deepcopy=False, use_cache=True)  # the trial's one read, as TPE makes it
+            if name == names[-1]:  # trial 0 finishes its draw now, after that read
+                assert unsettled(seen, names, trial.number)
+                for n, value in params.items():
+                    storage_of(study).set_trial_param(trial_id(other), n, dists[n].to_internal_repr(value), dists[n])
+            return params[name]
+
+    study = optuna.create_study(sampler=Racing())
+    other = study.ask()  # trial 0: another worker's, RUNNING and still without params
+    trained = []
+    objective = Objective(base, sweep, dims, lambda cfg, on_epoch_end=None: trained.append(cfg) or {})
+    study.optimize(objective, n_trials=1, catch=(DuplicateTrial,))
+    dup = study.trials[1]
+    assert (
+        dup.state == TrialState.FAIL
+        and dup.user_attrs["reason"] == "trial 0 holds the same parameters; not trained again"
+    )
+    assert trained == []
+
+
+def test_unsettled_means_an_earlier_unfinished_trial_without_its_full_set():
+    from sweeps.samplers import unsettled
+
+    dist = optuna.distributions.FloatDistribution(0, 1)
+    full = optuna.create_trial(
+        state=TrialState.RUNNING, params={"a": 0.5, "b": 0.5}, distributions={"a": dist, "b": dist}
+    )
+    half = optuna.create_trial(state=TrialState.RUNNING, params={"a": 0.5}, distributions={"a": dist})
+    failed = optuna.create_trial(state=TrialState.FAIL, params={"a": 0.5}, distributions={"a": dist})
+    for number, t in enumerate((full, half, failed)):
+        t.number = number
+    assert not unsettled([full, failed], ["a", "b"], before=5)  # a finished trial's params never change
+    assert unsettled([full, half], ["a", "b"], before=5)
+    assert not unsettled([full, half], ["a", "b"], before=1)  # a later trial gives way itself
+    half.user_attrs = {"status": "duplicate"}
+    assert not unsettled([half], ["a", "b"], before=5)  # a refused one holds nothing
+
+
 def test_grid_cells_are_enqueued_once_and_run_once(compose_sweep):
     study = run_study(compose_sweep(*SMALL_GRID))
     cells = sorted((t.params["model.rpb.window_size"], t.params["seed"]) for t in study.get_trials())

@@ -158,3 +158,48 @@ def test_a_train_fn_that_reports_only_the_metric_completes(compose_sweep, capsys
     # no loss, lr or epoch time reported: the epoch, then what is left
     assert re.search(r"\[trial 0, 1 of 2\] epoch 1/2 \| ~\w+ left in the trial\n", out)
     assert re.search(r"\[trial 1, 2 of 2\] epoch 2/2 \| ~\w+ in the study\n", out)
+
+
+def test_a_postgres_connection_lost_while_idle_is_replaced_and_calls_back_to_back_are_not_pinged(
+    compose_sweep, postgres_study, monkeypatch
+):
+    """`sweeps.storage.ping_idle_connections`: the server drops the pooled connection (a restart, a proxy); the
+    worker's next storage call, after the connection sat idle, succeeds on a new one. Calls that follow each other
+    within `PING_IDLE_S` cost no ping: one commit each (pool_pre_ping made it two)."""
+    import time
+
+    import optuna
+    import psycopg
+
+    import sweeps.storage as storage_module
+
+    url, name = postgres_study
+    plain = url.replace("postgresql+psycopg://", "postgresql://")
+    monkeypatch.setattr(storage_module, "PING_IDLE_S", 0.3)
+    cfg = compose_sweep(f"sweep.storage={url}", f"sweep.study_name={name}")
+    storage = build_storage(cfg.sweep, heartbeat=False)
+    study = optuna.create_study(study_name=name, storage=storage)
+    study.set_user_attr("a", 1)
+
+    with psycopg.connect(plain, autocommit=True) as admin:
+
+        def commits():
+            admin.execute("SELECT pg_stat_clear_snapshot()")
+            return admin.execute(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+            ).fetchone()[0]
+
+        time.sleep(1.2)  # the server's statistics of the calls above are flushed
+        before = commits()
+        for i in range(20):  # back to back: no ping
+            storage.set_study_user_attr(study._study_id, f"k{i}", i)
+        time.sleep(1.2)
+        assert commits() - before <= 20 + 2  # each call's own commit (plus this check's own reads)
+        gone = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND application_name NOT LIKE 'pytest%'"
+        ).fetchall()
+        assert gone  # the storage's pooled connection was dropped by the server
+    time.sleep(0.5)  # idle past PING_IDLE_S: pinged, found dead, replaced
+    study.set_user_attr("b", 2)
+    assert optuna.load_study(study_name=name, storage=storage).user_attrs["b"] == 2

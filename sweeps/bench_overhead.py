@@ -3,6 +3,7 @@
     python -m sweeps.bench_overhead                                   # journal, 100 and 500 trials
     python -m sweeps.bench_overhead --sizes 100 500 2000 --storages journal postgres
     python -m sweeps.bench_overhead --workers 1 2 4 8 --sizes         # worker start time only
+    python -m sweeps.bench_overhead --repeats 3                       # medians of 3 interleaved runs
 
 Both sides run the same study in fresh processes, interleaved (Optuna, rpb-lab, at each size and storage): a TPE
 sampler (seed 0, the project's n_startup_trials), the median pruner, the same five parameters, and a trainer that
@@ -220,6 +221,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres",
                    help="server to create the benchmark's databases on (each run gets a fresh one)")  # fmt: skip
     p.add_argument("--workers", type=int, nargs="*", default=[], help="time worker start at these counts")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="runs of each side at each size, interleaved; the medians of their per-trial means are printed "
+                        "(this shared machine's speed drifts by tens of percent between runs)")  # fmt: skip
     p.add_argument("--child", choices=("optuna", "rpb"), help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
     p.add_argument("--dir", help=argparse.SUPPRESS)
@@ -230,20 +234,26 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.dir, "result.json").write_text(json.dumps(result))
         return
     if args.sizes:
-        print(f"per trial, {EPOCHS} reported epochs each; TPE + median pruner; fresh processes, interleaved")
+        print(f"per trial, {EPOCHS} reported epochs each; TPE + median pruner; fresh processes, interleaved; medians of "
+              f"{max(1, args.repeats)} run(s), the ratio of each pair of runs")  # fmt: skip
         print(f"{'storage':>8} {'trials':>6} | {'optuna CPU':>10} {'rpb CPU':>9} {'ratio':>6} | {'optuna wall':>11} "
               f"{'rpb wall':>9} | {'growth b/1k: optuna':>19} {'rpb':>7} | commits optuna rpb")  # fmt: skip
     for storage in args.storages if args.sizes else []:
         url = args.postgres if storage == "postgres" else None
         for n in args.sizes:
-            plain, ours = _fresh("optuna", n, url), _fresh("rpb", n, url)
-            oc, rc = statistics.fmean(plain["cpu"]), statistics.fmean(ours["cpu"])
-            ow, rw = statistics.fmean(plain["wall"]), statistics.fmean(ours["wall"])
-            (_, ob), (_, rb) = growth(plain["cpu"]), growth(ours["cpu"])
+            runs = [(_fresh("optuna", n, url), _fresh("rpb", n, url)) for _ in range(max(1, args.repeats))]
+            plain, ours = runs[0]
+            oc = statistics.median(statistics.fmean(p["cpu"]) for p, _ in runs)
+            rc = statistics.median(statistics.fmean(r["cpu"]) for _, r in runs)
+            ow = statistics.median(statistics.fmean(p["wall"]) for p, _ in runs)
+            rw = statistics.median(statistics.fmean(r["wall"]) for _, r in runs)
+            ratio = statistics.median(statistics.fmean(r["cpu"]) / statistics.fmean(p["cpu"]) for p, r in runs)
+            ob = statistics.median(growth(p["cpu"])[1] for p, _ in runs)
+            rb = statistics.median(growth(r["cpu"])[1] for _, r in runs)
             commits = (
                 f"{plain['commits'] / n:6.1f} {ours['commits'] / n:5.1f}" if plain["commits"] is not None else "   n/a"
             )
-            print(f"{storage:>8} {n:>6} | {oc * 1e3:7.1f} ms {rc * 1e3:6.1f} ms {rc / oc:5.2f}x | {ow * 1e3:8.1f} ms "
+            print(f"{storage:>8} {n:>6} | {oc * 1e3:7.1f} ms {rc * 1e3:6.1f} ms {ratio:5.2f}x | {ow * 1e3:8.1f} ms "
                   f"{rw * 1e3:6.1f} ms | {ob * 1e3:16.2f} ms {rb * 1e3:4.2f} ms | {commits}", flush=True)  # fmt: skip
     for workers in args.workers:
         starts = worker_start(workers)

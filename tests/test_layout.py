@@ -7,6 +7,7 @@ a deferred import still ties two modules together), nothing is imported or run.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,26 @@ def test_nothing_below_the_ablation_imports_it():
     wrong = sorted(f"{m} -> {t}" for m in below for t in graph[m] if t == ABLATION or t.startswith(ABLATION + "."))
     assert not wrong, "the ablation is a client of the sweeps, imported by none of them: " + ", ".join(wrong)
     assert not [m for m in graph if "sweeps.ablate" in graph[m]], "sweeps.ablate is a command, not a module to import"
+
+
+def _sweeps_stack() -> list[set[str]]:
+    """The rows of the stack `sweeps/__init__.py` documents, top (imported by the rest) first."""
+    import sweeps
+
+    text = sweeps.__doc__.split("A stack read from the bottom up", 1)[1].split("\n\n", 1)[0]
+    rows = []
+    for line in text.splitlines()[2:]:
+        names = re.split(r"\s{2,}", line.strip())[0] if line[4:5].strip() else ""
+        if names and not names.endswith("/"):
+            rows.append({f"sweeps.{n.strip()}" for n in names.split(",")})
+    return rows
+
+
+def test_sweeps_imports_only_what_its_documented_stack_puts_above_or_beside():
+    graph = import_graph()
+    rows = _sweeps_stack()
+    row_of = {m: i for i, row in enumerate(rows) for m in row}
+    listed = {m for m in graph if m.startswith("sweeps.") and not m.startswith(ABLATION) and m not in ABLATION_COMMANDS}
+    assert listed == set(row_of), f"modules missing from the stack: {sorted(listed - set(row_of))}"
+    wrong = sorted(f"{m} -> {t}" for m in listed for t in graph[m] if t in row_of and row_of[t] > row_of[m])
+    assert not wrong, "imports from below in sweeps' documented stack: " + ", ".join(wrong)

@@ -30,7 +30,7 @@ def test_digits_and_explicit_values_are_kept_on_any_device():
     assert loader_options(cifar, cuda=True, cores=16) == {"num_workers": 2, "pin_memory": False,
                                                           "persistent_workers": False}  # fmt: skip
     assert loader_options({"num_workers": 1, "persistent_workers": None}, cuda=False)["persistent_workers"] is True
-    with pytest.raises(ValueError, match="data.num_workers must be 0 or more"):
+    with pytest.raises(ValueError, match=r"data\.num_workers must be 0 or more"):
         loader_options({"num_workers": -1}, cuda=False)
 
 

@@ -76,7 +76,8 @@ class TrialConfigs:
 
     What the study's trials share (the fixed values, the W&B group, job type and study tag, the study's keys of
     `tracker.extra_config`) is set once, on a `ConfigTemplate`; a trial's config is a copy of it with the trial's
-    own values set (~1 ms a trial against ~2.5 ms for the whole config each time, `sweeps.bench_overhead`).
+    own values set (1.7 ms a trial against 2.1 ms for the whole config each time, best of 15 runs of 50 on this
+    project's 2-core machine).
 
     Not validated again per trial: the base config was validated once, each value set here is type-checked by the
     typed config as it is set, the space's values were checked against the model's rules before the study started

@@ -26,6 +26,7 @@ from experiments.config import to_yaml
 from experiments.launch import stop_signal
 from experiments.result import TrainResult, epoch_line, plural
 from experiments.run_dir import RunDir, last_checkpoint
+from sweeps.config import grid_cells, is_cell_study
 from sweeps.format import format_number
 from sweeps.optuna_internals import set_user_attrs, trial_record, trials_read_in_trial
 from sweeps.record import (
@@ -297,6 +298,15 @@ def quiet_optuna() -> None:
             handler.addFilter(_DropSaidFailures())
 
 
+def study_size(sweep: DictConfig, dims: list[Dimension]) -> int | None:
+    """The results a study should hold, for its progress lines: `sweep.n_trials`, or for a cell study (a grid, an
+    ablation) its cells, whichever is fewer (None: until a timeout or an exhausted space)."""
+    if not is_cell_study(sweep):
+        return sweep.n_trials
+    cells = len(grid_cells(sweep, dims))
+    return cells if sweep.n_trials is None else min(int(sweep.n_trials), cells)
+
+
 class Objective:
     """`objective(trial)` for `study.optimize`: suggests, trains through `train_fn`, reports every epoch.
 
@@ -323,7 +333,7 @@ class Objective:
         # How a trial line names the trial's params: the train_fn's own `describe_params` (the ablation names its
         # setting and seed), else `params_text`.
         self.describe_params: Callable[[Mapping[str, Any]], str] = getattr(train_fn, "describe_params", params_text)
-        self.progress = Progress(sweep.n_trials, sweep.workers)
+        self.progress = Progress(study_size(sweep, dims), sweep.workers)
         self._places: dict[int, int] = {}  # trial number -> its place, for the line that ends it
 
     def spec(self, trial: optuna.Trial) -> TrialSpec:

@@ -3,6 +3,8 @@ a finished study says so, pruned trials are ranked apart (issue: studies you can
 
 from __future__ import annotations
 
+import re
+
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -426,3 +428,11 @@ def test_a_cell_queued_twice_trains_once(compose_sweep):
     assert dup.state == TrialState.FAIL and dup.user_attrs["status"] == "duplicate"
     assert f"trial {first.number} already holds cell" in dup.user_attrs["reason"]
     assert len(trained) == 6
+
+
+def test_a_grid_names_each_trial_s_place_among_its_cells(compose_sweep, capsys):
+    """A cell study (grid, ablation) has no n_trials: its lines count its cells ("trial 4, 5 of 6")."""
+    run_study(compose_sweep(*SMALL_GRID))
+    out = capsys.readouterr().out
+    assert "of 6] started" in out and re.search(r"trial \d, 6 of 6 complete", out), out
+    assert not re.search(r"\[trial \d, \d\] ", out)

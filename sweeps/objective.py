@@ -189,6 +189,7 @@ def trial_line(
     """The one line printed when a trial finishes: number, state, value, epochs, params (`describe_params`).
 
     trial 3 complete: val_accuracy 0.512 after 5 epochs | lr 0.000316, weight_decay 0.0125, window_size 5x5
+    trial 6 complete: val_accuracy 0.964 after 35 epochs (best at epoch 33) | lr ...
     trial 4 pruned at epoch 2 (val_accuracy 0.41) | lr 0.00871, ...
     trial 5 failed: RuntimeError: CUDA out of memory | lr ...
     """
@@ -196,6 +197,9 @@ def trial_line(
     epochs = int(trial.user_attrs.get(TrialAttr.EPOCHS_RUN) or len(trial.intermediate_values))
     if trial.state == TrialState.COMPLETE:
         head = f"complete: {metric} {format_number(trial.value)} after {plural(epochs, 'epoch')}"
+        best = [e for e, v in trial.intermediate_values.items() if v == trial.value]
+        if best and max(best) != max(trial.intermediate_values):  # its value is an earlier epoch's (sweep.value=best)
+            head += f" (best at epoch {max(best)})"
     elif trial.state == TrialState.PRUNED:
         head = f"{status} at epoch {epochs} ({metric} {format_number(last_value(trial))})"
     else:

@@ -176,3 +176,17 @@ def test_progress_says_the_place_and_the_time_left():
     progress.durations += [100.0, 140.0]  # a trial takes 120 s: 8 more after this one, on 2 workers
     assert progress.time_left(4, 20, 2, 8) == "~1m20s left in the trial, ~9m20s in the study"
     assert progress.time_left(12, 100, 10, 0) == "~0s in the study"
+
+
+def test_a_complete_trial_line_names_the_epoch_its_value_comes_from_when_not_the_last():
+    """The epoch lines print every few epochs; a value taken from an earlier epoch (sweep.value=best) says which."""
+    dists = {"optim.lr": CategoricalDistribution([0.002])}
+
+    def complete(values, value):
+        return optuna.trial.create_trial(params={"optim.lr": 0.002}, distributions=dists, value=value,
+                                         intermediate_values=values)  # fmt: skip
+
+    line = trial_line(complete({1: 0.5, 2: 0.964, 3: 0.95}, 0.964), "val_accuracy")
+    assert "complete: val_accuracy 0.964 after 3 epochs (best at epoch 2) | lr 0.002" in line, line
+    line = trial_line(complete({1: 0.5, 2: 0.9, 3: 0.95}, 0.95), "val_accuracy")
+    assert "after 3 epochs | lr" in line and "best at" not in line  # the last epoch's: nothing to add

@@ -76,9 +76,8 @@ def params_key(params: dict[str, Any], names: Iterable[str]) -> tuple:
     return tuple((name, repr(params.get(name))) for name in names)
 
 
-DRAW_ATTR = (
-    SystemAttr.DRAW_INDEX
-)  # recorded before the trial trains (`sweeps.objective`; a retry carries its original's)
+# Recorded before the trial trains (`sweeps.objective`); a retry carries its original's.
+DRAW_ATTR = SystemAttr.DRAW_INDEX
 
 
 def draw_index(study: Study, trial: FrozenTrial, trials: Sequence[FrozenTrial] | None = None) -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.trial import FrozenTrial, TrialState
 
 from experiments.config import to_yaml
@@ -28,7 +28,13 @@ from experiments.result import TrainResult, epoch_line, plural
 from experiments.run_dir import RunDir, last_checkpoint
 from sweeps.config import grid_cells, is_cell_study
 from sweeps.format import format_number
-from sweeps.optuna_internals import set_user_attrs, trial_record, trials_read_in_trial
+from sweeps.optuna_internals import (
+    ParamWrites,
+    held_param_writes,
+    set_user_attrs,
+    trial_record,
+    trials_read_in_trial,
+)
 from sweeps.record import (
     COMPLETE_STATUSES,
     DUPLICATE,
@@ -92,10 +98,15 @@ class TrialConfigs:
         if wb is not None:
             wb.group, wb.job_type = sweep.study_name, "trial"
             wb.tags = [*wb.tags, f"study-{sweep.study_name}"]
-        self._extra = {  # tracker.extra_config: the base's, then the study's keys, then each trial's
+        # tracker.extra_config: the base's, then the study's keys, then each trial's (set on each copy)
+        self._window = OmegaConf.select(shared, "model.rpb.window_size") is not None
+        shared.tracker.extra_config = {
             **OmegaConf.to_container(shared.tracker.extra_config),
             "study_name": sweep.study_name,
             "sweep_kind": sweep.kind,
+            **({"window_size": None} if self._window else {}),
+            "trial_number": None,
+            "trial_params": None,
         }
         self._template = ConfigTemplate(shared)
 
@@ -105,20 +116,17 @@ class TrialConfigs:
         wb = cfg.tracker.get("wandb")
         if wb is not None:
             wb.name, wb.id = f"trial-{spec.number}", spec.wandb_id
-        extra = dict(self._extra)
-        window = OmegaConf.select(cfg, "model.rpb.window_size")
-        if window is not None:
+        extra = cfg.tracker.extra_config
+        if self._window:
             # "7x7": W&B groups and filters runs by it; "none" without a bias table (its config's window means nothing)
-            enabled = OmegaConf.select(cfg, "model.rpb.enabled", default=True)
-            extra["window_size"] = window_label(list(window)) if enabled else "none"
+            rpb = cfg.model.rpb
+            extra.window_size = window_label(list(rpb.window_size)) if rpb.get("enabled", True) else "none"
             if wb is not None:
-                wb.tags.append(f"window-{extra['window_size']}")
-        cfg.tracker.extra_config = {
-            **extra,
-            "trial_number": spec.number,
-            "trial_params": dict(spec.params),
-            **spec.extra,
-        }
+                wb.tags.append(f"window-{extra.window_size}")
+        extra.trial_number, extra.trial_params = spec.number, dict(spec.params)
+        if spec.extra:
+            with open_dict(extra):
+                extra.update(spec.extra)
         return cfg
 
 
@@ -351,36 +359,7 @@ class Objective:
         if TrialAttr.WORKER not in record.user_attrs:  # a WorkerStudy records it as it takes the trial; else first
             trial.set_user_attr(TrialAttr.WORKER, worker_identity())
         origin = trial_origin(record.system_attrs)
-        old_run_dir = _resume_dir(trial)  # read before run_dir is overwritten
-        spec = self.spec(trial)
-        # The study as the sampler read it in this trial (no read of its own), for the refusals and the trial's
-        # place; read again where a repeat could have appeared since: a queued trial's claim, or an earlier trial
-        # that was still drawing its parameters.
-        trials = trials_read_in_trial(trial.study)
-        if origin != SAMPLED or unsettled(trials, [d.path for d in self.dims], trial.number):
-            trials = trial.study.get_trials(deepcopy=False)
-        attrs: dict[str, Any] = {TrialAttr.ORIGIN: origin}
-        draw = {}  # its place in the study's draws, Hyperband's bracket (a retry carries its original's)
-        if DRAW_ATTR not in record.system_attrs and origin != RETRY:
-            draw[DRAW_ATTR] = draw_index(trial.study, record, trials)
-        refused = (
-            self._duplicate(trial, spec.params, trials) if origin == SAMPLED else self._second_claim(trial, trials)
-        )
-        if refused:
-            self._record(trial, DUPLICATE, refused, attrs, draw)
-            raise DuplicateTrial(refused)
-        if old_run_dir:
-            previous = RunDir(old_run_dir).wandb_run()
-            if previous is not None:  # the retry continues its predecessor's W&B run
-                spec.wandb_id = previous.id
-            spec.resume = seed_resume(old_run_dir, self.configs(spec))
-            attrs[TrialAttr.RESUMED_FROM] = old_run_dir
-        # Before training, in one write: where its files go (a run killed mid-way is found and resumed from them)
-        # and "running". (No reason yet: a retry does not inherit its original's, `sweeps.recovery`.)
-        attrs.update(
-            {TrialAttr.RUN_DIR: spec.run_dir, TrialAttr.WANDB_RUN_ID: spec.wandb_id, TrialAttr.STATUS: RUNNING}
-        )
-        set_user_attrs(trial, attrs, draw)
+        spec, trials = self._start(trial, record, origin)
         if self.broadcast is not None:
             self.broadcast(spec)
         # The trial's record: epoch -> reported value, the epochs of its killed attempts included (a retry is
@@ -449,6 +428,43 @@ class Objective:
             raise RuntimeError(f"train() ended with status {status!r} ({reason})")
         return self.value(history, result)
 
+    def _start(self, trial: optuna.Trial, record: FrozenTrial, origin: str) -> tuple[TrialSpec, list[FrozenTrial]]:
+        """Draw the trial's parameters, refuse a repeat (`DuplicateTrial`), and record the start in one write: the
+        parameters, origin, draw index, run dir, W&B run and status "running". Returns the spec and the study's
+        trials as last read."""
+        old_run_dir = _resume_dir(trial)  # read before run_dir is overwritten
+        with held_param_writes(trial) as writes:  # the parameters go out with the start's write
+            spec = self.spec(trial)
+            # The study as the sampler read it in this trial (no read of its own), for the refusals and the trial's
+            # place; read again where a repeat could have appeared since: a queued trial's claim, or an earlier
+            # trial that was still drawing its parameters.
+            trials = trials_read_in_trial(trial.study)
+            if origin != SAMPLED or unsettled(trials, [d.path for d in self.dims], trial.number):
+                trials = trial.study.get_trials(deepcopy=False)
+            attrs: dict[str, Any] = {TrialAttr.ORIGIN: origin}
+            draw = {}  # its place in the study's draws, Hyperband's bracket (a retry carries its original's)
+            if DRAW_ATTR not in record.system_attrs and origin != RETRY:
+                draw[DRAW_ATTR] = draw_index(trial.study, record, trials)
+            refused = (
+                self._duplicate(trial, spec.params, trials) if origin == SAMPLED else self._second_claim(trial, trials)
+            )
+            if refused:
+                self._record(trial, DUPLICATE, refused, attrs, draw, writes)
+                raise DuplicateTrial(refused)
+            if old_run_dir:
+                previous = RunDir(old_run_dir).wandb_run()
+                if previous is not None:  # the retry continues its predecessor's W&B run
+                    spec.wandb_id = previous.id
+                spec.resume = seed_resume(old_run_dir, self.configs(spec))
+                attrs[TrialAttr.RESUMED_FROM] = old_run_dir
+            # Where its files go (a run killed mid-way is found and resumed from them) and "running". (No reason
+            # yet: a retry does not inherit its original's, `sweeps.recovery`.)
+            attrs.update(
+                {TrialAttr.RUN_DIR: spec.run_dir, TrialAttr.WANDB_RUN_ID: spec.wandb_id, TrialAttr.STATUS: RUNNING}
+            )
+            set_user_attrs(trial, attrs, draw, writes)
+        return spec, trials
+
     def announce(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """`study.optimize` callback: one line per finished trial (`trial_line`), with its place in the study."""
         line = trial_line(trial, self.sweep.metric, self.describe_params)
@@ -512,9 +528,11 @@ class Objective:
         reason: str,
         attrs: Mapping[str, Any] = {},
         system_attrs: Mapping[str, Any] = {},
+        params: ParamWrites | None = None,
     ) -> None:
-        """Write the trial's status, its reason (readers take a missing one as "") and `attrs`, in one write."""
+        """Write the trial's status, its reason (readers take a missing one as "") and `attrs` (and the parameter
+        writes `params` holds back), in one write."""
         self.last_status = status
         ended = {**attrs, TrialAttr.STATUS: status, **({TrialAttr.REASON: mask_secrets(reason)} if reason else {})}
         with contextlib.suppress(Exception):  # the storage may be gone (Ctrl-C during a write); its state still tells
-            set_user_attrs(trial, ended, system_attrs)
+            set_user_attrs(trial, ended, system_attrs, params)

@@ -6,11 +6,13 @@ Each says why the public API does not do. Written against Optuna 4.x.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution, distribution_to_json
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages._cached_storage import _CachedStorage
@@ -39,35 +41,48 @@ def trial_record(trial: optuna.Trial) -> FrozenTrial:
     return trial._cached_frozen_trial
 
 
-def set_trial_attrs(
-    storage: BaseStorage, stored_id: int, user_attrs: Mapping[str, Any] = {}, system_attrs: Mapping[str, Any] = {}
-) -> None:
-    """Write several attrs of one trial in one storage write: one append to a journal (one lock and one fsync
-    instead of one each) or one RDB transaction (one commit); other storages write them one by one.
+# A parameter write as Optuna's `set_trial_param` takes it: (name, value in the internal representation, distribution).
+ParamWrite = tuple[str, Any, BaseDistribution]
 
-    Optuna's setters take one attr per call. The journal takes one attr per log entry (it asserts so), but its
-    backend appends a list of entries at once (`append_logs`); RDB's setters are a transaction around
-    `_set_trial_attr_without_commit`.
+
+def set_trial_attrs(
+    storage: BaseStorage,
+    stored_id: int,
+    user_attrs: Mapping[str, Any] = {},
+    system_attrs: Mapping[str, Any] = {},
+    params: Sequence[ParamWrite] = (),
+) -> None:
+    """Write several attrs of one trial, and any parameter writes held back (`held_param_writes`), in one storage
+    write: one append to a journal (one lock and one fsync instead of one each) or one RDB transaction (one
+    commit); other storages write them one by one. Parameters are written first, as `Trial.suggest_*` would have.
+
+    Optuna's setters take one attr or parameter per call. The journal takes one per log entry (it asserts so), but
+    its backend appends a list of entries at once (`append_logs`); RDB's setters are a transaction around
+    `_set_trial_attr_without_commit` and `_set_trial_param_without_commit`.
 
     Raises:
         UpdateFinishedTrialError: the trial is finished (as Optuna's setters); on RDB nothing is written then, on
             a journal entries for a finished trial are ignored by every reader.
+        ValueError: a parameter's distribution is incompatible with the one the study holds for its name.
     """
     items = [("user_attr", k, v) for k, v in user_attrs.items()] + [
         ("system_attr", k, v) for k, v in system_attrs.items()
     ]
-    if not items:
+    if not items and not params:
         return
     if isinstance(storage, JournalStorage):
         op = {"user_attr": JournalOperation.SET_TRIAL_USER_ATTR, "system_attr": JournalOperation.SET_TRIAL_SYSTEM_ATTR}
         with storage._thread_lock:
             worker = storage._replay_result.worker_id
-            storage._backend.append_logs(
-                [
-                    {"op_code": op[kind], "worker_id": worker, "trial_id": stored_id, kind: {k: v}}
-                    for kind, k, v in items
-                ]
-            )
+            entries = [
+                {"op_code": JournalOperation.SET_TRIAL_PARAM, "worker_id": worker, "trial_id": stored_id,
+                 "param_name": name, "param_value_internal": internal, "distribution": distribution_to_json(dist)}
+                for name, internal, dist in params
+            ]  # fmt: skip
+            entries += [
+                {"op_code": op[kind], "worker_id": worker, "trial_id": stored_id, kind: {k: v}} for kind, k, v in items
+            ]
+            storage._backend.append_logs(entries)
             _sync_journal(storage)
         return
     backend = storage._backend if isinstance(storage, _CachedStorage) else storage
@@ -77,12 +92,62 @@ def set_trial_attrs(
 
         model = {"user_attr": models.TrialUserAttributeModel, "system_attr": models.TrialSystemAttributeModel}
         with _create_scoped_session(backend.scoped_session, True) as session:
+            for name, internal, dist in params:  # each checked against the study's distribution of its name
+                backend._set_trial_param_without_commit(session, stored_id, name, internal, dist)
             for kind, k, v in items:
                 backend._set_trial_attr_without_commit(session, model[kind], stored_id, k, v)
         return
+    for name, internal, dist in params:
+        type(storage).set_trial_param(storage, stored_id, name, internal, dist)  # the class's: not a held write
     for kind, k, v in items:
         setter = storage.set_trial_user_attr if kind == "user_attr" else storage.set_trial_system_attr
         setter(stored_id, k, v)
+
+
+class ParamWrites:
+    """A trial's parameter writes held back by `held_param_writes`; `set_user_attrs` takes them out with its write."""
+
+    def __init__(self) -> None:
+        self.pending: list[ParamWrite] = []
+
+    def take(self) -> list[ParamWrite]:
+        taken, self.pending = self.pending, []
+        return taken
+
+
+@contextlib.contextmanager
+def held_param_writes(trial: optuna.Trial) -> Iterator[ParamWrites]:
+    """Within this block, `trial.suggest_*` samples, validates and caches each parameter as usual (the trial's
+    `params` and its record show it at once), but its storage write is held back, to go out with the trial's next
+    `set_user_attrs(..., params=writes)`: five parameters and the trial's start attrs in one journal append or
+    one transaction instead of six. Writes still held when the block ends (an exception, no attrs written) are
+    written then, one by one, so a trial never loses its parameters.
+
+    Other workers see the parameters once they are written, as they would see them a little later anyway: a
+    trial is known to be drawing (RUNNING, without all its parameters) until then (`sweeps.samplers.unsettled`).
+    `Trial._suggest` calls `storage.set_trial_param` directly and Optuna has no way to batch it; the storage
+    method is replaced on the storage object for the block (one trial at a time runs in a worker process).
+    """
+    storage = storage_of(trial.study)
+    stored_id = trial_id(trial)
+    write = type(storage).set_trial_param.__get__(storage)
+    writes = ParamWrites()
+
+    def hold(tid: int, name: str, internal: Any, distribution: BaseDistribution) -> None:
+        if tid != stored_id:
+            write(tid, name, internal, distribution)
+        else:
+            writes.pending.append((name, internal, distribution))
+
+    storage.set_trial_param = hold
+    try:
+        yield writes
+    finally:
+        del storage.set_trial_param
+        left = writes.take()
+        if left:
+            with contextlib.suppress(Exception):  # the block's own error, if any, is the one to see
+                set_trial_attrs(storage, stored_id, params=left)
 
 
 def _sync_journal(storage: JournalStorage) -> None:
@@ -99,10 +164,19 @@ def _sync_journal(storage: JournalStorage) -> None:
         raise error
 
 
-def set_user_attrs(trial: optuna.Trial, user_attrs: Mapping[str, Any], system_attrs: Mapping[str, Any] = {}) -> None:
-    """`Trial.set_user_attr` for several attrs at once, in one storage write (`set_trial_attrs`); the trial's
-    `user_attrs` (and its record, `trial_record`) show them at once, as after `set_user_attr`."""
-    set_trial_attrs(storage_of(trial.study), trial_id(trial), user_attrs, system_attrs)
+def set_user_attrs(
+    trial: optuna.Trial,
+    user_attrs: Mapping[str, Any],
+    system_attrs: Mapping[str, Any] = {},
+    params: ParamWrites | None = None,
+) -> None:
+    """`Trial.set_user_attr` for several attrs at once, in one storage write (`set_trial_attrs`) with the parameter
+    writes `params` holds back (`held_param_writes`); the trial's `user_attrs` (and its record, `trial_record`)
+    show them at once, as after `set_user_attr`."""
+    held = list(params.pending) if params is not None else []
+    set_trial_attrs(storage_of(trial.study), trial_id(trial), user_attrs, system_attrs, held)
+    if params is not None:
+        del params.pending[: len(held)]  # written: not again when its block ends
     trial._cached_frozen_trial.user_attrs.update(user_attrs)
     trial._cached_frozen_trial.system_attrs.update(system_attrs)
 
@@ -137,6 +211,27 @@ def stale_trial_ids(study: optuna.Study) -> list[int]:
     if not hasattr(storage, "_get_stale_trial_ids") or storage.get_heartbeat_interval() is None:
         return []
     return storage._get_stale_trial_ids(study._study_id)
+
+
+def reseed_sampler(sampler: optuna.samplers.BaseSampler, seed: int | None) -> bool:
+    """Give a TPE or random sampler the random state a new one made with `seed` would have (None: fresh entropy),
+    so that one sampler serves every trial of a worker: constructing a TPESampler costs ~0.5 ms a trial, reseeding
+    its two `RandomState`s a few microseconds. False (nothing changed) for other samplers: GP keeps fitted kernels
+    and CMA-ES its search space between calls, which a fresh sampler would not have.
+
+    Optuna's `reseed_rng` draws a fresh seed and offers no way to choose one; TPE's `_rng` and its random
+    sampler's `_rng` (both `LazyRandomState`) are all the randomness either holds, and TPE's only other state
+    (its cached search space) is not read when the search space is passed to `sample_relative`.
+    """
+    if type(sampler) is optuna.samplers.TPESampler:
+        rngs = [sampler._rng, sampler._random_sampler._rng]
+    elif type(sampler) is optuna.samplers.RandomSampler:
+        rngs = [sampler._rng]
+    else:
+        return False
+    for rng in rngs:
+        rng.rng.seed(seed)
+    return True
 
 
 class WorkerStudy(optuna.Study):

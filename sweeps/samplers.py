@@ -19,7 +19,8 @@ Reproducibility, as far as Optuna allows it:
 - The same seed, the same space and one worker give the same sequence of parameter sets, whether the study runs in
   one command or is stopped and continued, between trials or in the middle of one (the k-th drawn trial's sampler
   depends only on the seed, k and the finished trials before it, where a retry finishes as its original would;
-  no sampler keeps state in memory between trials). This holds for TPE, random, GP and CMA-ES (CMA-ES keeps its
+  no state carries from one trial's draw to the next: the TPE or random sampler a worker keeps is reseeded to the
+  state a new one would have). This holds for TPE, random, GP and CMA-ES (CMA-ES keeps its
   state in the trials' system attrs, as Optuna stores it).
 - A grid runs its cells in an order fixed by the seed (unshuffled without one).
 - With several workers the set of trials each one sees depends on timing, so the sequence is not reproducible
@@ -45,7 +46,14 @@ from optuna.samplers import BaseSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeps.optuna_internals import WorkerStudy, all_trials, storage_of, study_key, trials_read_in_trial
+from sweeps.optuna_internals import (
+    WorkerStudy,
+    all_trials,
+    reseed_sampler,
+    storage_of,
+    study_key,
+    trials_read_in_trial,
+)
 from sweeps.record import DUPLICATE, RETRY, SystemAttr, TrialAttr, trial_origin
 from sweeps.space import Dimension
 
@@ -275,6 +283,9 @@ class TrialSeededSampler(BaseSampler):
         # sampler made for one trial recomputes from every trial of the study (~24 ms at 2,000 trials). The space
         # does not depend on the seed, so each trial's own seeded sampler draws in it.
         self._space_sampler: BaseSampler | None = None
+        # The sampler that draws: one for the worker's life where it can be reseeded to the state a new one with
+        # the trial's seed would have (TPE, random: `reseed_sampler`), else a new one per draw.
+        self._drawer: BaseSampler | None = None
 
     def reseed_rng(self) -> None:  # the seeds come from the draw indices
         pass
@@ -303,12 +314,20 @@ class TrialSeededSampler(BaseSampler):
         relative = self._space_sampler.infer_relative_search_space(study, trial)
         relative = {name: dist for name, dist in relative.items() if name in self._space}
         for attempt in range(self._max_attempts):
-            inner = self._factory(trial_seed(self._seed, index, attempt))
+            inner = self._seeded(trial_seed(self._seed, index, attempt))
             params = self._draw(inner, study, trial, relative)
             if params_key(params, self._names) not in held:
                 self._inner[trial.number] = inner
                 return params
         return self._fallback(study, trial, held, index)
+
+    def _seeded(self, seed: int | None) -> BaseSampler:
+        """A sampler that draws as `factory(seed)` would: the worker's one, reseeded, where it can be."""
+        if self._drawer is not None and reseed_sampler(self._drawer, seed):
+            return self._drawer
+        inner = self._factory(seed)
+        self._drawer = inner if reseed_sampler(inner, seed) else None  # reseeding a new one changes nothing
+        return inner
 
     def _draw(
         self, inner: BaseSampler, study: Study, trial: FrozenTrial, relative: dict[str, BaseDistribution]

@@ -156,6 +156,137 @@ def test_several_attrs_are_one_postgres_transaction(postgres_study):
     }
 
 
+_SPACE = {
+    "x": optuna.distributions.FloatDistribution(1e-4, 1.0, log=True),
+    "c": optuna.distributions.CategoricalDistribution(["a", "b", "c"]),
+}
+
+
+def _suggest_all(trial) -> dict:
+    return {"x": trial.suggest_float("x", 1e-4, 1.0, log=True), "c": trial.suggest_categorical("c", ["a", "b", "c"])}
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite", "memory"])
+def test_held_parameter_writes_go_out_with_the_trials_attrs_in_one_write(tmp_path, kind, monkeypatch):
+    """`held_param_writes`: the trial sees its parameters as it suggests them, the storage sees none until the
+    attrs write, which holds them all (one journal append of params + attrs); readers see what Optuna's own
+    `suggest_*` would have written, and the trial finishes as usual."""
+    from optuna.storages.journal import JournalFileBackend
+
+    from sweeps.optuna_internals import held_param_writes, set_user_attrs, storage_of
+
+    storage = dict(_storages(tmp_path))[kind]
+    appends = []
+    original = JournalFileBackend.append_logs
+    monkeypatch.setattr(
+        JournalFileBackend, "append_logs", lambda self, logs: appends.append(len(logs)) or original(self, logs)
+    )
+    study = optuna.create_study(storage=storage, sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    with held_param_writes(trial) as writes:
+        params = _suggest_all(trial)
+        assert trial.params == params and trial_record(trial).params == params
+        if kind == "journal":  # not written yet (this process's replay may alias the trial's own copy)
+            fresh = optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / "s.journal")))
+            assert fresh.get_all_trials(study._study_id)[0].params == {}
+        elif kind == "sqlite":
+            assert all_trials(study)[0].params == {}
+        before = len(appends)
+        set_user_attrs(trial, {"status": "running"}, {"draw_index": 0}, writes)
+        if kind == "journal":
+            assert appends[before:] == [4]  # two parameters and two attrs, one append
+    assert "set_trial_param" not in vars(storage_of(study))  # the storage's own method again
+    frozen = all_trials(study)[0]
+    assert frozen.params == params and frozen.distributions == _SPACE
+    assert frozen.user_attrs == {"status": "running"} and frozen.system_attrs == {"draw_index": 0}
+    study.tell(trial, 1.0)
+    if kind == "journal":  # a fresh reader replays the same record
+        fresh = optuna.load_study(study_name=study.study_name, storage=optuna.storages.JournalStorage(
+            JournalFileBackend(str(tmp_path / "s.journal"))))  # fmt: skip
+        assert fresh.trials[0].params == params and fresh.trials[0].value == 1.0
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite", "memory"])
+def test_held_parameter_writes_are_written_when_the_block_ends_without_an_attrs_write(tmp_path, kind):
+    from sweeps.optuna_internals import held_param_writes, storage_of
+
+    storage = dict(_storages(tmp_path))[kind]
+    study = optuna.create_study(storage=storage, sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    with pytest.raises(RuntimeError, match="in the block"), held_param_writes(trial):
+        params = _suggest_all(trial)
+        raise RuntimeError("in the block")  # its error is the one raised
+    assert all_trials(study)[0].params == params and "set_trial_param" not in vars(storage_of(study))
+    other = study.ask()  # another trial's writes are not held
+    with held_param_writes(trial):
+        assert other.suggest_float("x", 1e-4, 1.0, log=True) == all_trials(study)[1].params["x"]
+
+
+def test_held_parameter_writes_and_attrs_are_one_postgres_transaction(postgres_study):
+    import psycopg
+
+    from sweeps.optuna_internals import held_param_writes, set_user_attrs
+
+    url, name = postgres_study
+    storage = optuna.storages.get_storage(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    study = optuna.create_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    plain = url.replace("postgresql+psycopg://", "postgresql://")
+
+    def commits():
+        with psycopg.connect(plain, autocommit=True) as conn:
+            conn.execute("SELECT pg_stat_clear_snapshot()")
+            return conn.execute(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+            ).fetchone()[0]
+
+    before = commits()
+    with held_param_writes(trial) as writes:
+        params = _suggest_all(trial)
+        set_user_attrs(trial, {"status": "running", "run_dir": "/r"}, {"draw_index": 0}, writes)
+    # the write's own commit, plus the two reads of `commits` (without holding: one commit per parameter more)
+    assert commits() - before <= 3
+    assert study.trials[0].params == params and study.trials[0].user_attrs == {"status": "running", "run_dir": "/r"}
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda seed: optuna.samplers.TPESampler(seed=seed, n_startup_trials=3),
+        lambda seed: optuna.samplers.TPESampler(seed=seed, n_startup_trials=3, multivariate=True),
+        lambda seed: optuna.samplers.RandomSampler(seed=seed),
+    ],
+    ids=["tpe", "tpe-multivariate", "random"],
+)
+def test_a_reseeded_sampler_draws_what_a_new_one_with_that_seed_draws(make):
+    """`reseed_sampler`: one sampler kept for a worker's life and reseeded per trial draws each trial's parameters
+    exactly as a sampler made for that trial (`sweeps.samplers.TrialSeededSampler` relies on it)."""
+    from sweeps.optuna_internals import reseed_sampler
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(8):
+        t = study.ask()
+        study.tell(t, _suggest_all(t)["x"])
+    frozen = study._storage.get_trial(trial_id(study.ask()))
+
+    def draw(sampler):
+        sampler.before_trial(study, frozen)
+        space = sampler.infer_relative_search_space(study, frozen)
+        params = dict(sampler.sample_relative(study, frozen, space))
+        return {
+            **params,
+            **{n: sampler.sample_independent(study, frozen, n, d) for n, d in _SPACE.items() if n not in params},
+        }
+
+    kept = make(0)
+    first = draw(kept)
+    for seed in (5, 6, 5):
+        assert reseed_sampler(kept, seed)
+        assert draw(kept) == draw(make(seed))
+    assert reseed_sampler(kept, 0) and draw(kept) == first
+    assert not reseed_sampler(optuna.samplers.CmaEsSampler(seed=0), 1)  # state of its own: made anew instead
+
+
 @pytest.mark.parametrize("kind", ["journal", "sqlite", "memory"])
 def test_a_worker_study_records_its_worker_in_the_write_that_creates_the_trial(tmp_path, kind, monkeypatch):
     """No moment where a trial is RUNNING without its worker (the one recovery could never tell dead): a new trial

@@ -32,6 +32,7 @@ from sweeps.optuna_internals import (
     ParamWrites,
     held_param_writes,
     set_user_attrs,
+    set_user_attrs_with_state,
     trial_record,
     trials_read_in_trial,
 )
@@ -421,7 +422,7 @@ class Objective:
         ):
             if returned and str(returned) != recorded:
                 ended[key] = str(returned)
-        self._record(trial, status, reason, ended)
+        self._record(trial, status, reason, ended, with_state=True)  # Optuna's tell follows
         if status in PRUNED_STATUSES:
             raise optuna.TrialPruned(f"{status}: {reason}" if reason else status)
         if status not in COMPLETE_STATUSES:
@@ -529,10 +530,15 @@ class Objective:
         attrs: Mapping[str, Any] = {},
         system_attrs: Mapping[str, Any] = {},
         params: ParamWrites | None = None,
+        with_state: bool = False,
     ) -> None:
         """Write the trial's status, its reason (readers take a missing one as "") and `attrs` (and the parameter
-        writes `params` holds back), in one write."""
+        writes `params` holds back), in one write; `with_state`: in the write of the trial's finished state, where
+        the storage allows (`set_user_attrs_with_state`)."""
         self.last_status = status
         ended = {**attrs, TrialAttr.STATUS: status, **({TrialAttr.REASON: mask_secrets(reason)} if reason else {})}
         with contextlib.suppress(Exception):  # the storage may be gone (Ctrl-C during a write); its state still tells
-            set_user_attrs(trial, ended, system_attrs, params)
+            if with_state:
+                set_user_attrs_with_state(trial, ended, system_attrs)
+            else:
+                set_user_attrs(trial, ended, system_attrs, params)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -179,6 +180,54 @@ def set_user_attrs(
         del params.pending[: len(held)]  # written: not again when its block ends
     trial._cached_frozen_trial.user_attrs.update(user_attrs)
     trial._cached_frozen_trial.system_attrs.update(system_attrs)
+
+
+def set_user_attrs_with_state(
+    trial: optuna.Trial, user_attrs: Mapping[str, Any], system_attrs: Mapping[str, Any] = {}
+) -> None:
+    """`set_user_attrs` for the attrs that end a trial, written with the trial's finished state where the storage
+    allows: on a journal they go out in the same append as the state Optuna's `tell` writes next (one append
+    instead of two, and no reader ever sees the trial finished without them, or them on a trial still RUNNING).
+    On other storages they are written now. The trial's `user_attrs` show them at once either way.
+
+    A process that dies before the `tell` loses both, and the trial is found stale (`sweeps.recovery`) as it
+    would be had it died during training. Optuna's journal writes each operation through `_write_log`; the
+    storage object's method is wrapped once (`_write_with_held`) to add the held entries to the state's append.
+    """
+    storage = storage_of(trial.study)
+    if not isinstance(storage, JournalStorage):
+        set_user_attrs(trial, user_attrs, system_attrs)
+        return
+    if "_write_log" not in vars(storage):
+        storage._write_log = _write_with_held(storage)
+    op = {"user_attr": JournalOperation.SET_TRIAL_USER_ATTR, "system_attr": JournalOperation.SET_TRIAL_SYSTEM_ATTR}
+    entries = [{"op_code": op["user_attr"], "user_attr": {k: v}} for k, v in user_attrs.items()]
+    entries += [{"op_code": op["system_attr"], "system_attr": {k: v}} for k, v in system_attrs.items()]
+    _HELD_ATTRS[storage] = {trial_id(trial): entries}  # one trial at a time: a trial never told leaves nothing
+    trial._cached_frozen_trial.user_attrs.update(user_attrs)
+    trial._cached_frozen_trial.system_attrs.update(system_attrs)
+
+
+# journal storage -> trial id -> the attr entries that go out with the trial's finished state
+_HELD_ATTRS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _write_with_held(storage: JournalStorage) -> Any:
+    write = type(storage)._write_log.__get__(storage)
+
+    def write_log(op_code: int, extra_fields: dict[str, Any]) -> None:
+        held = None
+        if op_code == JournalOperation.SET_TRIAL_STATE_VALUES and TrialState(extra_fields["state"]).is_finished():
+            held = _HELD_ATTRS.get(storage, {}).pop(extra_fields["trial_id"], None)
+        if not held:
+            write(op_code, extra_fields)
+            return
+        worker, stored_id = storage._replay_result.worker_id, extra_fields["trial_id"]
+        entries = [{**e, "worker_id": worker, "trial_id": stored_id} for e in held]
+        storage._backend.append_logs([*entries, {"op_code": op_code, "worker_id": worker, **extra_fields}])
+        _sync_journal(storage)  # all of them read now (a finished trial's raise once), not at a later read
+
+    return write_log
 
 
 def all_trials(study: optuna.Study) -> list[FrozenTrial]:

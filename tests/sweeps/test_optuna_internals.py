@@ -222,6 +222,63 @@ def test_held_parameter_writes_are_written_when_the_block_ends_without_an_attrs_
         assert other.suggest_float("x", 1e-4, 1.0, log=True) == all_trials(study)[1].params["x"]
 
 
+@pytest.mark.parametrize("kind", ["journal", "sqlite", "memory"])
+def test_the_attrs_that_end_a_trial_go_out_with_its_state(tmp_path, kind, monkeypatch):
+    """`set_user_attrs_with_state`: on a journal, the attrs and Optuna's finished state in one append (a reader sees
+    both or neither); elsewhere written at once. The trial shows them at once either way."""
+    from optuna.storages.journal import JournalFileBackend
+
+    from sweeps.optuna_internals import set_user_attrs_with_state
+
+    storage = dict(_storages(tmp_path))[kind]
+    appends = []
+    original = JournalFileBackend.append_logs
+    monkeypatch.setattr(
+        JournalFileBackend, "append_logs", lambda self, logs: appends.append(len(logs)) or original(self, logs)
+    )
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    before = len(appends)
+    set_user_attrs_with_state(trial, {"status": "completed", "epochs_run": 3}, {"k": 1})
+    assert trial.user_attrs == {"status": "completed", "epochs_run": 3}
+    if kind == "journal":
+        fresh = optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / "s.journal")))
+        assert fresh.get_all_trials(study._study_id)[0].user_attrs == {} and appends[before:] == []
+    else:
+        assert all_trials(study)[0].user_attrs == {"status": "completed", "epochs_run": 3}
+    study.tell(trial, 2.0)
+    if kind == "journal":
+        assert appends[before:] == [4]  # two user attrs, one system attr and the state
+    frozen = all_trials(study)[0]
+    assert frozen.state == TrialState.COMPLETE and frozen.value == 2.0
+    assert frozen.user_attrs == {"status": "completed", "epochs_run": 3} and frozen.system_attrs == {"k": 1}
+    other = study.ask()  # a trial without held attrs finishes as Optuna writes it
+    study.tell(other, 3.0)
+    assert all_trials(study)[1].user_attrs == {} and all_trials(study)[1].value == 3.0
+
+
+def test_held_end_attrs_of_a_trial_another_worker_failed_raise_once(tmp_path):
+    """The trial was failed by another worker (a stale trial) between `tell`'s check and its write: the write
+    raises as Optuna's does, once, and no entry is left to raise at a later, unrelated read."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.storages.journal import JournalFileBackend
+
+    from sweeps.optuna_internals import set_user_attrs_with_state
+
+    path = str(tmp_path / "s.journal")
+    study = optuna.create_study(storage=optuna.storages.JournalStorage(JournalFileBackend(path)))
+    trial = study.ask()
+    reaper = optuna.storages.JournalStorage(JournalFileBackend(path))
+    assert reaper.set_trial_state_values(trial_id(trial), TrialState.FAIL)
+    set_user_attrs_with_state(trial, {"status": "completed"})
+    with pytest.raises(UpdateFinishedTrialError):  # what `tell` writes once it found the trial RUNNING
+        study._storage.set_trial_state_values(trial_id(trial), TrialState.COMPLETE, [1.0])
+    study.tell(study.ask(), 2.0)  # nothing left over
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    fresh = optuna.storages.JournalStorage(JournalFileBackend(path)).get_all_trials(study._study_id)
+    assert fresh[0].user_attrs == {} and fresh[0].state == TrialState.FAIL  # ignored with the state, as any reader does
+
+
 def test_held_parameter_writes_and_attrs_are_one_postgres_transaction(postgres_study):
     import psycopg
 

@@ -179,12 +179,16 @@ def finished_count(study: optuna.Study) -> int:
 
 
 def _watched_running(study: optuna.Study, journal: bool) -> int:
-    """RUNNING trials this worker may have to retry: all on RDB (heartbeats), live ones of this host on a journal
-    (a journal cannot tell whether another host's worker is alive, so those are not waited for)."""
+    """RUNNING trials this worker may have to retry: all on RDB (heartbeats); on a journal the live ones of this
+    host, and those no worker recorded itself on (a worker killed between taking a trial and its first write: failed
+    once `sweep.grace_period` has passed, `sweeps.recovery`). A journal cannot tell whether another host's worker is
+    alive, so those are not waited for."""
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if not journal:
         return len(running)
-    return sum(worker_alive(t.user_attrs.get(TrialAttr.WORKER) or {}) is True for t in running)
+    return sum(
+        not t.user_attrs.get(TrialAttr.WORKER) or worker_alive(t.user_attrs[TrialAttr.WORKER]) is True for t in running
+    )
 
 
 def done_message(study: optuna.Study, checked: CheckedSweep) -> str | None:
@@ -235,12 +239,71 @@ def collect_cuda_garbage(study: optuna.Study, trial: FrozenTrial) -> None:
         gc.collect()
 
 
+class _Turns:
+    """What a worker does between its trials: stop at the timeout, recover dead workers' trials, and choose to run
+    a trial, wait for running ones (a retry may be needed) or stop (`_next_step`); count trials that crashed."""
+
+    def __init__(self, study: optuna.Study, checked: CheckedSweep, objective: Objective, worker_index: int) -> None:
+        self.study, self.checked, self.objective, self.worker_index = study, checked, objective, worker_index
+        sweep = checked.sweep
+        self.journal = journal_path(sweep.storage, sweep.output_dir, sweep.study_name) is not None
+        self.deadline = time.monotonic() + sweep.timeout if sweep.timeout else None
+        self.ran, self.crashes, self.done = 0, 0, False
+        self._recovered_at, self._said_wait = -math.inf, False
+
+    def ready(self) -> bool:
+        """Before a trial: True to run one, False (and `done`) to stop."""
+        study = self.study
+        while True:
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                log.info("timeout reached; no new trial")
+                break
+            recovered = time.monotonic() - self._recovered_at >= _RECOVER_EVERY_S
+            if recovered:
+                self._recover()
+            step = _next_step(study, self.checked, self.journal)
+            if step == "stop" and not recovered:  # a worker ends on a recovery of this moment, never an older one
+                self._recover()
+                step = _next_step(study, self.checked, self.journal)
+            if step == "stop":
+                break
+            if step == "wait":
+                if not self._said_wait:
+                    log.info("worker %d: waiting for the running trials (a retry may be needed)", self.worker_index)
+                    self._said_wait = True
+                time.sleep(_POLL_S)
+                continue
+            if not self.journal:  # Optuna fails stale trials itself as the trial starts: give them their status first
+                mark_stale_heartbeat_trials(study)  # (a heartbeat can go stale between recover() and here)
+            return True
+        self.done = True
+        return False
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """`study.optimize` callback (the last): count the trial, then stop the loop unless another trial is due."""
+        self.ran += 1
+        if self.objective.last_status in (*FINISHED_STATUSES, DUPLICATE):
+            self.crashes = 0
+        else:  # None: the trial failed before train() returned a status
+            self.crashes += 1
+        if self.crashes >= self.checked.sweep.max_failures:
+            log.error("%d trials in a row crashed; this worker stops (see the trials' `reason`)", self.crashes)
+            self.done = True
+        if self.done or not self.ready():
+            study.stop()
+
+    def _recover(self) -> None:
+        recover(self.study, self.checked.sweep)
+        self._recovered_at = time.monotonic()
+
+
 def worker_loop(cfg, train_fn: TrainFn | None = None, *, worker_index: int = 0) -> int:
     """Run trials until n_trials are finished, the timeout passes, the grid is done or trials keep crashing.
 
     A worker with nothing left to start waits while trials it could have to retry are running (their worker may
     die), so a command returns when the study it ran is whole. Returns the number of trials this worker ran.
-    Under a multi-process launch, call it on every rank.
+    Under a multi-process launch, call it on every rank. The trials run in one `study.optimize`, which a callback
+    stops (`_Turns`): between two trials Optuna does no more than it does for its own.
     """
     checked = check_sweep(cfg)
     sweep, base, dims = checked
@@ -253,50 +316,22 @@ def worker_loop(cfg, train_fn: TrainFn | None = None, *, worker_index: int = 0) 
     study = open_study(checked)
     quiet_optuna()  # here: spawned workers are processes of their own
     objective = Objective(base, sweep, dims, train_fn, broadcast=distributed.broadcast_spec if multi else None)
-    journal = journal_path(sweep.storage, sweep.output_dir, sweep.study_name) is not None
-    deadline = time.monotonic() + sweep.timeout if sweep.timeout else None
-    ran, crashes, said_wait, interrupted = 0, 0, False, False
-    recovered_at = -math.inf
+    turns = _Turns(study, checked, objective, worker_index)
+    interrupted = False
     # The ~200k objects of the imports (torch) never become garbage: moved out of the collector's sight, every
     # collection scans the trials' objects alone (~150 ms -> a few ms with torch loaded).
     gc.freeze()
     try:
-        while True:
-            if deadline is not None and time.monotonic() >= deadline:
-                log.info("timeout reached; no new trial")
-                break
-            recovered = time.monotonic() - recovered_at >= _RECOVER_EVERY_S
-            if recovered:
-                recover(study, sweep)
-                recovered_at = time.monotonic()
-            step = _next_step(study, checked, journal)
-            if step == "stop" and not recovered:  # a worker ends on a recovery of this moment, never an older one
-                recover(study, sweep)
-                recovered_at = time.monotonic()
-                step = _next_step(study, checked, journal)
-            if step == "stop":
-                break
-            if step == "wait":
-                if not said_wait:
-                    log.info("worker %d: waiting for the running trials (a retry may be needed)", worker_index)
-                    said_wait = True
-                time.sleep(_POLL_S)
-                continue
-            if not journal:  # Optuna fails stale trials itself as the trial starts: give them their status first
-                mark_stale_heartbeat_trials(study)  # (a heartbeat can go stale between recover() and here)
+        while turns.ready():
             try:
                 study.optimize(
-                    objective, n_trials=1, catch=(Exception,), callbacks=[objective.announce, collect_cuda_garbage]
+                    objective,
+                    catch=(Exception,),
+                    callbacks=[objective.announce, collect_cuda_garbage, turns.after_trial],
                 )
-            except NothingQueued:  # another worker popped the last queued cell first
+            except NothingQueued:  # another worker popped the last queued cell first: look again
                 continue
-            ran += 1
-            if objective.last_status in (*FINISHED_STATUSES, DUPLICATE):
-                crashes = 0
-            else:  # None: the trial failed before train() returned a status
-                crashes += 1
-            if crashes >= sweep.max_failures:
-                log.error("%d trials in a row crashed; this worker stops (see the trials' `reason`)", crashes)
+            if turns.done:
                 break
     except KeyboardInterrupt:
         interrupted = True
@@ -304,4 +339,4 @@ def worker_loop(cfg, train_fn: TrainFn | None = None, *, worker_index: int = 0) 
     finally:
         if multi and not interrupted:  # after Ctrl-C the other ranks have stopped listening: nothing to say
             distributed.broadcast_spec(None)
-    return ran
+    return turns.ran

@@ -80,6 +80,24 @@ def postgres_url():
         conn.close()
 
 
+@pytest.fixture
+def postgres_counted_study(postgres_url):
+    """(url, study_name) in a database of this test's own on the test server, dropped afterwards: for tests that
+    count the server's commits, which `pg_stat_database` counts per database (pytest-xdist runs two test processes,
+    and the other's tests would count in a shared one)."""
+    import psycopg
+
+    database = f"rpb_count_{uuid.uuid4().hex[:10]}"
+    admin = _with_database(_libpq_url(postgres_url), "postgres")
+    with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f"CREATE DATABASE {database}")
+    try:
+        yield _with_database(postgres_url, database), "counted"
+    finally:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+
+
 def _create_schema(url: str) -> None:
     """Optuna's tables in the shared database, created by one test process at a time (pytest-xdist runs two, and
     two first connections racing to create them fail one with a duplicate-key error)."""

@@ -128,13 +128,13 @@ def test_attrs_of_a_finished_trial_are_refused_once_and_nothing_is_left_to_raise
     assert [t.value for t in study.trials] == [1.0, 2.0]
 
 
-def test_several_attrs_are_one_postgres_transaction(postgres_study):
+def test_several_attrs_are_one_postgres_transaction(postgres_counted_study):
     """On PostgreSQL every write is a commit (`pg_stat_database.xact_commit`): the attrs together are one."""
     import psycopg
 
     from sweeps.optuna_internals import set_trial_attrs
 
-    url, name = postgres_study
+    url, name = postgres_counted_study
     storage = optuna.storages.get_storage(url.replace("postgresql://", "postgresql+psycopg://", 1))
     study = optuna.create_study(study_name=name, storage=storage)
     trial = study.ask()
@@ -279,12 +279,12 @@ def test_held_end_attrs_of_a_trial_another_worker_failed_raise_once(tmp_path):
     assert fresh[0].user_attrs == {} and fresh[0].state == TrialState.FAIL  # ignored with the state, as any reader does
 
 
-def test_held_parameter_writes_and_attrs_are_one_postgres_transaction(postgres_study):
+def test_held_parameter_writes_and_attrs_are_one_postgres_transaction(postgres_counted_study):
     import psycopg
 
     from sweeps.optuna_internals import held_param_writes, set_user_attrs
 
-    url, name = postgres_study
+    url, name = postgres_counted_study
     storage = optuna.storages.get_storage(url.replace("postgresql://", "postgresql+psycopg://", 1))
     study = optuna.create_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler(seed=0))
     trial = study.ask()

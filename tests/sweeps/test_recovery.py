@@ -73,6 +73,28 @@ def test_an_interrupted_last_grid_cell_runs_on_the_next_start(compose_sweep):
     assert len(done.value.study.get_trials()) == 5
 
 
+def test_a_cell_taken_by_a_worker_killed_before_its_first_write_is_waited_for_and_retried(compose_sweep):
+    """A worker killed between popping a grid cell and recording itself on it leaves a RUNNING trial with no worker
+    (nothing to check by pid). The next command waits for sweep.grace_period, fails it, retries it, and returns
+    with every cell done, not with the trial still RUNNING and the study short of a cell."""
+    from sweeps.worker import prepare_study
+
+    cfg = compose_sweep(*GRID, "sweep.grace_period=1")
+    study = prepare_study(cfg)
+    orphan = study.get_trials(states=(TrialState.WAITING,))[1]
+    assert study._storage.set_trial_state_values(orphan._trial_id, TrialState.RUNNING)  # popped, then killed
+    study = run_study(cfg, fake_train.train)
+    trials = study.get_trials()
+    assert not [t.number for t in trials if not t.state.is_finished()]
+    failed = trials[orphan.number]
+    assert failed.state == TrialState.FAIL and failed.user_attrs["status"] == "stale"
+    assert "no worker started the trial" in failed.user_attrs["reason"]
+    cells = sorted(t.user_attrs["cell"] for t in trials if t.state == TrialState.COMPLETE)
+    assert cells == [0, 1, 2, 3]
+    retry = next(t for t in trials if t.user_attrs.get("retry_of") == orphan.number)
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["cell"] == orphan.user_attrs["cell"]
+
+
 def test_a_zombie_worker_is_dead():
     proc = subprocess.Popen([sys.executable, "-c", "pass"])  # exits, and stays a zombie until waited for
     try:

@@ -161,7 +161,7 @@ def test_a_train_fn_that_reports_only_the_metric_completes(compose_sweep, capsys
 
 
 def test_a_postgres_connection_lost_while_idle_is_replaced_and_calls_back_to_back_are_not_pinged(
-    compose_sweep, postgres_study, monkeypatch
+    compose_sweep, postgres_counted_study, monkeypatch
 ):
     """`sweeps.storage.ping_idle_connections`: the server drops the pooled connection (a restart, a proxy); the
     worker's next storage call, after the connection sat idle, succeeds on a new one. Calls that follow each other
@@ -173,7 +173,7 @@ def test_a_postgres_connection_lost_while_idle_is_replaced_and_calls_back_to_bac
 
     import sweeps.storage as storage_module
 
-    url, name = postgres_study
+    url, name = postgres_counted_study
     plain = url.replace("postgresql+psycopg://", "postgresql://")
     monkeypatch.setattr(storage_module, "PING_IDLE_S", 0.3)
     cfg = compose_sweep(f"sweep.storage={url}", f"sweep.study_name={name}")

@@ -72,7 +72,6 @@ def set_trial_attrs(
     if not items and not params:
         return
     if isinstance(storage, JournalStorage):
-        op = {"user_attr": JournalOperation.SET_TRIAL_USER_ATTR, "system_attr": JournalOperation.SET_TRIAL_SYSTEM_ATTR}
         with storage._thread_lock:
             worker = storage._replay_result.worker_id
             entries = [
@@ -80,29 +79,92 @@ def set_trial_attrs(
                  "param_name": name, "param_value_internal": internal, "distribution": distribution_to_json(dist)}
                 for name, internal, dist in params
             ]  # fmt: skip
-            entries += [
-                {"op_code": op[kind], "worker_id": worker, "trial_id": stored_id, kind: {k: v}} for kind, k, v in items
-            ]
+            entries += _journal_entries(worker, stored_id, items)
             storage._backend.append_logs(entries)
             _sync_journal(storage)
         return
     backend = storage._backend if isinstance(storage, _CachedStorage) else storage
     if isinstance(backend, RDBStorage):
-        from optuna.storages._rdb import models  # SQLAlchemy: imported only where a database is used
-        from optuna.storages._rdb.storage import _create_scoped_session
-
-        model = {"user_attr": models.TrialUserAttributeModel, "system_attr": models.TrialSystemAttributeModel}
-        with _create_scoped_session(backend.scoped_session, True) as session:
-            for name, internal, dist in params:  # each checked against the study's distribution of its name
-                backend._set_trial_param_without_commit(session, stored_id, name, internal, dist)
-            for kind, k, v in items:
-                backend._set_trial_attr_without_commit(session, model[kind], stored_id, k, v)
+        _rdb_write(storage, backend, stored_id, params, items)
         return
     for name, internal, dist in params:
         type(storage).set_trial_param(storage, stored_id, name, internal, dist)  # the class's: not a held write
     for kind, k, v in items:
         setter = storage.set_trial_user_attr if kind == "user_attr" else storage.set_trial_system_attr
         setter(stored_id, k, v)
+
+
+def _rdb_write(
+    storage: BaseStorage, backend: RDBStorage, stored_id: int, params: Sequence[ParamWrite], items: list
+) -> None:
+    """`set_trial_attrs` on RDB: one transaction of four statements (the trial's state, its parameters, its user
+    and its system attrs) where Optuna's setters run two or three per attr or parameter (~27 for a trial's start).
+
+    As Optuna writes them: a parameter is checked against the study's distribution of its name (the one
+    `_CachedStorage` keeps, else read by `_set_trial_param_without_commit`); attrs are upserted, one multi-row
+    `INSERT .. ON CONFLICT (trial_id, key) DO UPDATE` per table on PostgreSQL and SQLite (Optuna's statement, with
+    several rows), one by one elsewhere."""
+    from optuna.distributions import check_distribution_compatibility
+    from optuna.storages._rdb import models  # SQLAlchemy: imported only where a database is used
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    known: dict[str, BaseDistribution] | None = None  # the study's distributions, as _CachedStorage keeps them
+    if isinstance(storage, _CachedStorage) and stored_id in storage._trial_id_to_study_id_and_number:
+        known = storage._studies[storage._trial_id_to_study_id_and_number[stored_id][0]].param_distribution
+    with _create_scoped_session(backend.scoped_session, True) as session:
+        trial = models.TrialModel.find_or_raise_by_id(stored_id, session)
+        backend.check_trial_is_updatable(stored_id, trial.state)
+        for name, internal, dist in params:
+            if known is None or name not in known:  # read and checked by Optuna's own
+                backend._set_trial_param_without_commit(session, stored_id, name, internal, dist)
+                continue
+            check_distribution_compatibility(known[name], dist)
+            row = models.TrialParamModel(
+                trial_id=stored_id, param_name=name, param_value=internal, distribution_json=distribution_to_json(dist)
+            )
+            session.add(row)
+        _upsert_attrs(session, backend, stored_id, items)
+    if known is not None:
+        for name, _, dist in params:
+            known.setdefault(name, dist)
+
+
+def _journal_entries(worker: str, stored_id: int, items: list) -> list[dict[str, Any]]:
+    """Journal log entries of attrs [(kind, key, value)], one attr each (as Optuna's setters write them)."""
+    op = {"user_attr": JournalOperation.SET_TRIAL_USER_ATTR, "system_attr": JournalOperation.SET_TRIAL_SYSTEM_ATTR}
+    return [{"op_code": op[kind], "worker_id": worker, "trial_id": stored_id, kind: {k: v}} for kind, k, v in items]
+
+
+def _upsert_attrs(session: Any, backend: RDBStorage, stored_id: int, items: list) -> None:
+    """Upsert attrs [(kind, key, value)] of a trial in `session`: one multi-row `INSERT .. ON CONFLICT (trial_id, key)
+    DO UPDATE` per table on PostgreSQL and SQLite (Optuna's own statement, with several rows), one by one
+    (`_set_trial_attr_without_commit`) elsewhere. The caller has checked that the trial is updatable."""
+    import json
+
+    import sqlalchemy.dialects.postgresql
+    import sqlalchemy.dialects.sqlite
+    from optuna.storages._rdb import models
+
+    dialect = {"postgresql": sqlalchemy.dialects.postgresql, "sqlite": sqlalchemy.dialects.sqlite}
+    insert_into = getattr(dialect.get(backend.engine.name), "insert", None)
+    for kind, model in (
+        ("user_attr", models.TrialUserAttributeModel),
+        ("system_attr", models.TrialSystemAttributeModel),
+    ):
+        attrs = [(k, v) for kd, k, v in items if kd == kind]
+        if not attrs:
+            continue
+        if insert_into is None:
+            for k, v in attrs:
+                backend._set_trial_attr_without_commit(session, model, stored_id, k, v)
+            continue
+        insert = insert_into(model).values(
+            [{"trial_id": stored_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs]
+        )
+        upsert = insert.on_conflict_do_update(
+            index_elements=[model.trial_id, model.key], set_={"value_json": insert.excluded.value_json}
+        )
+        session.execute(upsert)
 
 
 class ParamWrites:
@@ -185,49 +247,86 @@ def set_user_attrs(
 def set_user_attrs_with_state(
     trial: optuna.Trial, user_attrs: Mapping[str, Any], system_attrs: Mapping[str, Any] = {}
 ) -> None:
-    """`set_user_attrs` for the attrs that end a trial, written with the trial's finished state where the storage
-    allows: on a journal they go out in the same append as the state Optuna's `tell` writes next (one append
-    instead of two, and no reader ever sees the trial finished without them, or them on a trial still RUNNING).
-    On other storages they are written now. The trial's `user_attrs` show them at once either way.
+    """`set_user_attrs` for the attrs that end a trial, written with the trial's finished state, which Optuna's
+    `tell` writes next: on a journal in the same append, on RDB in the same transaction (one write instead of two,
+    and no reader ever sees the trial finished without them, or them on a trial still RUNNING). On other storages
+    they are written now. The trial's `user_attrs` show them at once either way.
 
     A process that dies before the `tell` loses both, and the trial is found stale (`sweeps.recovery`) as it
-    would be had it died during training. Optuna's journal writes each operation through `_write_log`; the
-    storage object's method is wrapped once (`_write_with_held`) to add the held entries to the state's append.
+    would be had it died during training. The storage object's writer of the state is wrapped once: the journal's
+    `_write_log` (`_journal_with_held`), RDB's `set_trial_state_values` (`_rdb_with_held`, Optuna's transaction
+    with the attrs' upserts added).
     """
     storage = storage_of(trial.study)
-    if not isinstance(storage, JournalStorage):
+    backend = storage._backend if isinstance(storage, _CachedStorage) else storage
+    if isinstance(storage, JournalStorage):
+        if "_write_log" not in vars(storage):
+            storage._write_log = _journal_with_held(storage)
+    elif isinstance(backend, RDBStorage):
+        if "set_trial_state_values" not in vars(backend):
+            backend.set_trial_state_values = _rdb_with_held(backend)
+    else:
         set_user_attrs(trial, user_attrs, system_attrs)
         return
-    if "_write_log" not in vars(storage):
-        storage._write_log = _write_with_held(storage)
-    op = {"user_attr": JournalOperation.SET_TRIAL_USER_ATTR, "system_attr": JournalOperation.SET_TRIAL_SYSTEM_ATTR}
-    entries = [{"op_code": op["user_attr"], "user_attr": {k: v}} for k, v in user_attrs.items()]
-    entries += [{"op_code": op["system_attr"], "system_attr": {k: v}} for k, v in system_attrs.items()]
-    _HELD_ATTRS[storage] = {trial_id(trial): entries}  # one trial at a time: a trial never told leaves nothing
+    items = [("user_attr", k, v) for k, v in user_attrs.items()] + [
+        ("system_attr", k, v) for k, v in system_attrs.items()
+    ]
+    _HELD_ATTRS[backend] = {trial_id(trial): items}  # one trial at a time: a trial never told leaves nothing
     trial._cached_frozen_trial.user_attrs.update(user_attrs)
     trial._cached_frozen_trial.system_attrs.update(system_attrs)
 
 
-# journal storage -> trial id -> the attr entries that go out with the trial's finished state
+# journal or RDB storage -> trial id -> the attrs [(kind, key, value)] that go out with the trial's finished state
 _HELD_ATTRS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _write_with_held(storage: JournalStorage) -> Any:
+def _held(storage: BaseStorage, stored_id: int, state: TrialState) -> list | None:
+    return _HELD_ATTRS.get(storage, {}).pop(stored_id, None) if state.is_finished() else None
+
+
+def _journal_with_held(storage: JournalStorage) -> Any:
     write = type(storage)._write_log.__get__(storage)
 
     def write_log(op_code: int, extra_fields: dict[str, Any]) -> None:
         held = None
-        if op_code == JournalOperation.SET_TRIAL_STATE_VALUES and TrialState(extra_fields["state"]).is_finished():
-            held = _HELD_ATTRS.get(storage, {}).pop(extra_fields["trial_id"], None)
+        if op_code == JournalOperation.SET_TRIAL_STATE_VALUES:
+            held = _held(storage, extra_fields["trial_id"], TrialState(extra_fields["state"]))
         if not held:
             write(op_code, extra_fields)
             return
         worker, stored_id = storage._replay_result.worker_id, extra_fields["trial_id"]
-        entries = [{**e, "worker_id": worker, "trial_id": stored_id} for e in held]
+        entries = _journal_entries(worker, stored_id, held)
         storage._backend.append_logs([*entries, {"op_code": op_code, "worker_id": worker, **extra_fields}])
         _sync_journal(storage)  # all of them read now (a finished trial's raise once), not at a later read
 
     return write_log
+
+
+def _rdb_with_held(backend: RDBStorage) -> Any:
+    set_state = type(backend).set_trial_state_values.__get__(backend)
+
+    def set_trial_state_values(stored_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
+        held = _held(backend, stored_id, state)
+        if not held:
+            return set_state(stored_id, state, values)
+        import sqlalchemy.exc
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        try:  # Optuna's RDBStorage.set_trial_state_values for a finished state, with the attrs' upserts
+            with _create_scoped_session(backend.scoped_session) as session:
+                trial = models.TrialModel.find_or_raise_by_id(stored_id, session, for_update=True)
+                backend.check_trial_is_updatable(stored_id, trial.state)
+                _upsert_attrs(session, backend, stored_id, held)
+                for objective, v in enumerate(values or ()):
+                    backend._set_trial_value_without_commit(session, trial, objective, v)
+                trial.state = state
+                trial.datetime_complete = datetime.datetime.now()
+        except sqlalchemy.exc.IntegrityError:
+            return False
+        return True
+
+    return set_trial_state_values
 
 
 def all_trials(study: optuna.Study) -> list[FrozenTrial]:

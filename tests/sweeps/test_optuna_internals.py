@@ -112,6 +112,35 @@ def test_several_attrs_are_one_write_and_read_back_as_written(tmp_path, kind, mo
 
 
 @pytest.mark.parametrize("kind", ["journal", "sqlite", "memory"])
+def test_attrs_written_again_are_replaced_and_parameters_are_checked_as_optuna_checks_them(tmp_path, kind):
+    """The second write of an attr replaces it (RDB: an upsert of several rows); a parameter goes in with the attrs,
+    and one whose distribution differs from the study's for its name is refused with nothing written (RDB)."""
+    from sweeps.optuna_internals import set_trial_attrs
+
+    storage = dict(_storages(tmp_path))[kind]
+    study = optuna.create_study(storage=storage)
+    first = study.ask()
+    first.suggest_float("x", 0.0, 1.0)  # the study's distribution of "x" from here on
+    study.tell(first, 1.0)
+    trial = study.ask()
+    set_trial_attrs(storage, trial_id(trial), {"status": "running", "run_dir": "/r"}, {"draw_index": 1})
+    x = optuna.distributions.FloatDistribution(0.0, 1.0)
+    set_trial_attrs(storage, trial_id(trial), {"status": "completed"}, {"draw_index": 2}, [("x", 0.25, x)])
+    frozen = all_trials(study)[1]
+    assert frozen.user_attrs == {"status": "completed", "run_dir": "/r"} and frozen.system_attrs == {"draw_index": 2}
+    assert frozen.params == {"x": 0.25}
+    if kind == "journal":  # a journal's entries are read one by one: the refusal is checked on RDB and in memory
+        return
+    other = study.ask()
+    other_x = optuna.distributions.CategoricalDistribution(["a", "b"])
+    with pytest.raises(ValueError):
+        set_trial_attrs(storage, trial_id(other), {"status": "running"}, params=[("x", 0, other_x)])
+    assert all_trials(study)[2].params == {}
+    if kind == "sqlite":
+        assert all_trials(study)[2].user_attrs == {}  # one transaction: nothing of it was written
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite", "memory"])
 def test_attrs_of_a_finished_trial_are_refused_once_and_nothing_is_left_to_raise_later(tmp_path, kind):
     from optuna.exceptions import UpdateFinishedTrialError
 
@@ -224,8 +253,8 @@ def test_held_parameter_writes_are_written_when_the_block_ends_without_an_attrs_
 
 @pytest.mark.parametrize("kind", ["journal", "sqlite", "memory"])
 def test_the_attrs_that_end_a_trial_go_out_with_its_state(tmp_path, kind, monkeypatch):
-    """`set_user_attrs_with_state`: on a journal, the attrs and Optuna's finished state in one append (a reader sees
-    both or neither); elsewhere written at once. The trial shows them at once either way."""
+    """`set_user_attrs_with_state`: the attrs and Optuna's finished state in one journal append or one RDB
+    transaction (a reader sees both or neither); in memory written at once. The trial shows them at once."""
     from optuna.storages.journal import JournalFileBackend
 
     from sweeps.optuna_internals import set_user_attrs_with_state
@@ -244,6 +273,8 @@ def test_the_attrs_that_end_a_trial_go_out_with_its_state(tmp_path, kind, monkey
     if kind == "journal":
         fresh = optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / "s.journal")))
         assert fresh.get_all_trials(study._study_id)[0].user_attrs == {} and appends[before:] == []
+    elif kind == "sqlite":
+        assert all_trials(study)[0].user_attrs == {}
     else:
         assert all_trials(study)[0].user_attrs == {"status": "completed", "epochs_run": 3}
     study.tell(trial, 2.0)
@@ -255,6 +286,23 @@ def test_the_attrs_that_end_a_trial_go_out_with_its_state(tmp_path, kind, monkey
     other = study.ask()  # a trial without held attrs finishes as Optuna writes it
     study.tell(other, 3.0)
     assert all_trials(study)[1].user_attrs == {} and all_trials(study)[1].value == 3.0
+
+
+def test_held_end_attrs_of_a_trial_another_worker_failed_are_refused_with_its_state_on_rdb(tmp_path):
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    from sweeps.optuna_internals import set_user_attrs_with_state
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(storage=optuna.storages.get_storage(url))
+    trial = study.ask()
+    assert optuna.storages.get_storage(url).set_trial_state_values(trial_id(trial), TrialState.FAIL)  # the reaper
+    set_user_attrs_with_state(trial, {"status": "completed"})
+    with pytest.raises(UpdateFinishedTrialError):  # what `tell` writes once it found the trial RUNNING
+        study._storage.set_trial_state_values(trial_id(trial), TrialState.COMPLETE, [1.0])
+    study.tell(study.ask(), 2.0)  # the next trial finishes as Optuna writes it
+    trials = optuna.load_study(study_name=study.study_name, storage=url).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE] and trials[0].user_attrs == {}
 
 
 def test_held_end_attrs_of_a_trial_another_worker_failed_raise_once(tmp_path):
@@ -282,7 +330,7 @@ def test_held_end_attrs_of_a_trial_another_worker_failed_raise_once(tmp_path):
 def test_held_parameter_writes_and_attrs_are_one_postgres_transaction(postgres_counted_study):
     import psycopg
 
-    from sweeps.optuna_internals import held_param_writes, set_user_attrs
+    from sweeps.optuna_internals import held_param_writes, set_user_attrs, set_user_attrs_with_state
 
     url, name = postgres_counted_study
     storage = optuna.storages.get_storage(url.replace("postgresql://", "postgresql+psycopg://", 1))
@@ -304,6 +352,13 @@ def test_held_parameter_writes_and_attrs_are_one_postgres_transaction(postgres_c
     # the write's own commit, plus the two reads of `commits` (without holding: one commit per parameter more)
     assert commits() - before <= 3
     assert study.trials[0].params == params and study.trials[0].user_attrs == {"status": "running", "run_dir": "/r"}
+    set_user_attrs(trial, {"status": "completed", "epochs_run": 3})  # replaced and added in one upsert
+    assert study.trials[0].user_attrs == {"status": "completed", "run_dir": "/r", "epochs_run": 3}
+    before = commits()
+    set_user_attrs_with_state(trial, {"status": "pruned", "reason": "r"})
+    study.tell(trial, state=TrialState.PRUNED)  # the attrs in the state's own commit
+    assert commits() - before <= 3
+    assert study.trials[0].state == TrialState.PRUNED and study.trials[0].user_attrs["status"] == "pruned"
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,7 @@ from sweeps.config import grid_cells, is_cell_study
 from sweeps.format import format_number
 from sweeps.optuna_internals import (
     ParamWrites,
+    covers,
     held_param_writes,
     set_user_attrs,
     set_user_attrs_with_state,
@@ -437,10 +438,14 @@ class Objective:
         with held_param_writes(trial) as writes:  # the parameters go out with the start's write
             spec = self.spec(trial)
             # The study as the sampler read it in this trial (no read of its own), for the refusals and the trial's
-            # place; read again where a repeat could have appeared since: a queued trial's claim, or an earlier
-            # trial that was still drawing its parameters.
+            # place; read again where a repeat could have appeared since: a queued trial's claim, an earlier trial
+            # created after the read, or one that was still drawing its parameters.
             trials = trials_read_in_trial(trial.study)
-            if origin != SAMPLED or unsettled(trials, [d.path for d in self.dims], trial.number):
+            if (
+                origin != SAMPLED
+                or not covers(trials, trial.number)
+                or unsettled(trials, [d.path for d in self.dims], trial.number)
+            ):
                 trials = trial.study.get_trials(deepcopy=False)
             attrs: dict[str, Any] = {TrialAttr.ORIGIN: origin}
             draw = {}  # its place in the study's draws, Hyperband's bracket (a retry carries its original's)

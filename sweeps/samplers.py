@@ -49,6 +49,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sweeps.optuna_internals import (
     WorkerStudy,
     all_trials,
+    covers,
     reseed_sampler,
     storage_of,
     study_key,
@@ -252,10 +253,11 @@ def _held_key(t: FrozenTrial, names: Sequence[str]) -> tuple | None:
     return params_key(params, names) if all(name in params for name in names) else None
 
 
-def exhausted(study: Study, dims: Sequence[Dimension]) -> bool:
-    """True when a finite space has no point the study does not already hold."""
+def exhausted(study: Study, dims: Sequence[Dimension], trials: Sequence[FrozenTrial] | None = None) -> bool:
+    """True when a finite space has no point the study does not already hold (`trials`: every trial of the study,
+    where the caller has just read them)."""
     size = space_size(dims)
-    return size is not None and len(held_params(study, [d.path for d in dims])) >= size
+    return size is not None and len(held_params(study, [d.path for d in dims], trials=trials)) >= size
 
 
 class TrialSeededSampler(BaseSampler):
@@ -307,6 +309,8 @@ class TrialSeededSampler(BaseSampler):
         if not search_space:
             return {}
         trials = trials_read_in_trial(study)  # the trial's one read, which TPE reads too: every trial, any bracket
+        if not covers(trials, trial.number):  # read before other workers created trials numbered below this one
+            trials = all_trials(study)
         held = set(held_params(study, self._names, exclude=trial.number, trials=trials))  # later ones: other workers'
         index = self._draw_index(study, trial, trials)
         if self._space_sampler is None:

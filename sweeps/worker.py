@@ -178,12 +178,12 @@ def finished_count(study: optuna.Study) -> int:
     return _count(study, TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
 
-def _watched_running(study: optuna.Study, journal: bool) -> int:
+def _watched_running(trials: list[FrozenTrial], journal: bool) -> int:
     """RUNNING trials this worker may have to retry: all on RDB (heartbeats); on a journal the live ones of this
     host, and those no worker recorded itself on (a worker killed between taking a trial and its first write: failed
     once `sweep.grace_period` has passed, `sweeps.recovery`). A journal cannot tell whether another host's worker is
     alive, so those are not waited for."""
-    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    running = [t for t in trials if t.state == TrialState.RUNNING]
     if not journal:
         return len(running)
     return sum(
@@ -217,17 +217,20 @@ def done_message(study: optuna.Study, checked: CheckedSweep) -> str | None:
     return None
 
 
-def _next_step(study: optuna.Study, checked: CheckedSweep, journal: bool) -> str:
-    """ "run" a trial, "wait" for running trials that may need a retry, or "stop"."""
+def _next_step(study: optuna.Study, checked: CheckedSweep, journal: bool, trials: list[FrozenTrial]) -> str:
+    """ "run" a trial, "wait" for running trials that may need a retry, or "stop", from `trials` (the study as just
+    read)."""
     sweep, _, dims = checked
-    states = Counter(t.state for t in study.get_trials(deepcopy=False))  # one read (on RDB one query) for the counts
+    states = Counter(t.state for t in trials)
     finished = states[TrialState.COMPLETE] + states[TrialState.PRUNED] + states[TrialState.RUNNING]
     limit_reached = sweep.n_trials is not None and finished >= sweep.n_trials
     # A cell study runs its queued cells only; a searched one also draws new points while its space has any.
-    can_start = states[TrialState.WAITING] > 0 or (not is_cell_study(sweep) and not exhausted(study, dims))
+    can_start = states[TrialState.WAITING] > 0 or (
+        not is_cell_study(sweep) and not exhausted(study, dims, trials=trials)
+    )
     if can_start and not limit_reached:
         return "run"
-    return "wait" if states[TrialState.RUNNING] and _watched_running(study, journal) else "stop"
+    return "wait" if states[TrialState.RUNNING] and _watched_running(trials, journal) else "stop"
 
 
 def collect_cuda_garbage(study: optuna.Study, trial: FrozenTrial) -> None:
@@ -239,9 +242,20 @@ def collect_cuda_garbage(study: optuna.Study, trial: FrozenTrial) -> None:
         gc.collect()
 
 
+class _NoTrial(Exception):
+    """Raised in `ask()` (`_Turns.before_taking`): no trial now; `step` is "wait" or "stop"."""
+
+    def __init__(self, step: str) -> None:
+        super().__init__(step)
+        self.step = step
+
+
 class _Turns:
-    """What a worker does between its trials: stop at the timeout, recover dead workers' trials, and choose to run
-    a trial, wait for running ones (a retry may be needed) or stop (`_next_step`); count trials that crashed."""
+    """What a worker does between its trials: stop at the timeout, recover dead workers' trials, choose to run a
+    trial, wait for running ones (a retry may be needed) or stop (`_next_step`), and count trials that crashed.
+
+    The choice is made in `ask()`, on the read it takes the trial from (`WorkerStudy.before_taking`); the rest after
+    each trial (`after_trial`, a `study.optimize` callback)."""
 
     def __init__(self, study: optuna.Study, checked: CheckedSweep, objective: Objective, worker_index: int) -> None:
         self.study, self.checked, self.objective, self.worker_index = study, checked, objective, worker_index
@@ -250,37 +264,23 @@ class _Turns:
         self.deadline = time.monotonic() + sweep.timeout if sweep.timeout else None
         self.ran, self.crashes, self.done = 0, 0, False
         self._recovered_at, self._said_wait = -math.inf, False
+        self._recovered_since_read = False
 
-    def ready(self) -> bool:
-        """Before a trial: True to run one, False (and `done`) to stop."""
-        study = self.study
-        while True:
-            if self.deadline is not None and time.monotonic() >= self.deadline:
-                log.info("timeout reached; no new trial")
-                break
-            recovered = time.monotonic() - self._recovered_at >= _RECOVER_EVERY_S
-            if recovered:
-                self._recover()
-            step = _next_step(study, self.checked, self.journal)
-            if step == "stop" and not recovered:  # a worker ends on a recovery of this moment, never an older one
-                self._recover()
-                step = _next_step(study, self.checked, self.journal)
-            if step == "stop":
-                break
-            if step == "wait":
-                if not self._said_wait:
-                    log.info("worker %d: waiting for the running trials (a retry may be needed)", self.worker_index)
-                    self._said_wait = True
-                time.sleep(_POLL_S)
-                continue
-            if not self.journal:  # Optuna fails stale trials itself as the trial starts: give them their status first
-                mark_stale_heartbeat_trials(study)  # (a heartbeat can go stale between recover() and here)
-            return True
-        self.done = True
-        return False
+    def before_taking(self, trials: list[FrozenTrial]) -> None:
+        """`WorkerStudy.before_taking`: raise `_NoTrial` unless a trial is due. A worker stops on a read that
+        follows a recovery, never on an older one ("stop" without one asks for one)."""
+        recovered, self._recovered_since_read = self._recovered_since_read, False
+        if self.stopping():
+            raise _NoTrial("stop")
+        step = _next_step(self.study, self.checked, self.journal, trials)
+        if step == "stop" and not recovered:
+            raise _NoTrial("recover")
+        if step != "run":
+            raise _NoTrial(step)
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        """`study.optimize` callback (the last): count the trial, then stop the loop unless another trial is due."""
+        """`study.optimize` callback (the last): count the trial, stop on the timeout or too many crashes, recover
+        dead workers' trials once per _RECOVER_EVERY_S."""
         self.ran += 1
         if self.objective.last_status in (*FINISHED_STATUSES, DUPLICATE):
             self.crashes = 0
@@ -289,12 +289,33 @@ class _Turns:
         if self.crashes >= self.checked.sweep.max_failures:
             log.error("%d trials in a row crashed; this worker stops (see the trials' `reason`)", self.crashes)
             self.done = True
-        if self.done or not self.ready():
+        if self.stopping():
             study.stop()
+            return
+        if time.monotonic() - self._recovered_at >= _RECOVER_EVERY_S:
+            self.recover()
+        elif not self.journal:  # Optuna fails stale trials itself as the next trial starts: their status first
+            mark_stale_heartbeat_trials(study)
 
-    def _recover(self) -> None:
+    def stopping(self) -> bool:
+        """Whether the worker is done (too many crashes, or the timeout, checked here)."""
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            if not self.done:
+                log.info("timeout reached; no new trial")
+            self.done = True
+        return self.done
+
+    def recover(self) -> None:
         recover(self.study, self.checked.sweep)
-        self._recovered_at = time.monotonic()
+        self._recovered_at, self._recovered_since_read = time.monotonic(), True
+
+    def wait(self) -> None:
+        if not self._said_wait:
+            log.info("worker %d: waiting for the running trials (a retry may be needed)", self.worker_index)
+            self._said_wait = True
+        time.sleep(_POLL_S)
+        if time.monotonic() - self._recovered_at >= _RECOVER_EVERY_S:
+            self.recover()
 
 
 def worker_loop(cfg, train_fn: TrainFn | None = None, *, worker_index: int = 0) -> int:
@@ -302,8 +323,8 @@ def worker_loop(cfg, train_fn: TrainFn | None = None, *, worker_index: int = 0) 
 
     A worker with nothing left to start waits while trials it could have to retry are running (their worker may
     die), so a command returns when the study it ran is whole. Returns the number of trials this worker ran.
-    Under a multi-process launch, call it on every rank. The trials run in one `study.optimize`, which a callback
-    stops (`_Turns`): between two trials Optuna does no more than it does for its own.
+    Under a multi-process launch, call it on every rank. The trials run in one `study.optimize`; the worker's
+    choices between them are made in `ask()` and a callback (`_Turns`), on the reads Optuna makes anyway.
     """
     checked = check_sweep(cfg)
     sweep, base, dims = checked
@@ -317,12 +338,14 @@ def worker_loop(cfg, train_fn: TrainFn | None = None, *, worker_index: int = 0) 
     quiet_optuna()  # here: spawned workers are processes of their own
     objective = Objective(base, sweep, dims, train_fn, broadcast=distributed.broadcast_spec if multi else None)
     turns = _Turns(study, checked, objective, worker_index)
+    study.before_taking = turns.before_taking
     interrupted = False
     # The ~200k objects of the imports (torch) never become garbage: moved out of the collector's sight, every
     # collection scans the trials' objects alone (~150 ms -> a few ms with torch loaded).
     gc.freeze()
     try:
-        while turns.ready():
+        turns.recover()
+        while not turns.done:
             try:
                 study.optimize(
                     objective,
@@ -330,9 +353,15 @@ def worker_loop(cfg, train_fn: TrainFn | None = None, *, worker_index: int = 0) 
                     callbacks=[objective.announce, collect_cuda_garbage, turns.after_trial],
                 )
             except NothingQueued:  # another worker popped the last queued cell first: look again
-                continue
-            if turns.done:
-                break
+                if not turns.journal:  # Optuna fails stale trials as the next trial starts: their status first
+                    mark_stale_heartbeat_trials(study)
+            except _NoTrial as no:
+                if no.step == "stop":
+                    break
+                if no.step == "recover":
+                    turns.recover()
+                else:
+                    turns.wait()
     except KeyboardInterrupt:
         interrupted = True
         raise

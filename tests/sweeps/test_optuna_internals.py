@@ -399,6 +399,43 @@ def test_a_reseeded_sampler_draws_what_a_new_one_with_that_seed_draws(make):
     assert not reseed_sampler(optuna.samplers.CmaEsSampler(seed=0), 1)  # state of its own: made anew instead
 
 
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_a_worker_study_decides_takes_and_samples_a_trial_on_one_read(tmp_path, kind, monkeypatch):
+    """`WorkerStudy.ask`: one read of the study serves `before_taking` (the worker's decision), the pop and the
+    trial's samplers (`trials_read_in_trial`); a `before_taking` that raises takes no trial."""
+    from sweeps.optuna_internals import covers, trials_read_in_trial
+
+    storage = dict(_storages(tmp_path))[kind]
+    optuna.create_study(study_name="w", storage=storage)
+    sampler = optuna.samplers.TPESampler(seed=0, n_startup_trials=2)
+    study = WorkerStudy(study_name="w", storage=storage, sampler=sampler, worker_attrs={"worker": {"pid": 7}})
+    for _ in range(3):
+        t = study.ask()
+        study.tell(t, _suggest_all(t)["x"])
+    seen, reads = [], []
+    study.before_taking = lambda trials: seen.append([t.number for t in trials])
+    read = type(storage).get_all_trials
+    monkeypatch.setattr(
+        type(storage), "get_all_trials", lambda self, *a, **k: reads.append(k.get("states")) or read(self, *a, **k)
+    )
+    trial = study.ask()
+    _suggest_all(trial)  # TPE samples on the read ask() made (its constant liar reads the running trials itself)
+    assert seen == [[0, 1, 2]] and [r for r in reads if r is None] == [None]
+    assert [t.number for t in trials_read_in_trial(study)] == [0, 1, 2] and covers(trials_read_in_trial(study), 3)
+    assert not covers(trials_read_in_trial(study), 4) and covers([], 0)
+
+    class Stop(Exception):
+        pass
+
+    def refuse(trials):
+        raise Stop
+
+    study.before_taking = refuse
+    with pytest.raises(Stop):
+        study.ask()
+    assert len(all_trials(study)) == 4
+
+
 @pytest.mark.parametrize("kind", ["journal", "sqlite", "memory"])
 def test_a_worker_study_records_its_worker_in_the_write_that_creates_the_trial(tmp_path, kind, monkeypatch):
     """No moment where a trial is RUNNING without its worker (the one recovery could never tell dead): a new trial

@@ -53,7 +53,15 @@ from sweeps.record import (
 )
 from sweeps.recovery import worker_identity
 from sweeps.samplers import DRAW_ATTR, draw_index, held_by, unsettled
-from sweeps.space import ConfigTemplate, Dimension, SweepConfigError, apply_params, fixed_values, window_label
+from sweeps.space import (
+    ConfigTemplate,
+    Dimension,
+    SweepConfigError,
+    apply_params,
+    fixed_values,
+    release_config,
+    window_label,
+)
 from sweeps.storage import mask_secrets
 
 # `train(cfg, on_epoch_end=...)`: experiments.train's returns a TrainResult, a user's may return a plain dict with
@@ -144,7 +152,10 @@ def run_trial(
     on_epoch_end: Callable[[int, dict[str, float]], str | None] | None = None,
 ) -> TrainResult | Mapping[str, Any]:
     """Train one trial on this process (every rank calls it; only the main one passes `on_epoch_end`)."""
-    return train_fn(configs(spec), on_epoch_end=on_epoch_end)
+    cfg = configs(spec)
+    returned = train_fn(cfg, on_epoch_end=on_epoch_end)
+    release_config(cfg)  # freed now, unless train_fn kept it
+    return returned
 
 
 def _resume_dir(trial: optuna.Trial) -> str | None:

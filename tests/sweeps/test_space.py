@@ -203,3 +203,34 @@ def test_trial_configs_equal_a_config_built_whole_and_keep_its_types(compose_swe
         copied.optim.learning_rate = 1.0
     copied.optim.lr = 1.0
     assert configs(spec).optim.lr == 6e-3 and base.optim.lr == 2e-3  # neither the template nor the base changed
+
+
+def test_a_trials_config_is_freed_without_the_collector_unless_train_fn_keeps_it(compose_sweep, tmp_path):
+    """`run_trial` releases the trial's config (`release_config`): its nodes' parent links are reference cycles only
+    the garbage collector would free. A config (or a node of it) the train_fn keeps stays whole."""
+    import gc
+    import weakref
+
+    from sweeps.objective import TrialConfigs, TrialSpec, run_trial
+
+    sweep, base, _ = check_sweep(compose_sweep())
+    configs = TrialConfigs(base, sweep)
+    spec = TrialSpec(3, {"optim.lr": 0.002}, str(tmp_path / "trial-3"), "abcdefgh")
+    seen, kept = [], []
+
+    def forgets(cfg, on_epoch_end=None):
+        seen.append(weakref.ref(cfg.optim))
+        return {"status": "completed"}
+
+    def keeps(cfg, on_epoch_end=None):
+        kept.append(cfg.optim)  # a node, not the root
+        return {"status": "completed"}
+
+    gc.disable()
+    try:
+        run_trial(configs, spec, forgets)
+        assert seen[0]() is None  # freed by reference counting, no collection ran
+        run_trial(configs, spec, keeps)
+        assert kept[0].lr == 0.002 and kept[0]._get_full_key("lr") == "optim.lr"  # still linked to its root
+    finally:
+        gc.enable()

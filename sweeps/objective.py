@@ -52,7 +52,7 @@ from sweeps.record import (
     trial_origin,
 )
 from sweeps.recovery import worker_identity
-from sweeps.samplers import DRAW_ATTR, draw_index, held_by, unsettled
+from sweeps.samplers import DRAW_ATTR, draw_index, held_by, space_size, unsettled
 from sweeps.space import (
     ConfigTemplate,
     Dimension,
@@ -69,6 +69,8 @@ from sweeps.storage import mask_secrets
 TrainFn = Callable[..., TrainResult | Mapping[str, Any]]
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 _RESULTS = (TrialState.COMPLETE, TrialState.PRUNED)
+# How long a sampled trial waits for earlier trials still drawing their parameters, and how often it looks.
+_SETTLE_S, _SETTLE_POLL_S = 10.0, 0.02
 
 
 @dataclass
@@ -353,6 +355,7 @@ class Objective:
     ) -> None:
         self.base, self.sweep, self.dims, self.train_fn, self.broadcast = base, sweep, dims, train_fn, broadcast
         self.configs = TrialConfigs(base, sweep)  # each trial's training config
+        self.finite = space_size(dims) is not None  # a space two workers may draw the same set from
         self.maximize = sweep.direction == "maximize"
         self.last_status: str | None = None
         # How a trial line names the trial's params: the train_fn's own `describe_params` (the ablation names its
@@ -450,14 +453,11 @@ class Objective:
             spec = self.spec(trial)
             # The study as the sampler read it in this trial (no read of its own), for the refusals and the trial's
             # place; read again where a repeat could have appeared since: a queued trial's claim, an earlier trial
-            # created after the read, or one that was still drawing its parameters.
+            # created after the read, or one that was still drawing its parameters (waited for: `_settled`).
             trials = trials_read_in_trial(trial.study)
-            if (
-                origin != SAMPLED
-                or not covers(trials, trial.number)
-                or unsettled(trials, [d.path for d in self.dims], trial.number)
-            ):
-                trials = trial.study.get_trials(deepcopy=False)
+            names = [d.path for d in self.dims]
+            if origin != SAMPLED or not covers(trials, trial.number) or unsettled(trials, names, trial.number):
+                trials = self._settled(trial, names) if origin == SAMPLED else trial.study.get_trials(deepcopy=False)
             attrs: dict[str, Any] = {TrialAttr.ORIGIN: origin}
             draw = {}  # its place in the study's draws, Hyperband's bracket (a retry carries its original's)
             if DRAW_ATTR not in record.system_attrs and origin != RETRY:
@@ -481,6 +481,21 @@ class Objective:
             )
             set_user_attrs(trial, attrs, draw, writes)
         return spec, trials
+
+    def _settled(self, trial: optuna.Trial, names: list[str]) -> list[FrozenTrial]:
+        """The study read again until no trial numbered below this one is still drawing its parameters
+        (`unsettled`), for at most _SETTLE_S (a worker that died while drawing leaves its trial unsettled; that
+        trial never trains); read once in a continuous space, where two draws of one set are all but impossible.
+
+        Of two workers drawing the same set at once, the trial numbered higher is refused (`_duplicate`); it can
+        be only if it sees the lower one's parameters, which that trial writes as it starts. Reading once was not
+        enough: the higher trial could read before the lower one's write, and both trained the same set."""
+        deadline = time.monotonic() + (_SETTLE_S if self.finite else 0.0)
+        while True:
+            trials = trial.study.get_trials(deepcopy=False)
+            if not unsettled(trials, names, trial.number) or time.monotonic() > deadline:
+                return trials
+            time.sleep(_SETTLE_POLL_S)
 
     def announce(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """`study.optimize` callback: one line per finished trial (`trial_line`), with its place in the study."""

@@ -190,6 +190,50 @@ def test_a_duplicate_drawn_by_a_trial_still_drawing_when_the_sampler_read_fails_
     assert trained == []
 
 
+def test_a_later_trial_waits_for_an_earlier_one_still_drawing_and_is_refused_when_it_draws_the_same_set(
+    compose_sweep,
+):
+    """Two workers drawing the same set of a finite space at once: trial 1 has drawn, trial 0 (another worker) is
+    still drawing and writes its set 0.3 s later. Trial 1 waits for it (`Objective._settled`) and is refused
+    before it trains; reading once, it used to find trial 0 without a set and train the same one."""
+    import threading
+    import time
+
+    from sweeps.optuna_internals import storage_of, trial_id
+
+    sweep, base, dims = check_sweep(
+        compose_sweep(
+            "~sweep.space.optim", "~sweep.space.model.drop_rate", "~sweep.space.model.rpb.init_std",
+            "sweep.space.model.rpb.window_size={type: categorical, choices: [3, 7]}",
+        )
+    )  # fmt: skip
+    params = {"model.rpb.window_size": 7}
+    dists = {d.path: d.distribution() for d in dims}
+
+    class Same(optuna.samplers.RandomSampler):  # both workers' samplers draw window 7
+        def sample_independent(self, study, trial, name, dist):
+            return params[name]
+
+    study = optuna.create_study(sampler=Same())
+    other = study.ask()  # trial 0: another worker's, RUNNING and still drawing
+
+    def draws_late():
+        time.sleep(0.3)  # after trial 1 drew and read the study
+        for n, value in params.items():
+            storage_of(study).set_trial_param(trial_id(other), n, dists[n].to_internal_repr(value), dists[n])
+
+    writer = threading.Thread(target=draws_late)
+    writer.start()
+    trained = []
+    objective = Objective(base, sweep, dims, lambda cfg, on_epoch_end=None: trained.append(cfg) or {})
+    study.optimize(objective, n_trials=1, catch=(DuplicateTrial,))
+    writer.join()
+    dup = study.trials[1]
+    assert dup.state == TrialState.FAIL and dup.user_attrs["status"] == "duplicate"
+    assert dup.user_attrs["reason"] == "trial 0 holds the same parameters; not trained again"
+    assert trained == []
+
+
 def test_unsettled_means_an_earlier_unfinished_trial_without_its_full_set():
     from sweeps.samplers import unsettled
 

@@ -260,6 +260,12 @@ def fill_defaults(given: Any, schema: type, defaults: Callable[[], Mapping[str, 
 _ABSENT = object()
 
 
+# The attribute a `train(cfg, on_epoch_end)` function sets (True) when it neither changes the config it is given
+# nor keeps it past its return (`experiments.train.train` validates it into a config of its own first): a sweep
+# worker may then hand it the same config object every trial, that trial's values set anew (`sweeps.objective`).
+READS_CONFIG_ONLY = "reads_config_only"
+
+
 def validate_config(cfg: DictConfig | dict) -> DictConfig:
     """Check `cfg` against the schema and the rules types cannot express; return it typed.
 
@@ -309,7 +315,9 @@ def _window_as_pair(plain: Any) -> None:
     Raises:
         ConfigError: a value that is no window.
     """
-    rpb = plain.get("model", {}).get("rpb") if isinstance(plain, dict) and isinstance(plain.get("model"), dict) else None
+    rpb = (
+        plain.get("model", {}).get("rpb") if isinstance(plain, dict) and isinstance(plain.get("model"), dict) else None
+    )
     value = rpb.get("window_size") if isinstance(rpb, dict) else None
     if value is None or (isinstance(value, str) and value.startswith("${")):
         return

@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.checkpoint import TrainState, last_checkpoint, load_last, save_checkpoint, save_last
-from experiments.config import build_model, to_yaml, validate_config
+from experiments.config import READS_CONFIG_ONLY, build_model, to_yaml, validate_config
 from experiments.config_errors import ConfigError
 from experiments.engine import evaluate, train_epoch
 from experiments.launch import stop_signal
@@ -194,6 +194,9 @@ def train(cfg: DictConfig, on_epoch_end: EpochCallback | None = None) -> TrainRe
 
 
 # --- setup ----------------------------------------------------------------------------------------------------
+setattr(train, READS_CONFIG_ONLY, True)  # validated into a config of its own at once; the given one is only read
+
+
 def _build(cfg: DictConfig, accelerator: Any) -> _Setup:
     """Model, optimizer, data and schedule, prepared by Accelerate (same initial weights on every process)."""
     from accelerate.utils import set_seed

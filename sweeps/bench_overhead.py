@@ -62,6 +62,9 @@ def fake_train(cfg, on_epoch_end=None) -> dict:
     return {"status": status, "reason": "", "epochs_run": epoch, "val_accuracy": value, "run_dir": cfg.run_dir}
 
 
+fake_train.reads_config_only = True  # as experiments.train.train's (it validates a config of its own at once)
+
+
 def _plain_optuna(storage, n: int) -> None:
     import optuna
 

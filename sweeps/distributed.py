@@ -14,6 +14,7 @@ from dataclasses import asdict
 
 from omegaconf import DictConfig
 
+from experiments.config import READS_CONFIG_ONLY
 from sweeps.objective import TrainFn, TrialConfigs, TrialSpec, run_trial
 
 
@@ -47,7 +48,7 @@ def broadcast_spec(spec: TrialSpec | None) -> TrialSpec | None:
 
 def follow(base: DictConfig, sweep: DictConfig, train_fn: TrainFn) -> int:
     """The loop of a non-main rank: train every trial rank 0 announces; returns how many it trained."""
-    trained, configs = 0, TrialConfigs(base, sweep)
+    trained, configs = 0, TrialConfigs(base, sweep, reuse=getattr(train_fn, READS_CONFIG_ONLY, False))
     while (spec := broadcast_spec(None)) is not None:
         try:
             run_trial(configs, spec, train_fn, on_epoch_end=None)

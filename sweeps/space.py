@@ -235,13 +235,10 @@ class ConfigTemplate:
         return self._cfg.copy() if self._blob is None else pickle.loads(self._blob)
 
 
-def release_config(cfg: DictConfig, held_by_caller: int = 1) -> bool:
-    """Free a config now rather than at the garbage collector's next pass: OmegaConf nodes point to their parents,
-    so a config is ~600 objects in reference cycles, which only the collector frees (a trial's config was all of a
-    worker's cyclic garbage: ~0.5 ms of collections a trial, `sweeps.bench_overhead`). The parent links are cut
-    only when nothing but the caller's `held_by_caller` references holds the config or any node of it (CPython
-    reference counts); a config kept elsewhere (a train_fn that stores it, a traceback) is left whole. Returns
-    whether it was released."""
+def unshared(cfg: DictConfig, held: int) -> list[Any] | None:
+    """The nodes of `cfg` (root first) when nothing holds the config or any node of it but `held` references to
+    the root (CPython reference counts: a child's are its parent's `_content` and its own children's `_parent`);
+    None when something else does (a train_fn that kept the config or a node of it, a traceback)."""
     nodes: list[Any] = []
     kids: list[int] = []  # each node's children: each holds a reference to it (its `_parent`)
     stack: list[Any] = [cfg]
@@ -253,21 +250,35 @@ def release_config(cfg: DictConfig, held_by_caller: int = 1) -> bool:
         kids.append(len(children))
         stack.extend(children)
     del node, children, content
-    # A node's references, when nothing else holds it: its holder (its parent's `_content`; the root: the caller's
-    # and this function's argument), its children's `_parent`, `nodes`, getrefcount's argument.
+    # A node's references, when nothing else holds it: its holder (its parent's `_content`; the root: the `held`
+    # ones and this function's argument), its children's `_parent`, `nodes`, getrefcount's argument.
     for i in range(len(nodes)):
-        if sys.getrefcount(nodes[i]) != (held_by_caller + 1 if i == 0 else 1) + kids[i] + 2:
-            return False
+        if sys.getrefcount(nodes[i]) != (held + 1 if i == 0 else 1) + kids[i] + 2:
+            return None
+    return nodes
+
+
+def release_config(cfg: DictConfig, held_by_caller: int = 1) -> bool:
+    """Free a config now rather than at the garbage collector's next pass: OmegaConf nodes point to their parents,
+    so a config is ~600 objects in reference cycles, which only the collector frees (a trial's config was all of a
+    worker's cyclic garbage: ~0.5 ms of collections a trial, `sweeps.bench_overhead`). The parent links are cut
+    only when nothing but the caller's `held_by_caller` references holds the config or any node of it
+    (`unshared`); a config kept elsewhere (a train_fn that stores it, a traceback, `TrialConfigs` reusing it) is
+    left whole. Returns whether it was released."""
+    nodes = unshared(cfg, held_by_caller + 1)  # + this function's argument
+    if nodes is None:
+        return False
     for node in nodes[1:]:
         node.__dict__["_parent"] = None
     return True
 
 
 def apply_params(
-    train_cfg: DictConfig | ConfigTemplate, params: Mapping[str, Any], fixed: Mapping[str, Any] = ()
+    train_cfg: DictConfig | ConfigTemplate, params: Mapping[str, Any], fixed: Mapping[str, Any] = (), copy: bool = True
 ) -> DictConfig:
-    """A copy of `train_cfg` (a config or its `ConfigTemplate`) with `fixed` then `params` set at their paths."""
-    cfg = train_cfg.copy()
+    """A copy of `train_cfg` (a config or its `ConfigTemplate`) with `fixed` then `params` set at their paths
+    (`copy=False`: set on `train_cfg` itself, a config)."""
+    cfg = train_cfg.copy() if copy else train_cfg
     for path, value in {**dict(fixed), **dict(params)}.items():
         OmegaConf.update(cfg, path, to_config_value(path, value), merge=False, force_add=False)
     return cfg

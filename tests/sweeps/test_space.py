@@ -215,7 +215,7 @@ def test_a_trials_config_is_freed_without_the_collector_unless_train_fn_keeps_it
 
     sweep, base, _ = check_sweep(compose_sweep())
     configs = TrialConfigs(base, sweep)
-    spec = TrialSpec(3, {"optim.lr": 0.002}, str(tmp_path / "trial-3"), "abcdefgh")
+    spec = TrialSpec(3, {"optim.lr": 0.002, "model.rpb.window_size": "5x5"}, str(tmp_path / "trial-3"), "abcdefgh")
     seen, kept = [], []
 
     def forgets(cfg, on_epoch_end=None):
@@ -234,3 +234,48 @@ def test_a_trials_config_is_freed_without_the_collector_unless_train_fn_keeps_it
         assert kept[0].lr == 0.002 and kept[0]._get_full_key("lr") == "optim.lr"  # still linked to its root
     finally:
         gc.enable()
+
+
+def test_a_train_fn_that_reads_its_config_only_gets_the_same_config_set_anew_each_trial(compose_sweep, tmp_path):
+    """`TrialConfigs(reuse=True)` (a train_fn marked `reads_config_only`, as `experiments.train.train`): the config
+    handed out last is set anew, equal to the one a copy would give (the W&B tags and the window too); a config the
+    train_fn kept is left as it was and the next trial gets a copy; a trial with `extra` keys gets a copy."""
+    from omegaconf import OmegaConf
+
+    from experiments.config import READS_CONFIG_ONLY
+    from experiments.train import train
+    from sweeps.objective import TrialConfigs, TrialSpec
+
+    assert getattr(train, READS_CONFIG_ONLY) is True
+    sweep, base, _dims = check_sweep(compose_sweep())
+    reused, copied = TrialConfigs(base, sweep, reuse=True), TrialConfigs(base, sweep)
+
+    def spec(number, window, **extra):
+        return TrialSpec(number=number, params={"optim.lr": 1e-3 * number, "model.rpb.window_size": window},
+                         run_dir=str(tmp_path / f"t{number}"), wandb_id=f"id{number}", extra=extra)  # fmt: skip
+
+    import gc
+
+    gc.disable()  # reused without a collection freeing what setting a trial's values leaves behind
+    try:
+        first = reused(spec(1, "5x5"))
+        first_id = id(first)
+        del first  # the train_fn returned and kept nothing
+        for number, window in ((2, "3x3"), (3, "7x7"), (4, "3x3")):
+            cfg = reused(spec(number, window))
+            assert id(cfg) == first_id  # the same object, set anew
+            assert OmegaConf.to_yaml(cfg) == OmegaConf.to_yaml(copied(spec(number, window)))
+            assert list(cfg.tracker.wandb.tags).count(f"window-{window}") == 1 and len(cfg.tracker.wandb.tags) == len(
+                copied(spec(number, window)).tracker.wandb.tags
+            )
+            del cfg
+    finally:
+        gc.enable()
+    kept = reused(spec(5, "5x5")).optim  # a train_fn that keeps a node of its config
+    fresh = reused(spec(6, "3x3"))
+    assert id(fresh) != first_id and kept.lr == 5e-3 and kept._get_full_key("lr") == "optim.lr"
+    del fresh
+    extra = reused(spec(7, "5x5", seed=1))
+    assert extra.tracker.extra_config.seed == 1
+    del extra
+    assert "seed" not in reused(spec(8, "5x5")).tracker.extra_config  # no trial's extra keys linger

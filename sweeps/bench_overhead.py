@@ -7,8 +7,9 @@
 
 Both sides run the same study in fresh processes, interleaved (Optuna, rpb-lab, at each size and storage): a TPE
 sampler (seed 0, the project's n_startup_trials), the median pruner, the same five parameters, and a trainer that
-reports 5 epochs and returns at once. Each side imports torch first, as a training process has it loaded. Printed:
-CPU and wall seconds per trial (CPU is what the machine's load disturbs least), their ratio, the growth of the
+reports 5 epochs and returns at once (on the rpb-lab side marked `reads_config_only`, as `experiments.train.train`
+is, so it gets its config as train() would). Each side imports torch first, as a training process has it loaded.
+Printed: CPU and wall seconds per trial (CPU is what the machine's load disturbs least), their ratio, the growth of the
 per-trial CPU with the trials already in the study (a least-squares line a + b x trials), and, on PostgreSQL, the
 commits per trial (pg_stat_database). `--workers` times how long `sweep.workers=N` takes to start its workers
 (from the command's start to each worker's first trial).

@@ -129,7 +129,7 @@ class TrialConfigs:
 
     def __call__(self, spec: TrialSpec) -> DictConfig:
         last, self._last = self._last, None
-        reused = last is not None and not spec.extra and unshared(last, 1)  # 1: `last`
+        reused = last is not None and not spec.extra and unshared(last, 1) is not None  # 1: `last`
         cfg = last if reused else self._template.copy()
         del last
         apply_params(cfg, spec.params, copy=False)

@@ -1,7 +1,7 @@
 """The few private names of Optuna the sweeps rely on, used from this module only (tests/sweeps/test_optuna_internals.py
 and tests/sweeps/test_pruners.py pin the behaviour relied on, so an Optuna upgrade fails a test, not a study).
 
-Each says why the public API does not do. Written against Optuna 4.x.
+Each says why the public API does not do. Written against Optuna 5.1.
 """
 
 from __future__ import annotations

@@ -157,24 +157,24 @@ def test_attrs_of_a_finished_trial_are_refused_once_and_nothing_is_left_to_raise
     assert [t.value for t in study.trials] == [1.0, 2.0]
 
 
-def test_several_attrs_are_one_postgres_transaction(postgres_counted_study):
-    """On PostgreSQL every write is a commit (`pg_stat_database.xact_commit`): the attrs together are one."""
+def _commits(url: str) -> int:
+    """The commits of the test database so far (`pg_stat_database.xact_commit`, this read's own included)."""
     import psycopg
 
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        return conn.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()").fetchone()[0]
+
+
+def test_several_attrs_are_one_postgres_transaction(postgres_counted_study):
+    """On PostgreSQL every write is a commit (`pg_stat_database.xact_commit`): the attrs together are one."""
     from sweeps.optuna_internals import set_trial_attrs
 
     url, name = postgres_counted_study
     storage = optuna.storages.get_storage(url.replace("postgresql://", "postgresql+psycopg://", 1))
     study = optuna.create_study(study_name=name, storage=storage)
     trial = study.ask()
-    plain = url.replace("postgresql+psycopg://", "postgresql://")
-
-    def commits():
-        with psycopg.connect(plain, autocommit=True) as conn:
-            conn.execute("SELECT pg_stat_clear_snapshot()")
-            return conn.execute(
-                "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
-            ).fetchone()[0]
+    commits = lambda: _commits(url)  # noqa: E731
 
     before = commits()
     set_trial_attrs(storage, trial_id(trial), {f"k{i}": i for i in range(6)}, {"draw_index": 2})
@@ -328,22 +328,13 @@ def test_held_end_attrs_of_a_trial_another_worker_failed_raise_once(tmp_path):
 
 
 def test_held_parameter_writes_and_attrs_are_one_postgres_transaction(postgres_counted_study):
-    import psycopg
-
     from sweeps.optuna_internals import held_param_writes, set_user_attrs, set_user_attrs_with_state
 
     url, name = postgres_counted_study
     storage = optuna.storages.get_storage(url.replace("postgresql://", "postgresql+psycopg://", 1))
     study = optuna.create_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler(seed=0))
     trial = study.ask()
-    plain = url.replace("postgresql+psycopg://", "postgresql://")
-
-    def commits():
-        with psycopg.connect(plain, autocommit=True) as conn:
-            conn.execute("SELECT pg_stat_clear_snapshot()")
-            return conn.execute(
-                "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
-            ).fetchone()[0]
+    commits = lambda: _commits(url)  # noqa: E731
 
     before = commits()
     with held_param_writes(trial) as writes:

@@ -292,10 +292,7 @@ class _Turns:
         if self.stopping():
             study.stop()
             return
-        if time.monotonic() - self._recovered_at >= _RECOVER_EVERY_S:
-            self.recover()
-        elif not self.journal:  # Optuna fails stale trials itself as the next trial starts: their status first
-            mark_stale_heartbeat_trials(study)
+        self.between()
 
     def stopping(self) -> bool:
         """Whether the worker is done (too many crashes, or the timeout, checked here)."""
@@ -304,6 +301,14 @@ class _Turns:
                 log.info("timeout reached; no new trial")
             self.done = True
         return self.done
+
+    def between(self) -> None:
+        """Before the next trial: recover dead workers' trials once per _RECOVER_EVERY_S; on RDB give stale trials
+        their status in any case (Optuna fails them itself as the next trial starts, after which none is written)."""
+        if time.monotonic() - self._recovered_at >= _RECOVER_EVERY_S:
+            self.recover()
+        elif not self.journal:
+            mark_stale_heartbeat_trials(self.study)
 
     def recover(self) -> None:
         recover(self.study, self.checked.sweep)
@@ -314,8 +319,7 @@ class _Turns:
             log.info("worker %d: waiting for the running trials (a retry may be needed)", self.worker_index)
             self._said_wait = True
         time.sleep(_POLL_S)
-        if time.monotonic() - self._recovered_at >= _RECOVER_EVERY_S:
-            self.recover()
+        self.between()
 
 
 def worker_loop(cfg, train_fn: TrainFn | None = None, *, worker_index: int = 0) -> int:
@@ -353,8 +357,7 @@ def worker_loop(cfg, train_fn: TrainFn | None = None, *, worker_index: int = 0) 
                     callbacks=[objective.announce, collect_cuda_garbage, turns.after_trial],
                 )
             except NothingQueued:  # another worker popped the last queued cell first: look again
-                if not turns.journal:  # Optuna fails stale trials as the next trial starts: their status first
-                    mark_stale_heartbeat_trials(study)
+                turns.between()
             except _NoTrial as no:
                 if no.step == "stop":
                     break

@@ -58,8 +58,10 @@ from sweeps.space import (
     Dimension,
     SweepConfigError,
     apply_params,
+    config_node,
     fixed_values,
     release_config,
+    set_item,
     unshared,
     window_label,
 )
@@ -107,7 +109,7 @@ class TrialConfigs:
     """
 
     def __init__(self, base: DictConfig, sweep: DictConfig, reuse: bool = False) -> None:
-        self.sweep, self.reuse = sweep, reuse
+        self.sweep, self.reuse, self._study_name = sweep, reuse, str(sweep.study_name)
         shared = apply_params(base, {}, fixed_values(sweep))
         wb = shared.tracker.get("wandb")  # None with tracker=none (or a preset without W&B)
         if wb is not None:
@@ -133,25 +135,30 @@ class TrialConfigs:
         cfg = last if reused else self._template.copy()
         del last
         apply_params(cfg, spec.params, copy=False)
-        cfg.run_dir, cfg.resume, cfg.name = spec.run_dir, spec.resume, f"{self.sweep.study_name}-trial-{spec.number}"
-        wb = cfg.tracker.get("wandb")
-        if wb is not None:
-            wb.name, wb.id = f"trial-{spec.number}", spec.wandb_id
-        extra = cfg.tracker.extra_config
+        wb, extra = config_node(cfg, "tracker.wandb"), config_node(cfg, "tracker.extra_config")
+        for container, key, value in (
+            (cfg, "run_dir", spec.run_dir),
+            (cfg, "resume", spec.resume),
+            (cfg, "name", f"{self._study_name}-trial-{spec.number}"),
+            *(((wb, "name", f"trial-{spec.number}"), (wb, "id", spec.wandb_id)) if wb is not None else ()),
+            (extra, "trial_number", spec.number),
+        ):
+            set_item(container, key, value)
         if self._window:
             # "7x7": W&B groups and filters runs by it; "none" without a bias table (its config's window means nothing)
-            rpb = cfg.model.rpb
-            extra.window_size = window_label(list(rpb.window_size)) if rpb.get("enabled", True) else "none"
+            rpb = config_node(cfg, "model.rpb")
+            label = window_label(list(rpb.window_size)) if rpb.get("enabled", True) else "none"
+            set_item(extra, "window_size", label)
             if wb is not None:  # set in place: a node replaced would stay behind in a cycle, holding its parent
-                if len(wb.tags) > len(self._tags):
-                    wb.tags[len(self._tags)] = f"window-{extra.window_size}"
+                tag, tags = f"window-{label}", config_node(wb, "tags")
+                if len(tags) > len(self._tags):
+                    set_item(tags, len(self._tags), tag)
                 else:
-                    wb.tags.append(f"window-{extra.window_size}")
-        extra.trial_number = spec.number
-        held = extra.get("trial_params")
-        if isinstance(held, DictConfig) and set(held) == set(spec.params):
+                    tags.append(tag)
+        held = config_node(extra, "trial_params")
+        if isinstance(held, DictConfig) and held.keys() == spec.params.keys():
             for key, value in spec.params.items():  # in place, as the W&B tags
-                held[key] = value
+                set_item(held, key, value)
         else:
             extra.trial_params = dict(spec.params)
         if spec.extra:
@@ -180,14 +187,14 @@ def run_trial(
     return returned
 
 
-def _resume_dir(trial: optuna.Trial) -> str | None:
+def _resume_dir(record: FrozenTrial) -> str | None:
     """The run dir of the trial this one retries, when it left a checkpoint to continue from.
 
     A fresh trial has no `run_dir` yet; a retry (`sweeps.recovery`) carries the user attrs of the trial it
     replaces. A checkpoint counts only when it is complete (`experiments.run_dir.last_checkpoint`): a trial
     killed before its first save starts from scratch.
     """
-    old = trial.user_attrs.get(TrialAttr.RUN_DIR)
+    old = record.user_attrs.get(TrialAttr.RUN_DIR)
     return old if old and last_checkpoint(old) is not None else None
 
 
@@ -377,6 +384,9 @@ class Objective:
         self.configs = TrialConfigs(base, sweep, reuse=getattr(train_fn, READS_CONFIG_ONLY, False))
         self.finite = space_size(dims) is not None  # a space two workers may draw the same set from
         self.maximize = sweep.direction == "maximize"
+        # read once: a config's attribute access costs ~10-40 us, and these are read every trial or epoch
+        self.metric, self._epochs = str(sweep.metric), int(base.trainer.epochs)
+        self._trials_dir = Path(sweep.output_dir) / sweep.study_name
         self.last_status: str | None = None
         # How a trial line names the trial's params: the train_fn's own `describe_params` (the ablation names its
         # setting and seed), else `params_text`.
@@ -386,7 +396,7 @@ class Objective:
 
     def spec(self, trial: optuna.Trial) -> TrialSpec:
         params = {dim.path: dim.suggest(trial) for dim in self.dims}
-        run_dir = Path(self.sweep.output_dir) / self.sweep.study_name / f"trial-{trial.number}"
+        run_dir = self._trials_dir / f"trial-{trial.number}"
         return TrialSpec(trial.number, params, str(run_dir), new_run_id())
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -401,7 +411,7 @@ class Objective:
         # The trial's record: epoch -> reported value, the epochs of its killed attempts included (a retry is
         # enqueued with them); its value is computed from this record alone (`value`).
         history: dict[int, float] = dict(record.intermediate_values)
-        epochs = int(spec.params.get("trainer.epochs", self.base.trainer.epochs))
+        epochs = int(spec.params.get("trainer.epochs", self._epochs))
         place = self._places[trial.number] = self.progress.place(trials, trial.number)
         tag = self.progress.tag(trial.number, place)
         resumed = f" (resumed from {spec.resume})" if spec.resume else ""
@@ -420,12 +430,12 @@ class Objective:
                 left = self.progress.time_left(place, elapsed, done, epochs - epoch)
                 line = epoch_line(metrics, epochs, epoch=epoch) + (f" | {left}" if left else "")
                 print(f"[{tag}] {line}", flush=True)
-            if self.sweep.metric not in metrics:
+            if self.metric not in metrics:
                 raise RuntimeError(
-                    f"train_fn reported no {self.sweep.metric!r} for epoch {epoch} (it reported "
+                    f"train_fn reported no {self.metric!r} for epoch {epoch} (it reported "
                     f"{', '.join(sorted(metrics)) or 'nothing'}): set sweep.metric to one of its metrics."
                 )
-            value = float(metrics[self.sweep.metric])
+            value = float(metrics[self.metric])
             if not math.isfinite(value):
                 return None  # train() reports the divergence itself
             if int(epoch) in history:  # a killed attempt reported this epoch (and the pruner judged it) already
@@ -468,7 +478,7 @@ class Objective:
         """Draw the trial's parameters, refuse a repeat (`DuplicateTrial`), and record the start in one write: the
         parameters, origin, draw index, run dir, W&B run and status "running". Returns the spec and the study's
         trials as last read."""
-        old_run_dir = _resume_dir(trial)  # read before run_dir is overwritten
+        old_run_dir = _resume_dir(record)  # read before run_dir is overwritten
         with held_param_writes(trial) as writes:  # the parameters go out with the start's write
             spec = self.spec(trial)
             # The study as the sampler read it in this trial (no read of its own), for the refusals and the trial's
@@ -519,7 +529,7 @@ class Objective:
 
     def announce(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """`study.optimize` callback: one line per finished trial (`trial_line`), with its place in the study."""
-        line = trial_line(trial, self.sweep.metric, self.describe_params)
+        line = trial_line(trial, self.metric, self.describe_params)
         place = self._places.pop(trial.number, None)
         if place is not None:
             line = line.replace(f"trial {trial.number} ", f"{self.progress.tag(trial.number, place)} ", 1)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import AnyNode, DictConfig, ListConfig, OmegaConf, ValueNode
 
 from experiments.config_errors import SweepConfigError
 from rpb.options import OptionError, to_2tuple
@@ -280,8 +280,80 @@ def apply_params(
     (`copy=False`: set on `train_cfg` itself, a config)."""
     cfg = train_cfg.copy() if copy else train_cfg
     for path, value in {**dict(fixed), **dict(params)}.items():
-        OmegaConf.update(cfg, path, to_config_value(path, value), merge=False, force_add=False)
+        set_value(cfg, path, to_config_value(path, value))
     return cfg
+
+
+_LEAF_TYPES = (bool, int, float, str, type(None))
+
+
+def set_value(cfg: DictConfig, path: str, value: Any) -> None:
+    """`OmegaConf.update(cfg, path, value, merge=False)`, ~20x faster where an existing leaf is set (`set_item`).
+
+    Raises what OmegaConf raises (a value of the wrong type, a read-only config, a key the config does not have)."""
+    *head, last = path.split(".")
+    parent: Any = cfg
+    for key in head:
+        parent = _child(parent, key)
+    if not _set_leaf(parent, last, value):
+        OmegaConf.update(cfg, path, value, merge=False, force_add=False)
+
+
+def set_item(container: DictConfig | ListConfig, key: str | int, value: Any) -> None:
+    """`container[key] = value`, ~20x faster where an existing leaf is set (`_set_leaf`)."""
+    if not _set_leaf(container, key, value):
+        container[key] = value
+
+
+def _set_leaf(container: Any, key: str | int, value: Any) -> bool:
+    """Set `container[key] = value` where it is a leaf value (or a list of them, set element by element onto a list
+    of the same length) set on an existing value node; returns False, having set nothing, otherwise (a new key, a
+    mapping, a node OmegaConf would replace): the caller sets it through OmegaConf.
+
+    The value goes straight to the node's `_set_value`, which is what OmegaConf's `__setitem__` calls on such a
+    node once it has found it (`BaseContainer._set_item_impl`): the node's type check and conversion, interpolation
+    strings and the read-only flag apply as they do through OmegaConf, without the ~40 us of its lookups and
+    checks per set (a trial's config is ~25 sets)."""
+    node = _child(container, key)
+    if isinstance(value, _LEAF_TYPES) and _settable(node):
+        node._set_value(value)
+        return True
+    if (
+        isinstance(value, list | tuple)
+        and isinstance(node, ListConfig)
+        and isinstance(items := node.__dict__["_content"], list)  # not None, missing or an interpolation
+        and len(items) == len(value)
+        and all(isinstance(v, _LEAF_TYPES) and _settable(item) for item, v in zip(items, value))
+    ):
+        for item, v in zip(items, value):
+            item._set_value(v)
+        return True
+    return False
+
+
+def config_node(cfg: DictConfig, path: str) -> Any:
+    """The node at dotted `path` in `cfg` (a `DictConfig`/`ListConfig` for a mapping or list, else a value node),
+    None where there is none or it is None; read without OmegaConf's per-access checks (~10x faster than
+    attribute access, which also resolves a leaf to its value)."""
+    node: Any = cfg
+    for key in path.split("."):
+        node = _child(node, key)
+    return None if node is None or node._is_none() else node
+
+
+def _child(container: Any, key: str | int) -> Any:
+    """The node at `container[key]` (None where there is none), read without OmegaConf's access checks."""
+    content = container.__dict__.get("_content") if isinstance(container, DictConfig | ListConfig) else None
+    if isinstance(content, dict):
+        return content.get(key)
+    if isinstance(content, list) and isinstance(key, int) and -len(content) <= key < len(content):
+        return content[key]
+    return None
+
+
+def _settable(node: Any) -> bool:
+    """Whether OmegaConf sets a leaf on `node` by `node._set_value` (typed nodes, untyped `AnyNode`s)."""
+    return isinstance(node, ValueNode) and (node._has_ref_type() or isinstance(node, AnyNode))
 
 
 def config_params(dims: list[Dimension], train_cfg: DictConfig) -> dict[str, Any]:

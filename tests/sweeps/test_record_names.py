@@ -101,7 +101,7 @@ def test_garbage_is_collected_after_a_trial_only_where_cuda_holds_memory(monkeyp
     for initialized in (False, True):
         fake = types.SimpleNamespace(cuda=types.SimpleNamespace(is_initialized=lambda i=initialized: i))
         monkeypatch.setitem(sys.modules, "torch", fake)
-        collect_cuda_garbage(None, None)
+        collect_cuda_garbage()
     assert calls == ["collect"]
 
 

@@ -163,9 +163,11 @@ def _plain_trial_config(base, sweep, spec):
     """The reference: a trial's config built on a deep copy of the whole base, every key set per trial."""
     from omegaconf import OmegaConf
 
-    from sweeps.space import apply_params, fixed_values, window_label
+    from sweeps.space import fixed_values, to_config_value, window_label
 
-    cfg = apply_params(base, spec.params, fixed_values(sweep))
+    cfg = base.copy()
+    for path, value in {**fixed_values(sweep), **spec.params}.items():  # OmegaConf's own set, not set_value's
+        OmegaConf.update(cfg, path, to_config_value(path, value), merge=False)
     cfg.run_dir, cfg.resume, cfg.name = spec.run_dir, spec.resume, f"{sweep.study_name}-trial-{spec.number}"
     wb = cfg.tracker.wandb
     wb.group, wb.job_type, wb.name, wb.id = sweep.study_name, "trial", f"trial-{spec.number}", spec.wandb_id
@@ -279,3 +281,73 @@ def test_a_train_fn_that_reads_its_config_only_gets_the_same_config_set_anew_eac
     assert extra.tracker.extra_config.seed == 1
     del extra
     assert "seed" not in reused(spec(8, "5x5")).tracker.extra_config  # no trial's extra keys linger
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("optim.lr", 3),  # a typed float set from an int: converted to 3.0
+        ("optim.lr", "0.5"),  # ... from a string OmegaConf converts
+        ("optim.lr", "fast"),  # ... from one it refuses
+        ("optim.lr", None),  # None on a key that is not optional
+        ("optim.lr", "${optim.weight_decay}"),  # an interpolation
+        ("model.rpb.window_size", [5, 7]),  # a list of the same length, element by element
+        ("model.rpb.window_size", [5, 7, 9]),  # a list of another length: through OmegaConf
+        ("model.rpb.window_size", ["x", 7]),  # an element of the wrong type
+        ("optim.learning_rate", 1.0),  # a key the config does not have
+        ("tracker.extra_config.new_key", 1),  # a new key where the config allows one
+        ("tracker.extra_config", {"a": 1}),  # a mapping
+        ("name", 12),  # an int on a string key
+        ("resume", None),  # None on an optional key
+    ],
+)
+def test_set_value_does_what_omegaconf_update_does(compose_sweep, path, value):
+    """`sweeps.space.set_value` (a trial's values set straight on the config's nodes) leaves the config as
+    `OmegaConf.update(merge=False)` does, node types included, and refuses what it refuses with the same error."""
+    from omegaconf import OmegaConf
+
+    from sweeps.space import set_value
+
+    _, base, _ = check_sweep(compose_sweep())
+    fast, plain = base.copy(), base.copy()
+    try:
+        OmegaConf.update(plain, path, value, merge=False, force_add=False)
+    except Exception as e:  # noqa: BLE001  (whatever OmegaConf raises, set_value must raise as well)
+        with pytest.raises(type(e)):
+            set_value(fast, path, value)
+        assert fast == base  # nothing half set
+        return
+    set_value(fast, path, value)
+    assert OmegaConf.to_yaml(fast, resolve=False) == OmegaConf.to_yaml(plain, resolve=False)
+    node, expected = OmegaConf.select(fast, path), OmegaConf.select(plain, path)
+    assert type(node) is type(expected)
+    for a, b in zip(_nodes(fast), _nodes(plain), strict=True):
+        assert (type(a), a._metadata.ref_type, a._metadata.optional) == (type(b), b._metadata.ref_type,
+                                                                         b._metadata.optional)  # fmt: skip
+
+
+def _nodes(cfg):
+    from omegaconf import DictConfig, ListConfig
+
+    stack = [cfg]
+    while stack:
+        node = stack.pop()
+        yield node
+        content = node.__dict__.get("_content")
+        stack.extend(content.values() if isinstance(node, DictConfig) and isinstance(content, dict) else
+                     content if isinstance(node, ListConfig) and isinstance(content, list) else [])  # fmt: skip
+
+
+def test_set_value_refuses_a_read_only_config(compose_sweep):
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ReadonlyConfigError
+
+    from sweeps.space import set_value
+
+    _, base, _ = check_sweep(compose_sweep())
+    cfg = base.copy()
+    OmegaConf.set_readonly(cfg.model, True)
+    for path, value in (("model.drop_rate", 0.1), ("model.rpb.window_size", [5, 5])):
+        with pytest.raises(ReadonlyConfigError):
+            set_value(cfg, path, value)
+    assert cfg == base

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 import secrets
 import shutil
 import string
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +74,7 @@ from sweeps.storage import mask_secrets
 TrainFn = Callable[..., TrainResult | Mapping[str, Any]]
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 _RESULTS = (TrialState.COMPLETE, TrialState.PRUNED)
+_STATE = operator.attrgetter("state")
 # How long a sampled trial waits for earlier trials still drawing their parameters, and how often it looks.
 _SETTLE_S, _SETTLE_POLL_S = 10.0, 0.02
 
@@ -169,6 +172,11 @@ class TrialConfigs:
         return cfg
 
 
+    def reuses(self, cfg: DictConfig) -> bool:
+        """Whether `cfg` is the config this will set anew for the next trial (if nothing else holds it then)."""
+        return cfg is self._last
+
+
 def trial_config(base: DictConfig, sweep: DictConfig, spec: TrialSpec) -> DictConfig:
     """The full training config of one trial (`TrialConfigs`, where many trials are built from one base)."""
     return TrialConfigs(base, sweep)(spec)
@@ -183,7 +191,8 @@ def run_trial(
     """Train one trial on this process (every rank calls it; only the main one passes `on_epoch_end`)."""
     cfg = configs(spec)
     returned = train_fn(cfg, on_epoch_end=on_epoch_end)
-    release_config(cfg)  # freed now, unless train_fn kept it
+    if not configs.reuses(cfg):
+        release_config(cfg)  # freed now, unless train_fn kept it
     return returned
 
 
@@ -294,7 +303,11 @@ class Progress:
     def place(trials: list[FrozenTrial], number: int) -> int:
         """The trial's place among the study's `trials`: results, plus running trials numbered before it, plus
         one."""
-        return 1 + sum(t.state in _RESULTS or (t.state == TrialState.RUNNING and t.number < number) for t in trials)
+        states = Counter(map(_STATE, trials))
+        return 1 + states[TrialState.COMPLETE] + states[TrialState.PRUNED] + (
+            sum(t.number < number for t in trials if t.state is TrialState.RUNNING)
+            if states[TrialState.RUNNING] else 0
+        )  # fmt: skip
 
     def tag(self, number: int, place: int) -> str:
         return f"trial {number}, {place} of {self.n_trials}" if self.n_trials else f"trial {number}, {place}"

@@ -239,7 +239,7 @@ def unsettled(trials: Sequence[FrozenTrial], names: Sequence[str], before: int) 
     (a trial of another worker still drawing its parameters): only such a trial can still come to hold the set
     the trial `before` drew, so the refusal of repeats reads the study again only then."""
     return any(
-        t.number < before and not t.state.is_finished() and _held_key(t, names) is None
+        t.state not in _FINISHED and t.number < before and _held_key(t, names) is None
         and t.user_attrs.get(TrialAttr.STATUS) != DUPLICATE
         for t in trials
     )  # fmt: skip

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import operator
 import sys
 import time
 import warnings
@@ -221,7 +222,7 @@ def _next_step(study: optuna.Study, checked: CheckedSweep, journal: bool, trials
     """ "run" a trial, "wait" for running trials that may need a retry, or "stop", from `trials` (the study as just
     read)."""
     sweep, _, dims = checked
-    states = Counter(t.state for t in trials)
+    states = Counter(map(operator.attrgetter("state"), trials))
     finished = states[TrialState.COMPLETE] + states[TrialState.PRUNED] + states[TrialState.RUNNING]
     limit_reached = sweep.n_trials is not None and finished >= sweep.n_trials
     # A cell study runs its queued cells only; a searched one also draws new points while its space has any.

@@ -410,9 +410,7 @@ class WorkerStudy(optuna.Study):
         trials = self._storage.get_all_trials(self._study_id, deepcopy=False)
         self.before_taking(trials)
         self._thread_local.cached_all_trials = trials
-        for t in trials:  # Study._pop_waiting_trial_id, on this read
-            if t.state != TrialState.WAITING:
-                continue
+        for t in [t for t in trials if t.state is TrialState.WAITING]:  # Study._pop_waiting_trial_id, on this read
             try:
                 if not self._storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
                     continue  # another worker took it first

@@ -151,15 +151,13 @@ def held_params(
     (else read here: one read, on RDB one query)."""
     if trials is None:
         trials = all_trials(study)  # not study.get_trials: a sampler may be handed one bracket's view (Hyperband)
-    finished = [t for t in trials if t.state in _FINISHED]
-    held = _finished_held(study, names, finished)
+    unfinished = _unfinished(trials)
+    held = _finished_held(study, names, trials, len(trials) - len(unfinished))
     lowest = held.lowest
     if exclude is not None and lowest.get(held.keys.get(exclude, None)) == exclude:
         return _held_params_scan(study, names, exclude=exclude, before=before)  # its key's next holder is needed
     out = dict(lowest) if before is None else {key: n for key, n in lowest.items() if n < before}
-    for t in trials:
-        if t.state in _FINISHED:
-            continue
+    for t in unfinished:
         n = t.number
         if n == exclude or (before is not None and n >= before):
             continue
@@ -172,6 +170,12 @@ def held_params(
 _FINISHED = frozenset((TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
 
 
+def _unfinished(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials of `trials` not finished, in their order (a study's trials are mostly finished: the checks of a
+    trial's parameters loop over these)."""
+    return [t for t in trials if t.state not in _FINISHED]
+
+
 def held_by(
     study: Study, names: Sequence[str], params: dict[str, Any], *, before: int, trials: Sequence[FrozenTrial]
 ) -> int | None:
@@ -179,11 +183,12 @@ def held_by(
     `held_params(..., before=before)` would tell, without building the whole map: the finished holders are
     looked up in the study's incremental sets, the unfinished trials scanned. `trials`: every trial of the study."""
     key = params_key(params, names)
-    lowest = _finished_held(study, names, [t for t in trials if t.state in _FINISHED]).lowest.get(key)
+    unfinished = _unfinished(trials)
+    lowest = _finished_held(study, names, trials, len(trials) - len(unfinished)).lowest.get(key)
     holder = lowest if lowest is not None and lowest < before else None
-    for t in trials:
+    for t in unfinished:
         n = t.number
-        if t.state in _FINISHED or n >= before or (holder is not None and n >= holder):
+        if n >= before or (holder is not None and n >= holder):
             continue
         if _held_key(t, names) == key:
             holder = n
@@ -203,18 +208,19 @@ class _Held:
 _HELD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _finished_held(study: Study, names: Sequence[str], finished: list[FrozenTrial]) -> _Held:
-    """The study's `_Held`, brought up to date with `finished` (its finished trials, in number order)."""
+def _finished_held(study: Study, names: Sequence[str], trials: Sequence[FrozenTrial], finished: int) -> _Held:
+    """The study's `_Held`, brought up to date with `trials` (its trials, in number order, `finished` of them
+    finished)."""
     held = _HELD.setdefault(storage_of(study), {}).setdefault((*study_key(study), tuple(names)), _Held())
-    if len(finished) != len(held.keys):
-        for t in reversed(finished):  # the newly finished trials are mostly the last numbers
+    if finished != len(held.keys):
+        for t in reversed(trials):  # the newly finished trials are mostly the last numbers
             n = t.number
-            if n in held.keys:
+            if n in held.keys or t.state not in _FINISHED:
                 continue
             key = held.keys[n] = _held_key(t, names)
             if key is not None and n < held.lowest.get(key, n + 1):
                 held.lowest[key] = n
-            if len(held.keys) == len(finished):
+            if len(held.keys) == finished:
                 break
     return held
 
@@ -239,10 +245,9 @@ def unsettled(trials: Sequence[FrozenTrial], names: Sequence[str], before: int) 
     (a trial of another worker still drawing its parameters): only such a trial can still come to hold the set
     the trial `before` drew, so the refusal of repeats reads the study again only then."""
     return any(
-        t.state not in _FINISHED and t.number < before and _held_key(t, names) is None
-        and t.user_attrs.get(TrialAttr.STATUS) != DUPLICATE
-        for t in trials
-    )  # fmt: skip
+        t.number < before and _held_key(t, names) is None and t.user_attrs.get(TrialAttr.STATUS) != DUPLICATE
+        for t in _unfinished(trials)
+    )
 
 
 def _held_key(t: FrozenTrial, names: Sequence[str]) -> tuple | None:

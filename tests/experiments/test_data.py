@@ -268,3 +268,35 @@ def test_cifar10_crop_flip_normalize_is_the_v2_pipeline_in_tensor_ops():
         assert match, f"seed {seed}: not a padded crop of the image"
         seen.update(match)
     assert {flip for *_, flip in seen} == {False, True} and len({(top, left) for top, left, _ in seen}) > 10
+
+
+def test_cifar10_crop_flip_reaches_every_offset_and_flip_evenly():
+    """Every one of the 9 x 9 offsets, flipped and not, is drawn (as v2's independent uniform crop and flip draw
+    them), each about equally often, and the crop is the image shifted by its offset with zeros where it left the
+    image: read back from an image whose pixels name their own row and column."""
+    from collections import Counter
+
+    from experiments.datasets.vision import CropFlipNormalize
+
+    rows, cols = torch.arange(32).view(32, 1).expand(32, 32), torch.arange(32).view(1, 32).expand(32, 32)
+    image = torch.stack([rows * 8 + 1, cols * 8 + 1, torch.full((32, 32), 255)]).to(torch.uint8)
+    transform = CropFlipNormalize((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), train=True, padding=4)  # output: pixel / 255
+    torch.manual_seed(0)
+    drawn = Counter()
+    for _ in range(3000):
+        out = (transform(image) * 255).round().long()
+        inside = out[2] == 255  # pixels of the image, not the zero padding
+        flip = bool(inside[16].any()) and bool((out[1, 16][inside[16]].diff() < 0).all())
+        unflipped = out.flip(-1) if flip else out
+        i, j = (int(v) for v in (unflipped[2] == 255).nonzero()[0])
+        dy, dx = int(unflipped[0, i, j] - 1) // 8 - i, int(unflipped[1, i, j] - 1) // 8 - j
+        shifted = torch.zeros_like(image)
+        shifted[:, max(0, -dy) : 32 - max(0, dy), max(0, -dx) : 32 - max(0, dx)] = image[
+            :, max(0, dy) : 32 + min(0, dy), max(0, dx) : 32 + min(0, dx)
+        ]
+        assert torch.equal(unflipped, shifted.long()), (dy, dx, flip)
+        drawn[(dy, dx, flip)] += 1
+    assert set(drawn) == {(dy, dx, f) for dy in range(-4, 5) for dx in range(-4, 5) for f in (False, True)}
+    assert max(drawn.values()) < 3 * 3000 / 162 and min(drawn.values()) > 3000 / 162 / 4  # about even
+    flips = sum(n for (*_, f), n in drawn.items() if f)
+    assert abs(flips - 1500) < 5 * (3000 * 0.25) ** 0.5

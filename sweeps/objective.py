@@ -73,7 +73,6 @@ from sweeps.storage import mask_secrets
 # the same keys (both read through the Mapping interface here).
 TrainFn = Callable[..., TrainResult | Mapping[str, Any]]
 _ID_ALPHABET = string.ascii_lowercase + string.digits
-_RESULTS = (TrialState.COMPLETE, TrialState.PRUNED)
 _STATE = operator.attrgetter("state")
 # How long a sampled trial waits for earlier trials still drawing their parameters, and how often it looks.
 _SETTLE_S, _SETTLE_POLL_S = 10.0, 0.02
@@ -102,9 +101,9 @@ class TrialConfigs:
     What the study's trials share (the fixed values, the W&B group, job type and study tag, the study's keys of
     `tracker.extra_config`) is set once, on a `ConfigTemplate`; a trial's config is a copy of it with the trial's
     own values set (~1.5-2.7 ms a trial on this project's 2-core machine, most of it unpickling ~113 typed nodes).
-    With `reuse` (a train_fn marked `reads_config_only`) the config handed out last is set anew instead (~0.3 ms),
-    as long as nothing holds it or a node of it any more (reference counts, `sweeps.space.unshared`): a config a
-    train_fn kept is left as it was, and the next trial gets a copy. A trial with `TrialSpec.extra` gets a copy.
+    With `reuse` (a train_fn marked `reads_config_only`) the config handed out last is set anew instead (~0.2 ms:
+    `sweeps.space.set_item` on its nodes), as long as nothing holds it or a node of it any more (reference counts,
+    `sweeps.space.unshared`): a config a train_fn kept is left as it was, and the next trial gets a copy. A trial with `TrialSpec.extra` gets a copy.
 
     Not validated again per trial: the base config was validated once, each value set here is type-checked by the
     typed config as it is set, the space's values were checked against the model's rules before the study started
@@ -170,7 +169,6 @@ class TrialConfigs:
         elif self.reuse:
             self._last = cfg
         return cfg
-
 
     def reuses(self, cfg: DictConfig) -> bool:
         """Whether `cfg` is the config this will set anew for the next trial (if nothing else holds it then)."""

@@ -312,7 +312,7 @@ def test_set_value_does_what_omegaconf_update_does(compose_sweep, path, value):
     fast, plain = base.copy(), base.copy()
     try:
         OmegaConf.update(plain, path, value, merge=False, force_add=False)
-    except Exception as e:  # noqa: BLE001  (whatever OmegaConf raises, set_value must raise as well)
+    except Exception as e:  # whatever OmegaConf raises, set_value must raise as well
         with pytest.raises(type(e)):
             set_value(fast, path, value)
         assert fast == base  # nothing half set

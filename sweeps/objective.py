@@ -103,7 +103,8 @@ class TrialConfigs:
     own values set (~1.5-2.7 ms a trial on this project's 2-core machine, most of it unpickling ~113 typed nodes).
     With `reuse` (a train_fn marked `reads_config_only`) the config handed out last is set anew instead (~0.2 ms:
     `sweeps.space.set_item` on its nodes), as long as nothing holds it or a node of it any more (reference counts,
-    `sweeps.space.unshared`): a config a train_fn kept is left as it was, and the next trial gets a copy. A trial with `TrialSpec.extra` gets a copy.
+    `sweeps.space.unshared`): a config a train_fn kept is left as it was, and the next trial gets a copy. A trial
+    with `TrialSpec.extra` gets a copy.
 
     Not validated again per trial: the base config was validated once, each value set here is type-checked by the
     typed config as it is set, the space's values were checked against the model's rules before the study started

@@ -244,7 +244,8 @@ def collect_cuda_garbage() -> None:
 
 
 class _NoTrial(Exception):
-    """Raised in `ask()` (`_Turns.before_taking`): no trial now; `step` is "wait" or "stop"."""
+    """Raised in `ask()` (`_Turns.before_taking`): no trial now; `step` is "wait", "stop" or "recover" (stop only
+    after a recovery on a later read)."""
 
     def __init__(self, step: str) -> None:
         super().__init__(step)
@@ -280,9 +281,9 @@ class _Turns:
             raise _NoTrial(step)
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        """`study.optimize`'s one callback (Optuna deep-copies the trial for each callback: ~0.1 ms a copy): announce the
-        trial's end (`Objective.announce`), collect CUDA garbage, count the trial, stop on the timeout or too many
-        crashes, recover dead workers' trials once per _RECOVER_EVERY_S."""
+        """`study.optimize`'s one callback (Optuna deep-copies the trial for each callback: ~0.1 ms a copy):
+        announce the trial's end (`Objective.announce`), collect CUDA garbage, count the trial, stop on the timeout
+        or too many crashes, recover dead workers' trials once per _RECOVER_EVERY_S."""
         self.objective.announce(study, trial)
         collect_cuda_garbage()
         self.ran += 1

@@ -21,6 +21,7 @@ from experiments.datasets import (
     build_imagefolder,
     load_digits_tensors,
 )
+from experiments.datasets.seeded import SeededItems
 
 __all__ = [
     "DATASETS",
@@ -50,27 +51,36 @@ def _splitmix64(x: int) -> int:
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """The seed (0 <= s < 2**64) of the augmentation of sample `index` in `epoch` of a run seeded with `seed`."""
-    return _splitmix64(_splitmix64(_splitmix64(seed & _UINT64) ^ (epoch & _UINT64)) ^ (index & _UINT64))
+    return _splitmix64(_epoch_key(seed, epoch) ^ (index & _UINT64))
+
+
+def _epoch_key(seed: int, epoch: int) -> int:
+    return _splitmix64(_splitmix64(seed & _UINT64) ^ (epoch & _UINT64))
 
 
 class EpochSeededDataset(Dataset):
-    """`dataset[index]` drawn with torch's CPU generator seeded by `sample_seed(seed, epoch, index)`.
+    """`dataset[index]` drawn from the seed `sample_seed(seed, epoch, index)`.
 
     A sample's augmentation is then a pure function of (run seed, epoch, index): the same in the main process and in
     any worker, on any rank, in a straight run and in one resumed at an epoch boundary. Seeding the workers instead
     (torch seeds each from the loader's generator when it starts) ties the draws to that generator's history, which
     a resumed process does not share, and, with persistent workers, to every sample the worker fetched before.
 
+    A dataset that takes its seeds (`experiments.datasets.seeded.SeededItems`: digits, CIFAR-10 at its native size)
+    gets them handed over, a batch at a time (DataLoader's `__getitems__`), and touches no generator. Any other is
+    fetched sample by sample with torch's CPU generator seeded by the sample's seed (torchvision's transforms draw
+    from it; Python's `random` and NumPy's global generator are not seeded, and no dataset here draws from them);
+    in the main process (num_workers=0) the generator's state is put back after each sample, so the training's own
+    draws (dropout) go on as if no data were loaded.
+
     The epoch lives in shared memory, so persistent workers see `set_epoch` too; an epoch's indices reach the workers
-    only once its pass starts (after `set_epoch`). In the main process (num_workers=0) the generator's state is put
-    back after each sample, so the training's own draws (dropout) go on as if no data were loaded. Only torch's CPU
-    generator is seeded: the digits crop and torchvision's transforms draw from it; Python's `random` and NumPy's
-    global generator are not (no dataset here draws from them).
+    only once its pass starts (after `set_epoch`).
     """
 
     def __init__(self, dataset: Dataset, seed: int) -> None:
         self.dataset, self.seed = dataset, int(seed)
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self._seeded = isinstance(dataset, SeededItems) and bool(dataset.seeded)
 
     def set_epoch(self, epoch: int) -> None:
         self._epoch.fill_(int(epoch))
@@ -79,8 +89,18 @@ class EpochSeededDataset(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> Any:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[Any]:
+        """The samples `indices` of the current epoch (DataLoader fetches a batch with one call)."""
+        epoch = int(self._epoch)
+        if self._seeded:
+            key = _epoch_key(self.seed, epoch)
+            return self.dataset.get_seeded(indices, [_splitmix64(key ^ (i & _UINT64)) for i in indices])
+        return [self._drawn(index, sample_seed(self.seed, epoch, index)) for index in indices]
+
+    def _drawn(self, index: int, item_seed: int) -> Any:
         generator = torch.default_generator
-        item_seed = sample_seed(self.seed, int(self._epoch), index)
         if get_worker_info() is not None:  # a worker draws for the data alone: nothing to put back
             generator.manual_seed(item_seed)
             return self.dataset[index]

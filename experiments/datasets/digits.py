@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from experiments.datasets.seeded import pairs, seeds_from_torch
+
 DIGITS_NUM_CLASSES = 10
 # The split is a property of the dataset, not of the run: every run and every sweep trial sees the same val set.
 DIGITS_SPLIT_SEED = 0
@@ -57,9 +59,13 @@ def load_digits_tensors(img_size: int, in_channels: int, val_fraction: float, tr
 class TensorImageDataset(Dataset):
     """Images held in one tensor; with `translate > 0` each item is a random crop of an image padded by `translate`.
 
-    The shift is drawn from torch's global (CPU) RNG; `experiments.data.build_dataloaders` seeds it per sample with
-    (run seed, epoch, index) (`EpochSeededDataset`), so a sample's shift is the same in any process or worker.
+    The crop's offsets (top, left), each uniform in [0, 2 translate], are the digits of `seed mod (2 translate + 1)^2`
+    for the sample's seed (`experiments.datasets.seeded`): `experiments.data.build_dataloaders` hands it the seed of
+    (run seed, epoch, index) (`EpochSeededDataset`), so a sample's shift is the same in any process or worker; used
+    on its own, the seeds come from torch's global generator.
     """
+
+    seeded = True  # get_seeded applies (experiments.datasets.seeded)
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, translate: int = 0) -> None:
         if len(images) != len(labels):
@@ -73,11 +79,25 @@ class TensorImageDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = self.images[index]
-        if self.translate > 0:
-            top, left = torch.randint(0, 2 * self.translate + 1, (2,)).tolist()
-            image = image[:, top : top + self.size, left : left + self.size]
-        return image, self.labels[index]
+        return self.get_seeded([index], None)[0]
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A batch of samples in one call (DataLoader's batched fetch)."""
+        return self.get_seeded(indices, None)
+
+    def get_seeded(self, indices: list[int], seeds: list[int] | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(image (C, H, W), label) of `indices`, image i cropped at the offsets of `seeds[i]` (None: seeds drawn
+        from torch's generator; no draw without `translate`)."""
+        labels = self.labels[indices]
+        if self.translate == 0:
+            return pairs(self.images[indices], labels)
+        side, size = 2 * self.translate + 1, self.size
+        seeds = seeds_from_torch(len(indices)) if seeds is None else seeds
+        crops = []
+        for index, seed in zip(indices, seeds):
+            top, left = divmod(seed % (side * side), side)
+            crops.append(self.images[index, :, top : top + size, left : left + size])
+        return pairs(torch.stack(crops), labels)
 
 
 def build_digits(img_size: int, in_channels: int, val_fraction: float, augment: bool) -> tuple[Dataset, Dataset]:

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from experiments.config_errors import DataFileError
+from experiments.datasets.seeded import pairs, seeds_from_torch
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -36,34 +37,48 @@ def _cifar10_class():
 
         The download still verifies the archive's md5; a file that is not a CIFAR-10 batch is named by
         `_cifar10_error` when torchvision cannot load it or loads something else. With a `CropFlipNormalize`
-        transform an image goes to it as a uint8 tensor (C, H, W), not as a PIL image.
+        transform images go to it a batch at a time as uint8 tensors (B, C, H, W), not one by one as PIL images.
         """
 
         train_list = [(name, None) for name, _ in CIFAR10.train_list]
         test_list = [(name, None) for name, _ in CIFAR10.test_list]
         meta = {**CIFAR10.meta, "md5": None}
 
+        @property
+        def seeded(self) -> bool:
+            """Whether `get_seeded` applies: with a `CropFlipNormalize` (else torchvision's PIL path, per image)."""
+            return isinstance(self.transform, CropFlipNormalize)
+
         def __getitem__(self, index: int):
-            if not isinstance(self.transform, CropFlipNormalize):
-                return super().__getitem__(index)
-            image = torch.from_numpy(self.data[index]).permute(2, 0, 1)  # (H, W, C) uint8 -> (C, H, W)
-            return self.transform(image), int(self.targets[index])
+            return self.get_seeded([index], None)[0] if self.seeded else super().__getitem__(index)
+
+        def __getitems__(self, indices: list[int]):
+            """A batch of samples (DataLoader's batched fetch): one `get_seeded` with a `CropFlipNormalize`."""
+            return self.get_seeded(indices, None) if self.seeded else [self[index] for index in indices]
+
+        def get_seeded(self, indices: list[int], seeds: list[int] | None):
+            """(image float32 (C, H, W), label) of `indices`, image i augmented from `seeds[i]`
+            (`experiments.datasets.seeded`; None: drawn from torch's generator). Only with a `CropFlipNormalize`."""
+            images = torch.from_numpy(self.data[indices]).permute(0, 3, 1, 2)  # (B, H, W, C) uint8 -> (B, C, H, W)
+            labels = torch.as_tensor([self.targets[i] for i in indices], dtype=torch.int64)
+            return pairs(self.transform(images.contiguous(), seeds), labels)
 
     return CIFAR10Files
 
 
 class CropFlipNormalize:
-    """uint8 image (C, H, W) -> normalised float32 (C, H, W); for training, first a random crop of the image padded
-    with `padding` zeros on each side and a horizontal flip with probability 1/2.
+    """uint8 images (B, C, H, W) or one (C, H, W) -> normalised float32 of that shape; for training, first a random
+    crop of each image padded with `padding` zeros on each side and a horizontal flip with probability 1/2.
 
     What `image_transforms` builds at the native size without RandAugment (v2.RandomCrop(padding) +
-    v2.RandomHorizontalFlip + ToDtype(scale) + Normalize), in plain tensor ops: ~40-60 us an image on this project's
-    2-core machine against ~580 us for the v2 pipeline on a PIL image (which made the CIFAR-10 loop 0.71 of the pure
-    step's images/s; `python -m experiments.bench_tracking --loop-efficiency`). The crop is copied into a zeroed
-    image rather than cut from a padded one, the offsets and the flip are one draw, and the normalisation one fused
-    multiply-add (x * 1/(255 std) - mean/std), each about halving its part. Draws from torch's global generator, as
-    v2 does (seeded per sample by `experiments.data.EpochSeededDataset`): offsets uniform in [-padding, padding],
-    the flip with probability 1/2, independent, as v2's.
+    v2.RandomHorizontalFlip + ToDtype(scale) + Normalize), in plain tensor ops on a whole batch: the crops, flipped
+    or not, are one gather from the zero-padded batch, and the batch is normalised in one fused multiply-add
+    (x * 1/(255 std) - mean/std). ~580 us an image for the v2 pipeline on a PIL image, ~60 us for this transform an
+    image at a time, ~12 us an image on a batch of 64 (2-core machine; `python -m experiments.bench_tracking
+    --loop-efficiency`). The draws of image i are a function of `seeds[i]` alone: its offsets (dy, dx), each
+    uniform in [-padding, padding], and its flip, probability 1/2, independent as v2's, are the digits of
+    `seeds[i] mod 2 (2 padding + 1)^2` (`experiments.datasets.seeded`; seeds=None draws them from torch's global
+    generator, as v2 draws its own).
     """
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], *, train: bool, padding: int = 4) -> None:
@@ -72,19 +87,29 @@ class CropFlipNormalize:
         self.shift = -torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) / std_t
         self.train, self.padding = train, padding
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, seeds: list[int] | None = None) -> torch.Tensor:
+        batch = images[None] if images.dim() == 3 else images
         if self.train:
-            (c, h, w), p = image.shape, self.padding
-            side = 2 * p + 1  # offsets -p..p on each axis
-            flip, offset = divmod(int(torch.randint(0, 2 * side * side, ())), side * side)
-            dy, dx = (v - p for v in divmod(offset, side))
-            # the crop at (p + dy, p + dx) of the image padded with p zeros: the image shifted by (-dy, -dx)
-            crop = image.new_zeros((c, h, w))
-            crop[:, max(0, -dy) : h - max(0, dy), max(0, -dx) : w - max(0, dx)] = image[
-                :, max(0, dy) : h + min(0, dy), max(0, dx) : w + min(0, dx)
-            ]
-            image = crop.flip(-1) if flip else crop
-        return torch.addcmul(self.shift, image.to(torch.float32), self.scale)
+            batch = self._crop_flip(batch, seeds_from_torch(len(batch)) if seeds is None else seeds)
+        out = torch.addcmul(self.shift, batch.to(torch.float32), self.scale)
+        return out[0] if images.dim() == 3 else out
+
+    def _crop_flip(self, batch: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+        """Image i of `batch` (B, C, H, W) cropped at offsets (dy, dx) of its zero-padded self, flipped or not, by
+        the digits of seeds[i] mod 2 side^2 (side = 2 padding + 1): one gather from the padded batch."""
+        (n, c, h, w), p = batch.shape, self.padding
+        side = 2 * p + 1  # offsets -p..p on each axis: the crop starts at (p + dy, p + dx) of the padded image
+        draws = torch.tensor([seed % (2 * side * side) for seed in seeds])
+        flip, offset = draws // (side * side), draws % (side * side)
+        top, left = offset // side, offset % side
+        padded = batch.new_zeros((n, c, h + 2 * p, w + 2 * p))
+        padded[:, :, p : p + h, p : p + w] = batch
+        x = torch.arange(w)
+        rows = top[:, None] + torch.arange(h)  # (B, H) rows of the padded image
+        cols = left[:, None] + torch.where(flip[:, None].bool(), w - 1 - x, x)  # (B, W) columns, reversed if flipped
+        planes = torch.arange(n)[:, None, None, None] * c + torch.arange(c)[None, :, None, None]  # (B, C, 1, 1)
+        flat = (planes * (h + 2 * p) + rows[:, None, :, None]) * (w + 2 * p) + cols[:, None, None, :]
+        return padded.view(-1)[flat]
 
 
 def image_transforms(

@@ -300,3 +300,64 @@ def test_cifar10_crop_flip_reaches_every_offset_and_flip_evenly():
     assert max(drawn.values()) < 3 * 3000 / 162 and min(drawn.values()) > 3000 / 162 / 4  # about even
     flips = sum(n for (*_, f), n in drawn.items() if f)
     assert abs(flips - 1500) < 5 * (3000 * 0.25) ** 0.5
+
+
+def _seeded_train_sets(tmp_path):
+    write_cifar10(tmp_path, per_batch=8)
+    digits, _ = build_datasets({**DIGITS, "augment": True})
+    cifar, _ = build_datasets({**CIFAR, "root": str(tmp_path)})
+    return {"digits": digits, "cifar10": cifar}
+
+
+@pytest.mark.parametrize("name", ["digits", "cifar10"])
+def test_a_batch_fetched_at_once_equals_its_samples_fetched_one_by_one(tmp_path, name):
+    """The batched fetch (DataLoader's `__getitems__`, how the loaders fetch digits and CIFAR-10) gives each sample
+    what fetching it alone gives, with its own seed's draws (not its position in the batch), in the main process and
+    in a loader worker, and draws nothing from torch's generator."""
+    from experiments.data import EpochSeededDataset
+
+    dataset = EpochSeededDataset(_seeded_train_sets(tmp_path)[name], seed=5)
+    dataset.set_epoch(3)
+    indices = [7, 2, 9, 2, 0, 11]
+    rng_before = torch.get_rng_state()
+    batch = dataset.__getitems__(indices)
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    one_by_one = [dataset[i] for i in reversed(indices)][::-1]
+    for (image, label), (alone, alone_label) in zip(batch, one_by_one, strict=True):
+        assert torch.equal(image, alone) and int(label) == int(alone_label)
+    assert torch.equal(batch[1][0], batch[3][0])  # index 2 twice: one seed, one crop
+    loader = torch.utils.data.DataLoader(dataset, batch_size=len(indices), sampler=indices, num_workers=1)
+    images, labels = next(iter(loader))
+    assert torch.equal(images, torch.stack([image for image, _ in batch]))
+    assert labels.dtype == torch.int64 and labels.tolist() == [int(label) for _, label in batch]
+    dataset.set_epoch(4)
+    assert not torch.equal(torch.stack([image for image, _ in dataset.__getitems__(indices)]), images)
+
+
+def test_the_crops_of_a_batch_are_the_offsets_and_flips_its_seeds_name():
+    """Image i of a batch is cropped at the offsets (dy, dx) and flipped as the digits of seeds[i] mod 2 * 9 * 9 say
+    (padding 4): checked against the crop cut from the zero-padded image, for every one of the 162 draws."""
+    from experiments.datasets.vision import CropFlipNormalize
+
+    images = torch.randint(0, 256, (162, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    seeds = [draw + 162 * k for k, draw in zip(range(1000, 1162), range(162))]  # every draw once, big seeds
+    transform = CropFlipNormalize((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), train=True, padding=4)  # output: pixel / 255
+    out = (transform(images, seeds) * 255).round().to(torch.uint8)
+    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    for i, seed in enumerate(seeds):
+        flip, offset = divmod(seed % 162, 81)
+        top, left = divmod(offset, 9)  # 4 + dy, 4 + dx
+        crop = padded[i, :, top : top + 32, left : left + 32]
+        assert torch.equal(out[i], crop.flip(-1) if flip else crop), (i, top, left, flip)
+        assert torch.equal(out[i], (transform(images[i], [seed]) * 255).round().to(torch.uint8))
+
+
+def test_digits_crops_are_the_offsets_their_seeds_name():
+    from experiments.datasets.digits import TensorImageDataset
+
+    images = torch.arange(5 * 12 * 12, dtype=torch.float32).view(5, 1, 12, 12)  # 10x10 images padded by 1
+    dataset = TensorImageDataset(images, torch.arange(5), translate=1)
+    seeds = [4, 9 * 7 + 8, 2**64 - 1, 0, 3]  # offsets: (1, 1), (2, 2), (2**64 - 1) mod 9 = 6 -> (2, 0), (0, 0), (1, 0)
+    for (image, label), seed, index in zip(dataset.get_seeded([0, 1, 2, 3, 4], seeds), seeds, range(5), strict=True):
+        top, left = divmod(seed % 9, 3)
+        assert torch.equal(image, images[index, :, top : top + 10, left : left + 10]) and int(label) == index

@@ -24,7 +24,8 @@ def vit(seed: int = 0, **kw) -> VisionTransformer:
 
 
 def test_a_run_starts_at_the_accuracy_of_the_run_it_starts_from(compose, tmp_path, capsys):
-    source = train(compose(["trainer.epochs=2", "trainer.limit_train_batches=24", "optim.lr=3e-3",
+    # no augmentation: the tiny model's 2 short epochs get clear of chance (0.21 at seed 42; ~0.15 with the crops)
+    source = train(compose(["trainer.epochs=2", "trainer.limit_train_batches=24", "optim.lr=3e-3", "data.augment=false",
                             f"run_dir={tmp_path}/source"]))  # fmt: skip
     assert source["status"] == "completed" and source["best_val_accuracy"] > 0.15  # 10 classes: above chance
     # lr 1e-12: the one epoch of training changes no prediction, so its validation is the loaded model's

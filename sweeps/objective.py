@@ -540,8 +540,8 @@ class Objective:
             time.sleep(_SETTLE_POLL_S)
 
     def announce(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        """After each trial (`sweeps.worker`'s `study.optimize` callback): one line per finished trial (`trial_line`),
-        with its place in the study."""
+        """After each trial (`sweeps.worker`, as the next `ask()` reads the study): one line per finished trial
+        (`trial_line`), with its place in the study."""
         line = trial_line(trial, self.metric, self.describe_params)
         place = self._places.pop(trial.number, None)
         if place is not None:

@@ -357,16 +357,6 @@ def study_key(study: optuna.Study) -> tuple[str, int]:
     return study.study_name, study._study_id
 
 
-def stale_trial_ids(study: optuna.Study) -> list[int]:
-    """RDB storages with a heartbeat: the RUNNING trials whose heartbeat went stale, while still RUNNING. The public
-    `optuna.storages.fail_stale_trials` fails them at once, after which no attribute (status, reason) can be
-    written. [] for a storage without heartbeats."""
-    storage = storage_of(study)
-    if not hasattr(storage, "_get_stale_trial_ids") or storage.get_heartbeat_interval() is None:
-        return []
-    return storage._get_stale_trial_ids(study._study_id)
-
-
 def reseed_sampler(sampler: optuna.samplers.BaseSampler, seed: int | None) -> bool:
     """Give a TPE or random sampler the random state a new one made with `seed` would have (None: fresh entropy),
     so that one sampler serves every trial of a worker: constructing a TPESampler costs ~0.5 ms a trial, reseeding
@@ -389,8 +379,8 @@ def reseed_sampler(sampler: optuna.samplers.BaseSampler, seed: int | None) -> bo
 
 
 class WorkerStudy(optuna.Study):
-    """An `optuna.Study` whose `ask()` reads the study once, hands that read to `before_taking` (which may raise to
-    take no trial: the worker's decision to run, wait or stop), pops a WAITING trial from it or calls
+    """An `optuna.Study` whose `ask()` calls `before_reading`, reads the study once, hands that read to
+    `before_taking` (either may raise to take no trial: the worker's decision to run, wait or stop), pops a WAITING trial from it or calls
     `nothing_waiting()` before it would create a new one, and writes `worker_attrs` (the worker taking the trial)
     as it takes a trial.
 
@@ -407,6 +397,7 @@ class WorkerStudy(optuna.Study):
         self.worker_attrs = dict(worker_attrs or {})
 
     def _pop_waiting_trial_id(self) -> int | None:
+        self.before_reading()
         trials = self._storage.get_all_trials(self._study_id, deepcopy=False)
         self.before_taking(trials)
         self._thread_local.cached_all_trials = trials
@@ -427,6 +418,9 @@ class WorkerStudy(optuna.Study):
             system_attrs={}, intermediate_values={}, trial_id=-1,
         )  # fmt: skip
         return self._storage.create_new_trial(self._study_id, template_trial=template)
+
+    def before_reading(self) -> None:
+        """Called by `ask()` first, before it reads the study; raise to take no trial."""
 
     def before_taking(self, trials: list[FrozenTrial]) -> None:
         """Called by `ask()` with every trial of the study as just read, before a trial is taken; raise to take

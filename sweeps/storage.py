@@ -17,7 +17,7 @@ from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
 from experiments.tracking import mask_secrets
-from sweeps.recovery import RetryStaleTrial
+from sweeps.recovery import RetryStaleTrial, StaleMarkingRDBStorage
 from sweeps.space import SweepConfigError
 
 _URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
@@ -78,7 +78,7 @@ def build_storage(sweep_cfg, *, heartbeat: bool = True) -> optuna.storages.BaseS
     try:
         with warnings.catch_warnings():  # heartbeat arguments are "experimental": noise in every worker
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+            storage = (StaleMarkingRDBStorage if kwargs else RDBStorage)(url, engine_kwargs=engine_kwargs, **kwargs)
         ping_idle_connections(storage.engine)
         return storage
     except ImportError as e:

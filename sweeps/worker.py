@@ -37,7 +37,6 @@ from sweeps.objective import Objective, TrainFn, quiet_optuna
 from sweeps.record import DUPLICATE, FINISHED_STATUSES, StudyAttr, TrialAttr
 from sweeps.recovery import (
     fail_dead_worker_trials,
-    mark_stale_heartbeat_trials,
     requeue_unretried_trials,
     worker_alive,
     worker_identity,
@@ -128,8 +127,7 @@ def _create(checked: CheckedSweep, storage: optuna.storages.BaseStorage) -> bool
 def recover(study: optuna.Study, sweep) -> None:
     """Fail the trials of dead workers and enqueue their retries (journal: by pid; RDB: by heartbeat; both: a
     trial no worker recorded itself on for sweep.grace_period s)."""
-    if journal_path(sweep.storage, sweep.output_dir, sweep.study_name) is None:
-        mark_stale_heartbeat_trials(study)
+    if journal_path(sweep.storage, sweep.output_dir, sweep.study_name) is None:  # (marked: StaleMarkingRDBStorage)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
@@ -253,11 +251,13 @@ class _NoTrial(Exception):
 
 
 class _Turns:
-    """What a worker does between its trials: stop at the timeout, recover dead workers' trials, choose to run a
-    trial, wait for running ones (a retry may be needed) or stop (`_next_step`), and count trials that crashed.
+    """What a worker does between its trials: announce and count the trial that ended, stop at the timeout or after
+    too many crashes, recover dead workers' trials, choose to run a trial, wait for running ones (a retry may be
+    needed) or stop (`_next_step`).
 
-    The choice is made in `ask()`, on the read it takes the trial from (`WorkerStudy.before_taking`); the rest after
-    each trial (`after_trial`, a `study.optimize` callback)."""
+    All of it happens in `ask()` (`WorkerStudy.before_reading`, then `before_taking` on the read it takes the trial
+    from), so that the trial that ended is announced from that read. A `study.optimize` callback would cost a read of
+    the trial for nothing else (Optuna fetches it for its callbacks: ~6 ms a trial on PostgreSQL) and a deep copy."""
 
     def __init__(self, study: optuna.Study, checked: CheckedSweep, objective: Objective, worker_index: int) -> None:
         self.study, self.checked, self.objective, self.worker_index = study, checked, objective, worker_index
@@ -267,24 +267,23 @@ class _Turns:
         self.ran, self.crashes, self.done = 0, 0, False
         self._recovered_at, self._said_wait = -math.inf, False
         self._recovered_since_read = False
+        self._ended: int | None = None  # the storage id of the trial that ended and is not announced yet
+        self._counted = False  # whether that trial was counted (before_reading)
 
-    def before_taking(self, trials: list[FrozenTrial]) -> None:
-        """`WorkerStudy.before_taking`: raise `_NoTrial` unless a trial is due. A worker stops on a read that
-        follows a recovery, never on an older one ("stop" without one asks for one)."""
-        recovered, self._recovered_since_read = self._recovered_since_read, False
-        if self.stopping():
-            raise _NoTrial("stop")
-        step = _next_step(self.study, self.checked, self.journal, trials)
-        if step == "stop" and not recovered:
-            raise _NoTrial("recover")
-        if step != "run":
-            raise _NoTrial(step)
+    def run(self, trial: optuna.Trial) -> float:
+        """The objective `study.optimize` calls: the sweep's `Objective`, then note the trial as ended."""
+        try:
+            return self.objective(trial)
+        finally:
+            self._ended, self._counted = trial._trial_id, False
 
-    def after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        """`study.optimize`'s one callback (Optuna deep-copies the trial for each callback: ~0.1 ms a copy):
-        announce the trial's end (`Objective.announce`), collect CUDA garbage, count the trial, stop on the timeout
-        or too many crashes, recover dead workers' trials once per _RECOVER_EVERY_S."""
-        self.objective.announce(study, trial)
+    def before_reading(self) -> None:
+        """`WorkerStudy.before_reading`: after a trial, collect CUDA garbage, count the trial, stop (raise
+        `_NoTrial("stop")`, the trial announced from a read of its own) on the timeout or too many crashes, else
+        recover dead workers' trials once per _RECOVER_EVERY_S."""
+        if self._ended is None or self._counted:
+            return
+        self._counted = True
         collect_cuda_garbage()
         self.ran += 1
         if self.objective.last_status in (*FINISHED_STATUSES, DUPLICATE):
@@ -295,9 +294,30 @@ class _Turns:
             log.error("%d trials in a row crashed; this worker stops (see the trials' `reason`)", self.crashes)
             self.done = True
         if self.stopping():
-            study.stop()
-            return
+            self._announce([self.study._storage.get_trial(self._ended)])
+            raise _NoTrial("stop")
         self.between()
+
+    def before_taking(self, trials: list[FrozenTrial]) -> None:
+        """`WorkerStudy.before_taking`: announce the trial that ended (`Objective.announce`) from `trials`, then
+        raise `_NoTrial` unless a trial is due. A worker stops on a read that follows a recovery, never on an older
+        one ("stop" without one asks for one)."""
+        self._announce(trials)
+        recovered, self._recovered_since_read = self._recovered_since_read, False
+        if self.stopping():
+            raise _NoTrial("stop")
+        step = _next_step(self.study, self.checked, self.journal, trials)
+        if step == "stop" and not recovered:
+            raise _NoTrial("recover")
+        if step != "run":
+            raise _NoTrial(step)
+
+    def _announce(self, trials: list[FrozenTrial]) -> None:
+        if self._ended is None:
+            return
+        ended = next(t for t in reversed(trials) if t._trial_id == self._ended)  # among the last ones read
+        self._ended = None
+        self.objective.announce(self.study, ended)
 
     def stopping(self) -> bool:
         """Whether the worker is done (too many crashes, or the timeout, checked here)."""
@@ -308,12 +328,10 @@ class _Turns:
         return self.done
 
     def between(self) -> None:
-        """Before the next trial: recover dead workers' trials once per _RECOVER_EVERY_S; on RDB give stale trials
-        their status in any case (Optuna fails them itself as the next trial starts, after which none is written)."""
+        """Before the next trial: recover dead workers' trials once per _RECOVER_EVERY_S (on RDB Optuna also fails
+        stale trials as each trial starts; `StaleMarkingRDBStorage` marks them first)."""
         if time.monotonic() - self._recovered_at >= _RECOVER_EVERY_S:
             self.recover()
-        elif not self.journal:
-            mark_stale_heartbeat_trials(self.study)
 
     def recover(self) -> None:
         recover(self.study, self.checked.sweep)
@@ -333,7 +351,7 @@ def worker_loop(cfg, train_fn: TrainFn | None = None, *, worker_index: int = 0) 
     A worker with nothing left to start waits while trials it could have to retry are running (their worker may
     die), so a command returns when the study it ran is whole. Returns the number of trials this worker ran.
     Under a multi-process launch, call it on every rank. The trials run in one `study.optimize`; the worker's
-    choices between them are made in `ask()` and a callback (`_Turns`), on the reads Optuna makes anyway.
+    choices between them are made in `ask()` (`_Turns`), on the read Optuna makes anyway.
     """
     checked = check_sweep(cfg)
     sweep, base, dims = checked
@@ -347,7 +365,7 @@ def worker_loop(cfg, train_fn: TrainFn | None = None, *, worker_index: int = 0) 
     quiet_optuna()  # here: spawned workers are processes of their own
     objective = Objective(base, sweep, dims, train_fn, broadcast=distributed.broadcast_spec if multi else None)
     turns = _Turns(study, checked, objective, worker_index)
-    study.before_taking = turns.before_taking
+    study.before_reading, study.before_taking = turns.before_reading, turns.before_taking
     interrupted = False
     # The ~200k objects of the imports (torch) never become garbage: moved out of the collector's sight, every
     # collection scans the trials' objects alone (~150 ms -> a few ms with torch loaded).
@@ -356,11 +374,7 @@ def worker_loop(cfg, train_fn: TrainFn | None = None, *, worker_index: int = 0) 
         turns.recover()
         while not turns.done:
             try:
-                study.optimize(
-                    objective,
-                    catch=(Exception,),
-                    callbacks=[turns.after_trial],
-                )
+                study.optimize(turns.run, catch=(Exception,))
             except NothingQueued:  # another worker popped the last queued cell first: look again
                 turns.between()
             except _NoTrial as no:

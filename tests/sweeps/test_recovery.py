@@ -165,3 +165,38 @@ def test_a_lambda_train_fn_with_workers_is_refused_before_the_study_exists(compo
         run_study(cfg, lambda c, on_epoch_end=None: {"status": "completed"})
     assert len(str(err.value).splitlines()) == 1
     assert not list(tmp_path.rglob("*.journal"))
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_stale_trials_are_marked_before_optuna_fails_them_and_looked_for_once_per_interval(tmp_path, monkeypatch):
+    """`StaleMarkingRDBStorage` (what `build_storage` gives workers on a database with heartbeats): Optuna's
+    `fail_stale_trials`, run before every trial, finds a trial whose heartbeat went stale with its status and
+    reason already written, and reaches the database for it once per heartbeat interval, not once per call."""
+    from optuna.storages import RDBStorage
+
+    from sweeps.optuna_internals import set_trial_attrs, trial_id
+    from sweeps.recovery import StaleMarkingRDBStorage
+
+    queries = []
+    real_query = RDBStorage._get_stale_trial_ids
+    monkeypatch.setattr(RDBStorage, "_get_stale_trial_ids", lambda self, sid: queries.append(sid) or real_query(self, sid))
+    storage = StaleMarkingRDBStorage(f"sqlite:///{tmp_path / 'h.db'}", heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(storage=storage)
+    running, stale = study.ask(), study.ask()
+    set_trial_attrs(storage, trial_id(stale), {"worker": {"host": "gone", "pid": 7}})
+    storage.record_heartbeat(trial_id(stale))
+    time.sleep(2.2)  # past the grace period
+    storage.record_heartbeat(trial_id(running))
+    optuna.storages.fail_stale_trials(study)
+    assert len(queries) == 1
+    failed, alive = study._storage.get_trial(trial_id(stale)), study._storage.get_trial(trial_id(running))
+    assert failed.state == TrialState.FAIL and alive.state == TrialState.RUNNING
+    assert failed.user_attrs["status"] == "stale"
+    assert failed.user_attrs["reason"] == "worker gone:7 sent no heartbeat for the grace period"
+    for _ in range(5):  # every trial start within the interval: no query
+        optuna.storages.fail_stale_trials(study)
+    assert len(queries) == 1
+    time.sleep(1.1)
+    storage.record_heartbeat(trial_id(running))
+    optuna.storages.fail_stale_trials(study)
+    assert len(queries) == 2 and study._storage.get_trial(trial_id(running)).state == TrialState.RUNNING

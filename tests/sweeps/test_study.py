@@ -203,3 +203,27 @@ def test_a_postgres_connection_lost_while_idle_is_replaced_and_calls_back_to_bac
     time.sleep(0.5)  # idle past PING_IDLE_S: pinged, found dead, replaced
     study.set_user_attr("b", 2)
     assert optuna.load_study(study_name=name, storage=storage).user_attrs["b"] == 2
+
+
+@pytest.mark.parametrize("stop", ["n_trials", "crashes"])
+def test_each_trial_is_announced_once_in_order_from_the_next_read(compose_sweep, monkeypatch, capsys, stop):
+    """A worker prints every trial's line once, in order, with its final state, and asks `study.optimize` for no
+    callback (Optuna reads the ended trial anew for callbacks: a query on PostgreSQL every trial): the line comes
+    from the read the next `ask()` makes, or, when the worker stops on crashes, from one read of its own."""
+    import optuna.study.study as study_module  # Study.optimize calls the _optimize it imported
+
+    given = []
+    real_optimize = study_module._optimize
+    monkeypatch.setattr(
+        study_module, "_optimize", lambda *a, **k: given.append(k.get("callbacks")) or real_optimize(*a, **k)
+    )
+    if stop == "crashes":
+        monkeypatch.setenv("FAKE_TRAIN_FAIL", "1")
+    study = run_study(compose_sweep("sweep.n_trials=5", "sweep.max_failures=2"))
+    trials = study.get_trials()
+    lines = [line for line in capsys.readouterr().out.splitlines() if re.match(r"trial \d+, \d+ of 5 ", line)]
+    expected = {"n_trials": [("complete", "pruned")] * 5, "crashes": [("failed",)] * 2}[stop]
+    assert len(trials) == len(lines) == len(expected) and given and all(g is None for g in given)
+    for trial, line, states in zip(trials, lines, expected):
+        assert line.startswith(f"trial {trial.number}, ") and trial.state.name.lower() in line
+        assert line.split(" of 5 ")[1].split()[0].rstrip(":") in states

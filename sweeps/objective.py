@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-import operator
 import secrets
 import shutil
 import string
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +34,7 @@ from sweeps.optuna_internals import (
     held_param_writes,
     set_user_attrs,
     set_user_attrs_with_state,
+    split_read,
     trial_record,
     trials_read_in_trial,
 )
@@ -73,7 +72,6 @@ from sweeps.storage import mask_secrets
 # the same keys (both read through the Mapping interface here).
 TrainFn = Callable[..., TrainResult | Mapping[str, Any]]
 _ID_ALPHABET = string.ascii_lowercase + string.digits
-_STATE = operator.attrgetter("state")
 # How long a sampled trial waits for earlier trials still drawing their parameters, and how often it looks.
 _SETTLE_S, _SETTLE_POLL_S = 10.0, 0.02
 
@@ -302,11 +300,9 @@ class Progress:
     def place(trials: list[FrozenTrial], number: int) -> int:
         """The trial's place among the study's `trials`: results, plus running trials numbered before it, plus
         one."""
-        states = Counter(map(_STATE, trials))
-        return 1 + states[TrialState.COMPLETE] + states[TrialState.PRUNED] + (
-            sum(t.number < number for t in trials if t.state is TrialState.RUNNING)
-            if states[TrialState.RUNNING] else 0
-        )  # fmt: skip
+        unfinished, states = split_read(trials)
+        running_before = sum(t.number < number and t.state is TrialState.RUNNING for t in unfinished)
+        return 1 + states[TrialState.COMPLETE] + states[TrialState.PRUNED] + running_before
 
     def tag(self, number: int, place: int) -> str:
         return f"trial {number}, {place} of {self.n_trials}" if self.n_trials else f"trial {number}, {place}"
@@ -502,8 +498,13 @@ class Objective:
                 trials = self._settled(trial, names) if origin == SAMPLED else trial.study.get_trials(deepcopy=False)
             attrs: dict[str, Any] = {TrialAttr.ORIGIN: origin}
             draw = {}  # its place in the study's draws, Hyperband's bracket (a retry carries its original's)
-            if DRAW_ATTR not in record.system_attrs and origin != RETRY:
-                draw[DRAW_ATTR] = draw_index(trial.study, record, trials)
+            # Recorded only where it is not the trial's number (retries numbered before it): readers count it when
+            # it is absent, and TPE loops over every system attr of every trial each time it samples.
+            if (
+                DRAW_ATTR not in record.system_attrs and origin != RETRY
+                and (index := draw_index(trial.study, record, trials)) != record.number
+            ):  # fmt: skip
+                draw[DRAW_ATTR] = index
             refused = (
                 self._duplicate(trial, spec.params, trials) if origin == SAMPLED else self._second_claim(trial, trials)
             )

@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import datetime
 import weakref
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from operator import attrgetter
+from typing import Any, NamedTuple
 
 import optuna
 from optuna.distributions import BaseDistribution, distribution_to_json
@@ -346,6 +348,27 @@ def trials_read_in_trial(study: optuna.Study) -> list[FrozenTrial]:
     return study._get_trials(deepcopy=False, use_cache=True)
 
 
+class ReadSplit(NamedTuple):
+    unfinished: list[FrozenTrial]  # the trials not finished (WAITING, RUNNING), in number order
+    states: Counter  # TrialState -> how many trials of the read are in it
+
+
+FINISHED_STATES = frozenset((TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+_LAST_SPLIT: list[tuple[Sequence[FrozenTrial], int, ReadSplit]] = []
+
+
+def split_read(trials: Sequence[FrozenTrial]) -> ReadSplit:
+    """The unfinished trials of a read of the study and its count of trials by state, computed once per read (the
+    last one is kept): a worker's checks of one trial (its decision, the queue, the repeat checks, its place) look
+    at the one read `ask()` took, and each pass over a 2,000-trial study costs ~0.1 ms. A read is a list no one
+    changes; its length is checked too."""
+    if _LAST_SPLIT and _LAST_SPLIT[0][0] is trials and _LAST_SPLIT[0][1] == len(trials):
+        return _LAST_SPLIT[0][2]
+    split = ReadSplit([t for t in trials if t.state not in FINISHED_STATES], Counter(map(attrgetter("state"), trials)))
+    _LAST_SPLIT[:] = [(trials, len(trials), split)]
+    return split
+
+
 def covers(trials: list[FrozenTrial], number: int) -> bool:
     """Whether `trials` (a study's, in number order) holds every trial numbered below `number`."""
     return len(trials) >= number and (number == 0 or trials[number - 1].number == number - 1)
@@ -401,7 +424,7 @@ class WorkerStudy(optuna.Study):
         trials = self._storage.get_all_trials(self._study_id, deepcopy=False)
         self.before_taking(trials)
         self._thread_local.cached_all_trials = trials
-        for t in [t for t in trials if t.state is TrialState.WAITING]:  # Study._pop_waiting_trial_id, on this read
+        for t in [t for t in split_read(trials).unfinished if t.state is TrialState.WAITING]:  # as Study's, on this read
             try:
                 if not self._storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
                     continue  # another worker took it first

@@ -113,7 +113,7 @@ class StudyAttr:
 class SystemAttr:
     """Keys of a trial's system attrs this project writes or reads (Optuna's own names where Optuna writes them)."""
 
-    DRAW_INDEX: Final = "draw_index"  # its place in the study's draws (sweeps.samplers.draw_index); a retry keeps it
+    DRAW_INDEX: Final = "draw_index"  # its place in the study's draws where not its number (sweeps.samplers); a retry keeps it
     RETRY_HISTORY: Final = "retry_history"  # the trials a retry replaces, oldest first (Optuna's retry callbacks)
     FAILED_TRIAL: Final = "failed_trial"  # the original a retry replaces (Optuna's retry callbacks)
     FIXED_PARAMS: Final = "fixed_params"  # Optuna's: the params `study.enqueue_trial` fixed

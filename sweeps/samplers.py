@@ -47,10 +47,12 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.optuna_internals import (
+    FINISHED_STATES,
     WorkerStudy,
     all_trials,
     covers,
     reseed_sampler,
+    split_read,
     storage_of,
     study_key,
     trials_read_in_trial,
@@ -85,7 +87,9 @@ def params_key(params: dict[str, Any], names: Iterable[str]) -> tuple:
     return tuple((name, repr(params.get(name))) for name in names)
 
 
-# Recorded before the trial trains (`sweeps.objective`); a retry carries its original's.
+# Recorded before the trial trains (`sweeps.objective`) where it differs from the trial's number (a retry before
+# it), else counted by its readers (`draw_index`: a trial's never changes once it exists); a retry carries its
+# original's.
 DRAW_ATTR = SystemAttr.DRAW_INDEX
 
 
@@ -151,7 +155,7 @@ def held_params(
     (else read here: one read, on RDB one query)."""
     if trials is None:
         trials = all_trials(study)  # not study.get_trials: a sampler may be handed one bracket's view (Hyperband)
-    unfinished = _unfinished(trials)
+    unfinished = split_read(trials).unfinished
     held = _finished_held(study, names, trials, len(trials) - len(unfinished))
     lowest = held.lowest
     if exclude is not None and lowest.get(held.keys.get(exclude, None)) == exclude:
@@ -167,15 +171,6 @@ def held_params(
     return out
 
 
-_FINISHED = frozenset((TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
-
-
-def _unfinished(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-    """The trials of `trials` not finished, in their order (a study's trials are mostly finished: the checks of a
-    trial's parameters loop over these)."""
-    return [t for t in trials if t.state not in _FINISHED]
-
-
 def held_by(
     study: Study, names: Sequence[str], params: dict[str, Any], *, before: int, trials: Sequence[FrozenTrial]
 ) -> int | None:
@@ -183,7 +178,7 @@ def held_by(
     `held_params(..., before=before)` would tell, without building the whole map: the finished holders are
     looked up in the study's incremental sets, the unfinished trials scanned. `trials`: every trial of the study."""
     key = params_key(params, names)
-    unfinished = _unfinished(trials)
+    unfinished = split_read(trials).unfinished
     lowest = _finished_held(study, names, trials, len(trials) - len(unfinished)).lowest.get(key)
     holder = lowest if lowest is not None and lowest < before else None
     for t in unfinished:
@@ -215,7 +210,7 @@ def _finished_held(study: Study, names: Sequence[str], trials: Sequence[FrozenTr
     if finished != len(held.keys):
         for t in reversed(trials):  # the newly finished trials are mostly the last numbers
             n = t.number
-            if n in held.keys or t.state not in _FINISHED:
+            if n in held.keys or t.state not in FINISHED_STATES:
                 continue
             key = held.keys[n] = _held_key(t, names)
             if key is not None and n < held.lowest.get(key, n + 1):
@@ -246,7 +241,7 @@ def unsettled(trials: Sequence[FrozenTrial], names: Sequence[str], before: int) 
     the trial `before` drew, so the refusal of repeats reads the study again only then."""
     return any(
         t.number < before and _held_key(t, names) is None and t.user_attrs.get(TrialAttr.STATUS) != DUPLICATE
-        for t in _unfinished(trials)
+        for t in split_read(trials).unfinished
     )
 
 

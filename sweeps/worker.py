@@ -12,11 +12,9 @@ from __future__ import annotations
 import gc
 import logging
 import math
-import operator
 import sys
 import time
 import warnings
-from collections import Counter
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -34,6 +32,7 @@ from sweeps.config import (
 )
 from sweeps.identity import check_identity
 from sweeps.objective import Objective, TrainFn, quiet_optuna
+from sweeps.optuna_internals import split_read
 from sweeps.record import DUPLICATE, FINISHED_STATUSES, StudyAttr, TrialAttr
 from sweeps.recovery import (
     fail_dead_worker_trials,
@@ -220,7 +219,7 @@ def _next_step(study: optuna.Study, checked: CheckedSweep, journal: bool, trials
     """ "run" a trial, "wait" for running trials that may need a retry, or "stop", from `trials` (the study as just
     read)."""
     sweep, _, dims = checked
-    states = Counter(map(operator.attrgetter("state"), trials))
+    states = split_read(trials).states
     finished = states[TrialState.COMPLETE] + states[TrialState.PRUNED] + states[TrialState.RUNNING]
     limit_reached = sweep.n_trials is not None and finished >= sweep.n_trials
     # A cell study runs its queued cells only; a searched one also draws new points while its space has any.

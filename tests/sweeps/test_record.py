@@ -85,6 +85,9 @@ def test_a_study_stopped_inside_a_trial_and_continued_runs_the_same_trials(compo
     assert [t.params for t in finished] == [t.params for t in once.get_trials()]
     assert [t.state for t in finished] == [t.state for t in once.get_trials()]
     assert any(t.state == TrialState.PRUNED for t in finished)  # the pruner took part
+    # The draw index is recorded where it is not the trial's number: on the retry (its original's) and after it.
+    draws = {t.number: t.system_attrs.get("draw_index") for t in twice.get_trials()}
+    assert draws == {0: None, 1: None, 2: None, 3: 2, **{n: n - 1 for n in range(4, 9)}}
 
 
 @pytest.mark.parametrize("name", ["tpe", "random", "gp", "cmaes"])

@@ -206,9 +206,9 @@ def loader_options(data_cfg: Mapping[str, Any], *, cuda: bool, cores: int | None
     On a GPU (the cifar10 and imagefolder presets leave them null: decoded images, augmented per sample):
     `min(GPU_LOADER_WORKERS, cores - 1)` workers, pinned memory (asynchronous host-to-device copies) and persistent
     workers (not restarted every epoch), as the training guide and torch's tuning guide advise. On the CPU none of
-    them: the workers take the cores the training step computes on (2 cores, CIFAR-10's epoch at 0.56 of the pure
-    step's images/s with 1 worker and 0.45 with 2, against 1.01 with none: `python -m experiments.bench_tracking
-    --loop-efficiency cifar10 -- data.num_workers=1`), and pinned memory serves no device.
+    them: the workers take the cores the training step computes on (2 cores, CIFAR-10's epoch at 0.84 of the pure
+    step's images/s with 1 worker, against 0.95 with none: `python -m experiments.bench_tracking --loop-efficiency
+    cifar10 data.num_workers=1`), and pinned memory serves no device.
 
     Args:
         cuda: whether the batches go to a CUDA device.

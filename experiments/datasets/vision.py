@@ -71,11 +71,11 @@ class CropFlipNormalize:
     crop of each image padded with `padding` zeros on each side and a horizontal flip with probability 1/2.
 
     What `image_transforms` builds at the native size without RandAugment (v2.RandomCrop(padding) +
-    v2.RandomHorizontalFlip + ToDtype(scale) + Normalize), in plain tensor ops on a whole batch: the crops, flipped
-    or not, are one gather from the zero-padded batch, and the batch is normalised in one fused multiply-add
-    (x * 1/(255 std) - mean/std). ~580 us an image for the v2 pipeline on a PIL image, ~60 us for this transform an
-    image at a time, ~12 us an image on a batch of 64 (2-core machine; `python -m experiments.bench_tracking
-    --loop-efficiency`). The draws of image i are a function of `seeds[i]` alone: its offsets (dy, dx), each
+    v2.RandomHorizontalFlip + ToDtype(scale) + Normalize), in plain tensor ops on a whole batch: the crops are one
+    indexing of the zero-padded batch's windows, the flips one more, and the batch is normalised in one fused
+    multiply-add (x * 1/(255 std) - mean/std). ~580 us an image for the v2 pipeline on a PIL image, ~60 us for this
+    transform an image at a time, ~12 us an image on a batch of 64 (2-core machine; `python -m
+    experiments.bench_tracking --loop-efficiency`). The draws of image i are a function of `seeds[i]` alone: its offsets (dy, dx), each
     uniform in [-padding, padding], and its flip, probability 1/2, independent as v2's, are the digits of
     `seeds[i] mod 2 (2 padding + 1)^2` (`experiments.datasets.seeded`; seeds=None draws them from torch's global
     generator, as v2 draws its own).
@@ -96,20 +96,18 @@ class CropFlipNormalize:
 
     def _crop_flip(self, batch: torch.Tensor, seeds: list[int]) -> torch.Tensor:
         """Image i of `batch` (B, C, H, W) cropped at offsets (dy, dx) of its zero-padded self, flipped or not, by
-        the digits of seeds[i] mod 2 side^2 (side = 2 padding + 1): one gather from the padded batch."""
+        the digits of seeds[i] mod 2 side^2 (side = 2 padding + 1): one indexing of the padded batch's windows."""
         (n, c, h, w), p = batch.shape, self.padding
         side = 2 * p + 1  # offsets -p..p on each axis: the crop starts at (p + dy, p + dx) of the padded image
         draws = torch.tensor([seed % (2 * side * side) for seed in seeds])
-        flip, offset = draws // (side * side), draws % (side * side)
-        top, left = offset // side, offset % side
+        flip, offset = (draws // (side * side)).bool(), draws % (side * side)
         padded = batch.new_zeros((n, c, h + 2 * p, w + 2 * p))
         padded[:, :, p : p + h, p : p + w] = batch
-        x = torch.arange(w)
-        rows = top[:, None] + torch.arange(h)  # (B, H) rows of the padded image
-        cols = left[:, None] + torch.where(flip[:, None].bool(), w - 1 - x, x)  # (B, W) columns, reversed if flipped
-        planes = torch.arange(n)[:, None, None, None] * c + torch.arange(c)[None, :, None, None]  # (B, C, 1, 1)
-        flat = (planes * (h + 2 * p) + rows[:, None, :, None]) * (w + 2 * p) + cols[:, None, None, :]
-        return padded.view(-1)[flat]
+        windows = padded.unfold(2, h, 1).unfold(3, w, 1)  # (B, C, side, side, H, W): every crop, a view
+        crops = windows[torch.arange(n), :, offset // side, offset % side]  # (B, C, H, W)
+        if flip.any():
+            crops[flip] = crops[flip].flip(-1)
+        return crops
 
 
 def image_transforms(

@@ -1,7 +1,7 @@
 """What tracking costs: W&B offline + TensorBoard + bias heatmaps every epoch vs `tracker=none`.
 
     .ci/in-venv python -m experiments.bench_tracking [--epochs 10] [--repeats 3] [--skip-end-to-end]
-    .ci/in-venv python -m experiments.bench_tracking --loop-efficiency [digits cifar10] [--steps 15]
+    .ci/in-venv python -m experiments.bench_tracking --loop-efficiency [digits cifar10 imagefolder] [--steps 15]
 
 Two measurements, both with the default model on digits:
 1. per epoch, interleaved: a stretch of real training steps (scaled to one epoch) next to one epoch's worth of
@@ -11,7 +11,8 @@ Two measurements, both with the default model on digits:
 2. end to end: `train(cfg)` with tracker=none and with the default trackers (W&B offline + TensorBoard, numpy
    heatmaps of every block every epoch), interleaved (A B, B A, ...) in one process so drifting load hits both.
 With --loop-efficiency, instead: the images/s of `train()`'s training passes against the pure training step's, on
-digits and on the CIFAR-10 preset (real-format batch files written locally), `loop_efficiency`.
+digits, the CIFAR-10 preset (real-format batch files written locally) and the ImageFolder preset (PNG files written
+locally, decoded with PIL and resized to 28x28 by torchvision), `loop_efficiency`.
 """
 
 from __future__ import annotations
@@ -173,7 +174,9 @@ def end_to_end(epochs: int, repeats: int, out: Path) -> None:
         print(f"  {name:<30} {seconds:7.2f} s  ratio {seconds / base:.3f} ({100 * (seconds / base - 1):+.1f}%)")
 
 
-LOOP_PRESETS = ("digits", "cifar10")  # cifar10: real-format batch files with random pixels, written here
+# cifar10: real-format batch files with random pixels, written here; imagefolder: 10 class folders of 32x32 PNGs
+LOOP_PRESETS = ("digits", "cifar10", "imagefolder")
+IMAGEFOLDER_CLASSES = tuple(f"class{i}" for i in range(10))
 
 
 def loop_efficiency(presets: tuple[str, ...], repeats: int, steps: int, out: Path, extra: tuple[str, ...] = ()) -> None:
@@ -182,13 +185,17 @@ def loop_efficiency(presets: tuple[str, ...], repeats: int, steps: int, out: Pat
     clipping, optimizer step on batches fetched beforehand) at the same model, batch size and threads; interleaved,
     medians of `repeats`. The clipping (`trainer.clip_grad_norm`, 1.0 by default; null: none) is part of the step
     the config asks for, as the optimizer is, not of the loop's overhead."""
-    from experiments.datasets.files import write_cifar10
+    from experiments.datasets.files import write_cifar10, write_image_folder
 
     common = ["tracker=none", "trainer.epochs=1", f"trainer.limit_train_batches={steps}", "trainer.limit_val_batches=1",
               "trainer.progress_bar=false"]  # fmt: skip
-    overrides = {"digits": [], "cifar10": ["data=cifar10", f"data.root={out / 'cifar'}"]}
+    overrides = {"digits": [], "cifar10": ["data=cifar10", f"data.root={out / 'cifar'}"],
+                 "imagefolder": ["data=imagefolder", f"data.root={out / 'images'}"]}  # fmt: skip
     if "cifar10" in presets:
         write_cifar10(out / "cifar", per_batch=max(64, steps * 64 // 5 + 64))
+    if "imagefolder" in presets:  # batch 32; a fifth of the images goes to validation
+        per_class = (steps * 32 * 5 // 4) // len(IMAGEFOLDER_CLASSES) + 8
+        write_image_folder(out / "images", classes=IMAGEFOLDER_CLASSES, per_class=per_class, size=32)
     for preset in presets:
         _loop_efficiency_of(preset, [*common, *overrides[preset], *extra], repeats, steps, out)
 

@@ -124,8 +124,9 @@ def image_transforms(
 ):
     """PIL image -> normalised float tensor (C, H, W); train adds random crop with padding, flip, RandAugment.
 
-    At the native size in colour without RandAugment, a `CropFlipNormalize` (the same augmentation in tensor ops,
-    for datasets that hand it uint8 tensors: CIFAR-10); else torchvision's v2 pipeline.
+    At the native size without RandAugment (`mean` with one value per channel), a `CropFlipNormalize` (the same
+    augmentation in tensor ops, for datasets that hand it uint8 tensors: CIFAR-10, and ImageFolder's images
+    decoded and resized by `DecodeResize`); else torchvision's v2 pipeline.
     """
     if native_size == img_size and in_channels == len(mean) and not (train and randaugment):
         return CropFlipNormalize(mean, std, train=train and augment, padding=crop_padding)
@@ -284,16 +285,18 @@ def load_image(path: str):
     raise DataFileError(f"{path} cannot be opened as an image ({why}): replace it with a readable image or delete it.")
 
 
-def _image_folder(folder: Path, transform):
-    """torchvision's ImageFolder over `folder` (class subfolders), images opened by `load_image`.
+def _image_folder(folder: Path, transform, decode: DecodeResize | None = None):
+    """torchvision's ImageFolder over `folder` (class subfolders), images opened by `load_image`; with `decode`,
+    one that decodes and resizes a batch of images to uint8 and augments it with `transform`, a
+    `CropFlipNormalize` (`get_seeded`).
 
     Raises:
         DataFileError: a class folder holds no image (it would be a class the model never sees).
     """
-    from torchvision.datasets import ImageFolder
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
-    dataset = ImageFolder(str(folder), transform=transform, loader=load_image, allow_empty=True)
+    dataset = _seeded_image_folder_class()(str(folder), transform=transform, loader=load_image, allow_empty=True)
+    dataset.decode = decode
     found = set(dataset.targets)
     empty = [name for name, index in dataset.class_to_idx.items() if index not in found]
     if empty:
@@ -304,6 +307,66 @@ def _image_folder(folder: Path, transform):
             f"{empty[0]!r} in it, or remove the folder."
         )
     return dataset
+
+
+class DecodeResize:
+    """An image file -> uint8 tensor (C, size, size): `load_image` (RGB), resized by PIL (bilinear, as v2.Resize
+    does a PIL image), then converted to grey for one channel (as v2.Grayscale does, after the resize)."""
+
+    def __init__(self, size: int, in_channels: int) -> None:
+        self.size, self.grey = size, in_channels == 1
+
+    def __call__(self, path: str) -> torch.Tensor:
+        from PIL import Image
+
+        image = load_image(path)
+        if image.size != (self.size, self.size):
+            image = image.resize((self.size, self.size), Image.Resampling.BILINEAR)
+        if self.grey:
+            image = image.convert("L")
+        pixels = torch.from_numpy(np.asarray(image).copy())  # (H, W) or (H, W, 3) uint8
+        return pixels[None] if self.grey else pixels.permute(2, 0, 1)
+
+
+def _seeded_image_folder_class():
+    from torchvision.datasets import ImageFolder
+
+    class ImageFolderFiles(ImageFolder):
+        """ImageFolder that, with a `DecodeResize` (`decode`), hands its images a batch at a time to its
+        `CropFlipNormalize` (`get_seeded`, `experiments.datasets.seeded`); without one, torchvision's per-image
+        path (RandAugment)."""
+
+        decode: DecodeResize | None = None
+
+        @property
+        def seeded(self) -> bool:
+            return self.decode is not None
+
+        def __getitem__(self, index: int):
+            return self.get_seeded([index], None)[0] if self.seeded else super().__getitem__(index)
+
+        def __getitems__(self, indices: list[int]):
+            return self.get_seeded(indices, None) if self.seeded else [self[index] for index in indices]
+
+        def get_seeded(self, indices: list[int], seeds: list[int] | None):
+            """(image float32 (C, H, W), label) of `indices`, image i augmented from `seeds[i]` (None: drawn from
+            torch's generator)."""
+            images = torch.stack([self.decode(self.samples[i][0]) for i in indices])
+            labels = torch.as_tensor([self.samples[i][1] for i in indices], dtype=torch.int64)
+            return pairs(self.transform(images, seeds), labels)
+
+    return ImageFolderFiles
+
+
+class SeededSubset(Subset):
+    """A Subset that passes `get_seeded` on to its dataset (torch's Subset passes `__getitems__` only)."""
+
+    @property
+    def seeded(self) -> bool:
+        return bool(getattr(self.dataset, "seeded", False))
+
+    def get_seeded(self, indices: list[int], seeds: list[int] | None):
+        return self.dataset.get_seeded([self.indices[i] for i in indices], seeds)
 
 
 def build_imagefolder(
@@ -323,22 +386,27 @@ def build_imagefolder(
         )
     kwargs = dict(img_size=img_size, in_channels=in_channels, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     kwargs.update(augment=augment, randaugment=randaugment, crop_padding=max(1, img_size // 8))
+    decode = None if randaugment else DecodeResize(img_size, in_channels)  # decoded to the size: a batch's crops
+    if decode is not None:  # then the tensor-op transform, as at CIFAR-10's native size
+        kwargs["native_size"] = img_size
+        if in_channels == 1:
+            kwargs.update(mean=(sum(IMAGENET_MEAN) / 3,), std=(sum(IMAGENET_STD) / 3,))
     train_tf, val_tf = image_transforms(train=True, **kwargs), image_transforms(train=False, **kwargs)
     try:
         if (base / "train").is_dir() and (base / "val").is_dir():
-            train = _image_folder(base / "train", train_tf)
-            val = _image_folder(base / "val", val_tf)
+            train = _image_folder(base / "train", train_tf, decode)
+            val = _image_folder(base / "val", val_tf, decode)
             if train.classes != val.classes:
                 raise ValueError(
                     f"data.root={root!r}: train/ has classes {train.classes} but val/ has {val.classes}; "
                     "give both the same class subfolders."
                 )
             return train, val
-        train_all = _image_folder(base, train_tf)
+        train_all = _image_folder(base, train_tf, decode)
     except FileNotFoundError as err:  # no class folders
         raise ValueError(f"data.root={root!r} holds no images in class subfolders ({err}).") from err
-    val_all = _image_folder(base, val_tf)
+    val_all = _image_folder(base, val_tf, decode)
     train_idx, val_idx = _stratified_split(train_all.targets, val_fraction)
-    train, val = Subset(train_all, train_idx), Subset(val_all, val_idx)
+    train, val = SeededSubset(train_all, train_idx), SeededSubset(val_all, val_idx)
     train.classes = val.classes = train_all.classes  # so the class count check sees them
     return train, val

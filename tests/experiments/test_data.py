@@ -302,21 +302,25 @@ def test_cifar10_crop_flip_reaches_every_offset_and_flip_evenly():
     assert abs(flips - 1500) < 5 * (3000 * 0.25) ** 0.5
 
 
-def _seeded_train_sets(tmp_path):
-    write_cifar10(tmp_path, per_batch=8)
-    digits, _ = build_datasets({**DIGITS, "augment": True})
-    cifar, _ = build_datasets({**CIFAR, "root": str(tmp_path)})
-    return {"digits": digits, "cifar10": cifar}
+def _seeded_train_set(tmp_path, name):
+    if name == "digits":
+        return build_datasets({**DIGITS, "augment": True})[0]
+    if name == "cifar10":
+        write_cifar10(tmp_path, per_batch=8)
+        return build_datasets({**CIFAR, "root": str(tmp_path)})[0]
+    write_image_folder(tmp_path, per_class=8, size=20)  # resized to 16: the decode path
+    return build_datasets({**IMAGEFOLDER, "root": str(tmp_path), "in_channels": 1 if name == "grey" else 3})[0]
 
 
-@pytest.mark.parametrize("name", ["digits", "cifar10"])
+@pytest.mark.parametrize("name", ["digits", "cifar10", "imagefolder", "grey"])
 def test_a_batch_fetched_at_once_equals_its_samples_fetched_one_by_one(tmp_path, name):
     """The batched fetch (DataLoader's `__getitems__`, how the loaders fetch digits and CIFAR-10) gives each sample
     what fetching it alone gives, with its own seed's draws (not its position in the batch), in the main process and
     in a loader worker, and draws nothing from torch's generator."""
     from experiments.data import EpochSeededDataset
 
-    dataset = EpochSeededDataset(_seeded_train_sets(tmp_path)[name], seed=5)
+    dataset = EpochSeededDataset(_seeded_train_set(tmp_path, name), seed=5)
+    assert dataset._seeded  # the batched path is the one taken
     dataset.set_epoch(3)
     indices = [7, 2, 9, 2, 0, 11]
     rng_before = torch.get_rng_state()
@@ -361,3 +365,39 @@ def test_digits_crops_are_the_offsets_their_seeds_name():
     for (image, label), seed, index in zip(dataset.get_seeded([0, 1, 2, 3, 4], seeds), seeds, range(5), strict=True):
         top, left = divmod(seed % 9, 3)
         assert torch.equal(image, images[index, :, top : top + 10, left : left + 10]) and int(label) == index
+
+
+@pytest.mark.parametrize("in_channels", [3, 1])
+def test_imagefolder_decoded_a_batch_at_a_time_is_the_v2_pipeline(tmp_path, in_channels):
+    """ImageFolder's batched path (PIL decode and resize, then `CropFlipNormalize`) gives what torchvision's v2
+    pipeline gives the PIL image: exactly the same validation image (resized, grey or not, normalised), and as a
+    training image the crop at its seed's offsets of that image, flipped as the seed says."""
+    from torchvision.transforms import v2
+
+    from experiments.datasets.vision import IMAGENET_MEAN, IMAGENET_STD, load_image
+
+    write_image_folder(tmp_path, per_class=4, size=21)
+    cfg = {**IMAGEFOLDER, "root": str(tmp_path), "in_channels": in_channels}
+    train, val = build_datasets(cfg)
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if in_channels == 3 else ((sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,))
+    grey = [v2.Grayscale(num_output_channels=1)] if in_channels == 1 else []
+    plain = v2.Compose([v2.Resize((16, 16), antialias=True), *grey, v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+                        v2.Normalize(mean, std)])  # fmt: skip
+    for subset in (val, train):
+        assert subset.seeded
+    for i in range(len(val)):
+        path = val.dataset.samples[val.indices[i]][0]
+        torch.testing.assert_close(val[i][0], plain(load_image(path)))
+    padding = 16 // 8
+    side = 2 * padding + 1
+    for i, seed in enumerate([0, 7, 2 * side * side - 1, 12345]):
+        image, _ = train.get_seeded([i], [seed])[0]
+        expected = torch.nn.functional.pad(plain(load_image(train.dataset.samples[train.indices[i]][0])),
+                                           (padding,) * 4, value=0.0)  # fmt: skip
+        flip, offset = divmod(seed % (2 * side * side), side * side)
+        zero = (torch.zeros(1) - torch.tensor(mean)) / torch.tensor(std)  # a padded pixel, normalised
+        inside = torch.nn.functional.pad(torch.ones(1, 16, 16), (padding,) * 4).bool()
+        expected = torch.where(inside, expected, zero.view(-1, 1, 1))
+        top, left = divmod(offset, side)
+        crop = expected[:, top : top + 16, left : left + 16]
+        torch.testing.assert_close(image, crop.flip(-1) if flip else crop)

@@ -293,7 +293,7 @@ class _Turns:
             log.error("%d trials in a row crashed; this worker stops (see the trials' `reason`)", self.crashes)
             self.done = True
         if self.stopping():
-            self._announce([self.study._storage.get_trial(self._ended)])
+            self._announce([])  # no read comes: the trial is read alone
             raise _NoTrial("stop")
         self.between()
 
@@ -314,7 +314,9 @@ class _Turns:
     def _announce(self, trials: list[FrozenTrial]) -> None:
         if self._ended is None:
             return
-        ended = next(t for t in reversed(trials) if t._trial_id == self._ended)  # among the last ones read
+        ended = next((t for t in reversed(trials) if t._trial_id == self._ended), None)  # among the last ones read
+        if ended is None:  # not in this read (it should be): read the trial itself
+            ended = self.study._storage.get_trial(self._ended)
         self._ended = None
         self.objective.announce(self.study, ended)
 

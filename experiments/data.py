@@ -51,11 +51,13 @@ def _splitmix64(x: int) -> int:
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """The seed (0 <= s < 2**64) of the augmentation of sample `index` in `epoch` of a run seeded with `seed`."""
-    return _splitmix64(_epoch_key(seed, epoch) ^ (index & _UINT64))
+    return sample_seeds(seed, epoch, [index])[0]
 
 
-def _epoch_key(seed: int, epoch: int) -> int:
-    return _splitmix64(_splitmix64(seed & _UINT64) ^ (epoch & _UINT64))
+def sample_seeds(seed: int, epoch: int, indices: list[int]) -> list[int]:
+    """`sample_seed` of each of `indices`, the (seed, epoch) part mixed once."""
+    key = _splitmix64(_splitmix64(seed & _UINT64) ^ (epoch & _UINT64))
+    return [_splitmix64(key ^ (index & _UINT64)) for index in indices]
 
 
 class EpochSeededDataset(Dataset):
@@ -66,8 +68,8 @@ class EpochSeededDataset(Dataset):
     (torch seeds each from the loader's generator when it starts) ties the draws to that generator's history, which
     a resumed process does not share, and, with persistent workers, to every sample the worker fetched before.
 
-    A dataset that takes its seeds (`experiments.datasets.seeded.SeededItems`: digits, CIFAR-10 at its native size)
-    gets them handed over, a batch at a time (DataLoader's `__getitems__`), and touches no generator. Any other is
+    A dataset that takes its seeds (`experiments.datasets.seeded.SeededItems`: digits, CIFAR-10 at its native size,
+    ImageFolder without RandAugment) gets them handed over, a batch at a time (DataLoader's `__getitems__`), and touches no generator. Any other is
     fetched sample by sample with torch's CPU generator seeded by the sample's seed (torchvision's transforms draw
     from it; Python's `random` and NumPy's global generator are not seeded, and no dataset here draws from them);
     in the main process (num_workers=0) the generator's state is put back after each sample, so the training's own
@@ -93,11 +95,10 @@ class EpochSeededDataset(Dataset):
 
     def __getitems__(self, indices: list[int]) -> list[Any]:
         """The samples `indices` of the current epoch (DataLoader fetches a batch with one call)."""
-        epoch = int(self._epoch)
+        seeds = sample_seeds(self.seed, int(self._epoch), indices)
         if self._seeded:
-            key = _epoch_key(self.seed, epoch)
-            return self.dataset.get_seeded(indices, [_splitmix64(key ^ (i & _UINT64)) for i in indices])
-        return [self._drawn(index, sample_seed(self.seed, epoch, index)) for index in indices]
+            return self.dataset.get_seeded(indices, seeds)
+        return [self._drawn(index, item_seed) for index, item_seed in zip(indices, seeds)]
 
     def _drawn(self, index: int, item_seed: int) -> Any:
         generator = torch.default_generator
